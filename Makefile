@@ -1,0 +1,45 @@
+# Every target creates the virtual environment when it is missing (or when
+# pyproject.toml changed). torch and torchvision are resolved from the registry
+# together, so they match (a CUDA build that also runs on the CPU).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+RECIPE ?= recipes/demo.yaml
+OUT    ?=
+PYTEST_ARGS ?=
+
+.PHONY: dataset test train bench schema clean venv lint
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+## make dataset [RECIPE=recipes/x.yaml] [OUT=dir]: run a recipe (default: the bundled offline demo)
+dataset: $(STAMP)
+	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(BIN)/datagen run $(RECIPE) $(if $(OUT),--out $(OUT))
+
+## make test: the whole test suite
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+## make train: both mPLUG-Owl stages, tiny model, on the demo's shards (runs `make dataset` first if needed)
+train: $(STAMP)
+	@test -f out/demo/manifest.json || $(MAKE) dataset
+	$(BIN)/datagen train recipes/train/stage1_tiny.yaml
+	$(BIN)/datagen train recipes/train/stage2_tiny.yaml
+
+## make bench: throughput benchmarks, each printing a ratio against a baseline measured in the same run
+bench: $(STAMP)
+	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+## make schema: regenerate schemas/recipe.schema.json from the config models
+schema: $(STAMP)
+	$(BIN)/datagen schema
+
+clean:
+	rm -rf out .pytest_cache

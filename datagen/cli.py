@@ -1,0 +1,170 @@
+"""``datagen`` command line: run, validate, export, report, view, schema, train, eval.
+
+    datagen run RECIPE [--out DIR] [--set key.path=value ...] [--dry-run] [--fresh]
+    datagen validate RECIPE [--set ...]          check a recipe without running it
+    datagen export OUT --format llava|mplug_owl|sharegpt|hf [--dest DIR]
+    datagen report OUT                           summary + plots of a finished run
+    datagen view OUT [--split stage2] [-n 3]     print a few samples from the shards
+    datagen schema [--check]                     (re)write schemas/recipe.schema.json
+    datagen train CONFIG [...] / datagen eval ...  the bundled two-stage trainer
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def _run(args: argparse.Namespace) -> int:
+    from datagen.pipeline import clean_run_dir, run
+    from datagen.recipe import load_recipe
+    from datagen.sinks.manifest import finish, summary
+
+    recipe, raw = load_recipe(args.recipe, args.set)
+    out = Path(args.out or recipe.out or f"out/{recipe.name}")
+    if args.fresh:
+        clean_run_dir(out)
+    recipe_path = Path(args.recipe)
+    state = run(recipe, recipe_path.resolve().parent, out, dry_run=args.dry_run)
+    if args.dry_run:
+        print("dry run: no shards written")
+        return 0
+    manifest = finish(state, raw | ({"_overrides": args.set} if args.set else {}), recipe_path)
+    print(summary(manifest))
+    print(f"output: {out}/ (manifest.json, sizes.json, rejects.parquet, README.md)")
+    return 0 if manifest["counts"]["pairs"]["reconciled"] else 3
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from datagen.recipe import load_recipe
+
+    recipe, _ = load_recipe(args.recipe, args.set)
+    print(f"{args.recipe}: valid recipe '{recipe.name}' with {len(recipe.sources)} source(s)")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from datagen.sinks.export import export
+
+    dest = Path(args.dest or Path(args.out) / "export")
+    for path in export(Path(args.out), dest, args.format):
+        print(path)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from datagen.report import write_report
+
+    path = write_report(Path(args.out))
+    print(path.read_text() if path.suffix == ".md" else path)
+    return 0
+
+
+def _view(args: argparse.Namespace) -> int:
+    from datagen.sinks.export import iter_samples
+
+    for i, sample in enumerate(iter_samples(Path(args.out), args.split)):
+        if i >= args.n:
+            break
+        body = sample.get("json") or {}
+        images = [k for k in sample if k.endswith(("jpg", "png", "webp"))]
+        print(f"--- {sample['__key__']}  images: {images}")
+        if "txt" in sample:
+            print(f"caption: {sample['txt']}")
+        for conv in body.get("conversations", []):
+            print(f"[{conv['lang']}] {conv['id']}" + (f" (translation of {conv['parent_id']})" if conv.get("parent_id") else ""))
+            for t in conv["turns"]:
+                print(f"  {t['role']:>9} ({t['task']}, {t['polarity']}): {t['content']}")
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from datagen.schemas import recipe_schema_text, schema_path
+
+    text = recipe_schema_text()
+    path = schema_path("recipe")
+    if args.check:
+        if not path.exists() or path.read_text() != text:
+            print(f"{path} is out of date: run `datagen schema`", file=sys.stderr)
+            return 1
+        print(f"{path} is up to date")
+        return 0
+    path.write_text(text)
+    print(f"wrote {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="datagen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a recipe end to end")
+    r.add_argument("recipe")
+    r.add_argument("--out", help="output folder (default: the recipe's `out`, else out/<name>)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a recipe value")
+    r.add_argument("--dry-run", action="store_true", help="print LLM prompts etc. without calling services or writing shards")
+    r.add_argument("--fresh", action="store_true", help="ignore checkpoints of earlier runs")
+    r.set_defaults(fn=_run)
+
+    v = sub.add_parser("validate", help="check a recipe against the schema")
+    v.add_argument("recipe")
+    v.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    v.set_defaults(fn=_validate)
+
+    e = sub.add_parser("export", help="write LLaVA / mPLUG-Owl / ShareGPT / HF datasets from a run's shards")
+    e.add_argument("out", help="a run's output folder")
+    e.add_argument("--format", required=True, choices=["llava", "mplug_owl", "sharegpt", "hf"])
+    e.add_argument("--dest", help="default <out>/export")
+    e.set_defaults(fn=_export)
+
+    rep = sub.add_parser("report", help="write report.md with plots for a finished run")
+    rep.add_argument("out")
+    rep.set_defaults(fn=_report)
+
+    vw = sub.add_parser("view", help="print samples from a run's shards")
+    vw.add_argument("out")
+    vw.add_argument("--split", default="stage2", choices=["stage1", "stage2", "stage2_text"])
+    vw.add_argument("-n", type=int, default=3)
+    vw.set_defaults(fn=_view)
+
+    s = sub.add_parser("schema", help="regenerate schemas/recipe.schema.json from the config models")
+    s.add_argument("--check", action="store_true", help="fail if the file is out of date")
+    s.set_defaults(fn=_schema)
+
+    sub.add_parser("train", help="train a stage (see `datagen train --help`)", add_help=False)
+    sub.add_parser("eval", help="evaluate a checkpoint (see `datagen eval --help`)", add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The trainer has its own argument parser; hand it everything after the command.
+    if argv and argv[0] in ("train", "eval"):
+        from datagen.train import cli as train_cli
+
+        return (train_cli.train_main if argv[0] == "train" else train_cli.eval_main)(argv[1:])
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from datagen.recipe import RecipeError
+
+    try:
+        return args.fn(args)
+    except RecipeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished steps are checkpointed; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The recipe: one pydantic model whose JSON Schema is ``schemas/recipe.schema.json``.
+
+Each step owns its config model in its own module; this file only assembles
+them. ``datagen schema`` regenerates the JSON Schema and a test keeps the file
+in sync with these models.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from datagen.dedup import DedupConfig
+from datagen.fetch.config import FetchConfig
+from datagen.filters.clip import ClipConfig
+from datagen.filters.quality import QualityConfig
+from datagen.llm.config import LLMGenerateConfig
+from datagen.ocr import OcrConfig
+from datagen.sources.config import NAME_PATTERN, SourceConfig
+from datagen.synth.config import SynthConfig
+from datagen.translate.config import TranslateConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FiltersConfig(_Strict):
+    quality: QualityConfig = Field(default_factory=QualityConfig)
+    clip: ClipConfig | None = Field(None, description="CLIP score filter; null skips it.")
+
+
+class StageConfig(_Strict):
+    sources: list[str] | None = Field(None, description="Sources that feed this stage; null: all that apply.")
+    weights: dict[str, float] = Field(
+        default_factory=dict,
+        description="Mixing weight per source (default 1). Below 1 subsamples, above 1 repeats rows.",
+    )
+
+
+class OutputConfig(_Strict):
+    shard_max_count: int = Field(1000, ge=1, description="Samples per shard at most.")
+    shard_max_bytes: int = Field(1_000_000_000, ge=1024, description="Bytes per shard at most.")
+    shuffle: bool = Field(True, description="Deterministic global shuffle (by seed) before sharding.")
+    exports: list[Literal["llava", "mplug_owl", "sharegpt"]] = Field(
+        default_factory=list, description="Extra formats written under <out>/export/ after the shards."
+    )
+
+
+class ExecutorConfig(_Strict):
+    workers: int = Field(1, ge=1, description="Processes for per-batch steps (1: run in this process).")
+    batch_size: int = Field(256, ge=1, description="Rows per batch handed to a step.")
+
+
+class Recipe(_Strict):
+    """A datagen recipe: sources -> fetch -> filters -> dedup -> synthesize -> translate -> shards."""
+
+    name: str = Field(..., pattern=NAME_PATTERN)
+    description: str = ""
+    seed: int = 0
+    out: str | None = Field(None, description="Output folder (relative to the current directory); default out/<name>.")
+    sources: list[Annotated[SourceConfig, Field(discriminator="kind")]] = Field(..., min_length=1)
+    fetch: FetchConfig = Field(default_factory=FetchConfig)
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    dedup: DedupConfig | None = Field(default_factory=DedupConfig)
+    ocr: OcrConfig | None = None
+    synthesize: SynthConfig | None = None
+    llm_generate: LLMGenerateConfig | None = None
+    translate: TranslateConfig | None = None
+    stage1: StageConfig = Field(default_factory=StageConfig)
+    stage2: StageConfig = Field(default_factory=StageConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
+
+    @model_validator(mode="after")
+    def _names(self) -> "Recipe":
+        names = [s.name for s in self.sources]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"source names must be unique; repeated: {dup}")
+        for stage_name in ("stage1", "stage2"):
+            stage: StageConfig = getattr(self, stage_name)
+            for ref in list(stage.sources or []) + list(stage.weights):
+                if ref not in names:
+                    raise ValueError(f"{stage_name} names source {ref!r}, which is not among the sources {names}")
+        return self

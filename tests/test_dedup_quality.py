@@ -1,0 +1,80 @@
+import io
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image, ImageDraw
+
+from datagen.dedup import DedupConfig, DedupStep, find_duplicates
+from datagen.filters.quality import QualityConfig, QualityFilterStep
+from datagen.records import pairs_table
+
+
+def jpeg(color, size=(32, 32)):
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_dedup_by_url_then_sha_first_row_wins(tmp_path, ctx):
+    rows = [
+        {"key": "a_1", "source": "a", "url": "u1", "image_sha256": "s1"},
+        {"key": "a_2", "source": "a", "url": "u1", "image_sha256": "s2"},  # same url as a_1
+        {"key": "a_3", "source": "a", "url": "u3", "image_sha256": "s1"},  # same image as a_1
+        {"key": "b_1", "source": "b", "url": "u1", "image_sha256": "s9"},  # same url, other source
+        {"key": "b_2", "source": "b", "url": None, "image_sha256": None},  # nulls never match
+        {"key": "b_3", "source": "b", "url": None, "image_sha256": None},
+    ]
+    path = tmp_path / "in.parquet"
+    pq.write_table(pairs_table(rows), path)
+    outs = list(DedupStep(DedupConfig(by=["url", "image_sha256"], within="all"), ctx).process_dataset(path))
+    kept = pa.concat_tables([o.kept for o in outs]).column("key").to_pylist()
+    rejects = pa.concat_tables([o.rejects for o in outs]).to_pylist()
+    assert kept == ["a_1", "b_2", "b_3"]
+    assert {r["key"]: r["reason"] for r in rejects} == {"a_2": "duplicate_of:a_1", "a_3": "duplicate_of:a_1",
+                                                       "b_1": "duplicate_of:a_1"}
+    assert len(kept) + len(rejects) == len(rows)
+    outs = list(DedupStep(DedupConfig(by=["url"], within="source"), ctx).process_dataset(path))
+    assert sorted(pa.concat_tables([o.kept for o in outs]).column("key").to_pylist()) == ["a_1", "a_3", "b_1", "b_2", "b_3"]
+
+
+def test_dedup_phash_finds_reencoded_copy(tmp_path, ctx):
+    img = Image.new("RGB", (256, 256), "white")
+    draw = ImageDraw.Draw(img)
+    draw.rectangle([20, 30, 120, 200], fill="blue")
+    draw.ellipse([140, 40, 240, 140], fill="red")
+    draw.polygon([(130, 250), (250, 160), (200, 250)], fill="green")
+    a, b = io.BytesIO(), io.BytesIO()
+    img.save(a, "JPEG", quality=95)
+    img.resize((128, 128)).save(b, "JPEG", quality=60)
+    rows = [{"key": "x_1", "source": "x", "url": "1", "image": a.getvalue()},
+            {"key": "x_2", "source": "x", "url": "2", "image": b.getvalue()},
+            {"key": "x_3", "source": "x", "url": "3", "image": jpeg("red")}]
+    path = tmp_path / "in.parquet"
+    pq.write_table(pairs_table(rows), path)
+    outs = list(DedupStep(DedupConfig(by=["phash"]), ctx).process_dataset(path))
+    assert pa.concat_tables([o.kept for o in outs]).column("key").to_pylist() == ["x_1", "x_3"]
+
+
+def test_find_duplicates_on_empty_by_list():
+    import polars as pl
+
+    assert find_duplicates(pl.LazyFrame({"key": ["a"], "source": ["s"], "url": ["u"]}), [], "all").height == 0
+
+
+def test_quality_rules_each_have_their_reason(ctx):
+    rows = [
+        {"key": "k0", "source": "s", "caption": "a dog on a sofa", "width": 300, "height": 250, "image": jpeg("red")},
+        {"key": "k1", "source": "s", "caption": "", "width": 300, "height": 250},
+        {"key": "k2", "source": "s", "caption": "dog", "width": 300, "height": 250},
+        {"key": "k3", "source": "s", "caption": "a dog here", "width": 100, "height": 250},
+        {"key": "k4", "source": "s", "caption": "a dog here", "width": 1000, "height": 250},
+        {"key": "k5", "source": "s", "caption": "沙发上的一只狗", "width": 300, "height": 250, "image": jpeg("red")},
+        {"key": "k6", "source": "s", "caption": "a dog here", "width": None, "height": None},
+    ]
+    out = QualityFilterStep(QualityConfig(), ctx).process(pairs_table(rows))
+    assert out.kept.column("key").to_pylist() == ["k0", "k5"]
+    assert {r["key"]: r["reason"] for r in out.rejects.to_pylist()} == {
+        "k1": "caption_empty", "k2": "caption_too_short", "k3": "image_too_small", "k4": "aspect_ratio",
+        "k6": "no_image"}
+    out = QualityFilterStep(QualityConfig(min_image_bytes=10**6), ctx).process(pairs_table(rows[:1]))
+    assert out.rejects.column("reason").to_pylist() == ["image_file_too_small"]

@@ -41,6 +41,7 @@ class Checkpoint:
     stats: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     reused: bool = False
+    warnings: list[str] = field(default_factory=list)  # said while the step ran; repeated on reuse
 
     @property
     def data(self) -> Path:
@@ -62,7 +63,8 @@ def load(dir: Path, fingerprint: str) -> Checkpoint | None:
     info = json.loads(done.read_text())
     if info.get("fingerprint") != fingerprint:
         return None
-    return Checkpoint(dir, fingerprint, info.get("counts", {}), info.get("stats", {}), info.get("seconds", 0.0), True)
+    return Checkpoint(dir, fingerprint, info.get("counts", {}), info.get("stats", {}), info.get("seconds", 0.0), True,
+                      info.get("warnings", []))
 
 
 class CheckpointWriter:
@@ -93,7 +95,8 @@ class CheckpointWriter:
             self._rejects.write_table(rejects.cast(REJECT_SCHEMA))
             self.rejected += rejects.num_rows
 
-    def commit(self, counts: dict[str, int], stats: dict[str, Any], seconds: float, empty_schema: pa.Schema) -> Checkpoint:
+    def commit(self, counts: dict[str, int], stats: dict[str, Any], seconds: float, empty_schema: pa.Schema,
+               warnings: list[str]) -> Checkpoint:
         if self._data is None:
             self._data = pq.ParquetWriter(self.tmp / "data.parquet", empty_schema)
         self._data.close()
@@ -101,12 +104,12 @@ class CheckpointWriter:
             self._rejects = pq.ParquetWriter(self.tmp / "rejects.parquet", REJECT_SCHEMA)
         self._rejects.close()
         (self.tmp / "done.json").write_text(
-            json.dumps({"fingerprint": self.fingerprint, "counts": counts, "stats": stats, "seconds": seconds},
-                       indent=1, default=str)
+            json.dumps({"fingerprint": self.fingerprint, "counts": counts, "stats": stats, "seconds": seconds,
+                        "warnings": warnings}, indent=1, default=str)
         )
         shutil.rmtree(self.final, ignore_errors=True)
         os.replace(self.tmp, self.final)
-        return Checkpoint(self.final, self.fingerprint, counts, stats, seconds, False)
+        return Checkpoint(self.final, self.fingerprint, counts, stats, seconds, False, warnings)
 
     def abort(self) -> None:
         for w in (self._data, self._rejects):

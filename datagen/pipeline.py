@@ -128,8 +128,11 @@ def _run_stage(state: RunState, index: int, name: str, fingerprint: str, empty: 
     if found is not None:
         log.info("step %s: reusing checkpoint %s", name, folder)
         state.ctx.stats[name] = found.stats
+        for w in found.warnings:
+            state.ctx.warn(w)
     else:
         t0 = time.time()
+        said_before = list(state.ctx.warnings)
         writer = ckpt.CheckpointWriter(folder, fingerprint)
         try:
             with tqdm(total=rows_in or None, desc=name, unit="row", leave=False) as bar:
@@ -140,7 +143,8 @@ def _run_stage(state: RunState, index: int, name: str, fingerprint: str, empty: 
             writer.abort()
             raise
         counts = {"in": rows_in, "kept": writer.kept, "rejected": writer.rejected}
-        found = writer.commit(counts, state.ctx.stats.get(name, {}), round(time.time() - t0, 3), empty)
+        said = [w for w in state.ctx.warnings if w not in said_before]
+        found = writer.commit(counts, state.ctx.stats.get(name, {}), round(time.time() - t0, 3), empty, said)
     state.steps.append(StepRecord(name, kind, found.counts.get("in", rows_in), found.counts.get("kept", 0),
                                   found.counts.get("rejected", 0), found.seconds, found.reused, str(found.dir),
                                   found.stats))
@@ -206,7 +210,7 @@ def run(recipe: Recipe, recipe_dir: Path, out_dir: Path, dry_run: bool = False) 
     inputs = [p for p, _ in pair_data]
     fp = ckpt.chain("pairs", [f for _, f in pair_data])
     for factory in _pair_steps(recipe):
-        fp = ckpt.chain(fp, factory.cls.name, factory.cls.version, factory.config.model_dump(mode="json"))
+        fp = ckpt.chain(fp, factory(ctx).fingerprint())  # a step may add what else decides its output
         rows_in = ckpt.count_rows(inputs)
         c = _run_stage(state, idx, factory.cls.name, fp, PAIR_SCHEMA,
                        lambda f=factory, ins=inputs: map_batches(f, ckpt.iter_batches(ins, bs), ctx, workers),

@@ -145,7 +145,7 @@ def group_conversations(paths: list[Path], sources: list[str] | None) -> pl.Lazy
     return (
         lf.select("key", "source", "images", "conversations", "meta")
         .group_by("key", maintain_order=True)
-        .agg(pl.col("source").first(), pl.col("images").first(), pl.col("conversations").flatten(),
+        .agg(pl.col("source").first(), pl.col("images").first(), pl.col("conversations").list.explode(),
              pl.col("meta").first())
     )
 

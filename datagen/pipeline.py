@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -242,10 +243,9 @@ def run(recipe: Recipe, recipe_dir: Path, out_dir: Path, dry_run: bool = False) 
         cls = getattr(__import__(module, fromlist=[cls_name]), cls_name)
         factory = StepFactory(cls, cfg)
         step_fp = ckpt.chain(pairs_fp, cls.name, cls.version, cfg.model_dump(mode="json"))
-        prepare = getattr(cls, "prepare", None)
         c = _run_stage(state, idx, cls.name, step_fp, CONVERSATION_SCHEMA,
-                       lambda f=factory, p=prepare, cfg=cfg: _expand(f, p, cfg, pairs, bs, ctx, workers),
-                       ckpt.count_rows([pairs]), "expand")
+                       lambda f=factory: _expand(f, pairs, bs, ctx, workers),
+                       _count_sources(pairs, getattr(cfg, "sources", None)), "expand")
         conversation_inputs.append((c.data, step_fp))
         idx += 1
     conversation_inputs.extend(text_data)
@@ -267,12 +267,28 @@ def run(recipe: Recipe, recipe_dir: Path, out_dir: Path, dry_run: bool = False) 
     return state
 
 
-def _expand(factory: StepFactory, prepare, cfg, pairs: Path, bs: int, ctx: RunContext, workers: int):
-    """Run an expand step; steps with a ``prepare`` classmethod first see the whole input once
-    (e.g. co-occurrence statistics for adversarial negatives) and get a config that carries the result."""
-    if prepare is not None:
-        factory = StepFactory(factory.cls, prepare(cfg, ckpt.iter_batches([pairs], bs), ctx))
-    return map_batches(factory, ckpt.iter_batches([pairs], bs), ctx, workers)
+def _expand(factory: StepFactory, pairs: Path, bs: int, ctx: RunContext, workers: int) -> Iterator[StepOutput]:
+    """Run an expand step over the pair rows of its selected sources. A step with a ``prepare``
+    method first sees that whole input once (e.g. label co-occurrence for adversarial negatives)
+    and persists what it learned under the run directory, where every worker finds it."""
+    sources = getattr(factory.config, "sources", None)
+
+    def batches() -> Iterator[pa.Table]:
+        for t in ckpt.iter_batches([pairs], bs):
+            yield t if sources is None else t.filter(pc.is_in(t.column("source"), value_set=pa.array(sources)))
+
+    probe = factory(ctx)
+    if hasattr(probe, "prepare"):
+        probe.prepare(batches())
+    probe.close()
+    return map_batches(factory, batches(), ctx, workers)
+
+
+def _count_sources(path: Path, sources: list[str] | None) -> int:
+    if sources is None:
+        return ckpt.count_rows([path])
+    col = pq.read_table(path, columns=["source"]).column("source")
+    return pc.sum(pc.is_in(col, value_set=pa.array(sources))).as_py() or 0
 
 
 def _concat(paths: list[Path], dest: Path) -> Path:

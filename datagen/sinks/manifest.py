@@ -68,6 +68,9 @@ def finish(state: RunState, recipe_raw: dict, recipe_path: Path | None) -> dict[
 
     reasons = Counter(rejects.column("reason").to_pylist()) if rejects.num_rows else Counter()
     by_step = Counter(rejects.column("step").to_pylist()) if rejects.num_rows else Counter()
+    row_reasons, item_reasons = Counter(), Counter()
+    for step, reason in zip(rejects.column("step").to_pylist(), rejects.column("reason").to_pylist()):
+        (item_reasons if step in _ITEM_LEVEL else row_reasons)[reason] += 1
     all_shards = shards1 + shards2 + shards2t
     manifest = {
         "name": recipe.name,
@@ -95,7 +98,9 @@ def finish(state: RunState, recipe_raw: dict, recipe_path: Path | None) -> dict[
              "seconds": s.seconds, "reused": s.reused, "stats": s.stats}
             for s in state.steps
         ],
-        "rejects": {"total": rejects.num_rows, "by_reason": dict(reasons.most_common()), "by_step": dict(by_step)},
+        "rejects": {"total": rejects.num_rows, "by_reason": dict(reasons.most_common()), "by_step": dict(by_step),
+                    "rows_by_reason": dict(row_reasons.most_common()),
+                    "items_by_reason": dict(item_reasons.most_common())},
         "shards": shard_dicts(all_shards),
     }
     (out / "sizes.json").write_text(json.dumps({s.path: s.count for s in all_shards}, indent=1) + "\n")
@@ -133,12 +138,14 @@ def summary(manifest: dict) -> str:
                  f" {c['stage2_text_samples']} text-only")
     if c["conversations_by_lang"]:
         lines.append("conversations: " + ", ".join(f"{k} {v}" for k, v in sorted(c["conversations_by_lang"].items())))
-    grouped = Counter()
-    for reason, n in manifest["rejects"]["by_reason"].items():
-        grouped[reason_group(reason)] += n
-    if grouped:
-        lines.append("rejected by reason:")
-        lines += [f"  {r:<28} {n}" for r, n in grouped.most_common()]
+    for title, field in (("rows rejected, by reason:", "rows_by_reason"),
+                         ("not turned into instructions or translations, by reason:", "items_by_reason")):
+        grouped = Counter()
+        for reason, n in manifest["rejects"][field].items():
+            grouped[reason_group(reason)] += n
+        if grouped:
+            lines.append(title)
+            lines += [f"  {r:<28} {n}" for r, n in grouped.most_common()]
     lines.append("steps:")
     for s in manifest["steps"]:
         took = "(reused)" if s["reused"] else f"{s['seconds']:.1f}s"

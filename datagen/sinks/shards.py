@@ -21,6 +21,9 @@ from typing import Any
 import webdataset as wds
 
 
+FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z
+
+
 @dataclass
 class ShardInfo:
     split: str
@@ -71,7 +74,8 @@ class SplitWriter:
     def _open(self) -> None:
         name = self._name(len(self.shards))
         self._file = open(self.work_dir / (name + ".partial"), "wb")
-        self._writer = wds.TarWriter(self._file)
+        # A fixed mtime makes shards byte-reproducible: same recipe and seed, same sha256.
+        self._writer = wds.TarWriter(self._file, mtime=FIXED_MTIME)
         self._count = self._bytes = 0
 
     def _close_shard(self) -> None:

@@ -1,0 +1,129 @@
+"""End to end: the bundled demo recipe, offline, checked against the schemas and read back with webdataset."""
+
+import hashlib
+import io
+import json
+from collections import Counter
+
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from datagen.cli import main
+from datagen.schemas import validator
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    assert main(["run", str(ROOT / "recipes" / "demo.yaml"), "--out", str(out)]) == 0
+    return out
+
+
+def shards(out, split):
+    return sorted(str(p) for p in (out / split).glob(f"{split}-*.tar"))
+
+
+def read_split(out, split):
+    return list(wds.WebDataset(shards(out, split), shardshuffle=False, empty_check=False))
+
+
+def test_manifest_reconciles_and_matches_schema(demo):
+    manifest = json.loads((demo / "manifest.json").read_text())
+    validator("manifest").validate(manifest)
+    pairs = manifest["counts"]["pairs"]
+    assert pairs["in"] == pairs["kept"] + pairs["rejected"] and pairs["reconciled"]
+    rejects = pq.read_table(demo / "rejects.parquet")
+    row_rejects = [r for r in rejects.to_pylist() if r["step"] not in ("synthesize", "llm_generate", "translate")]
+    assert len(row_rejects) == pairs["rejected"]
+    reasons = {r["reason"].split(":")[0] for r in row_rejects}
+    # The demo's planted bad rows, each with its own reason.
+    assert {"file_not_found", "image_truncated", "not_an_image", "caption_empty", "duplicate_of", "malformed_row",
+            "image_too_small", "aspect_ratio"} <= reasons
+    assert all(r["reason"] and r["step"] for r in rejects.to_pylist())
+    # Offline there are no CLIP weights: the run must say so in plain words.
+    assert any("UNTRAINED" in w and "mean nothing" in w for w in manifest["warnings"])
+    assert "mean nothing" in (demo / "README.md").read_text()
+
+
+def test_shards_match_manifest_and_sizes(demo):
+    manifest = json.loads((demo / "manifest.json").read_text())
+    sizes = json.loads((demo / "sizes.json").read_text())
+    assert manifest["shards"], "no shards written"
+    for sh in manifest["shards"]:
+        data = (demo / sh["path"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == sh["sha256"] and len(data) == sh["bytes"]
+        assert sizes[sh["path"]] == sh["count"]
+    assert not list(demo.rglob("*.partial")), "half-written shards left behind"
+    for split, count_key in (("stage1", "stage1_samples"), ("stage2", "stage2_samples"),
+                             ("stage2_text", "stage2_text_samples")):
+        assert len(read_split(demo, split)) == manifest["counts"][count_key] > 0
+
+
+def test_stage1_samples_are_img2dataset_layout(demo):
+    check = validator("pair_row")
+    keys = Counter()
+    for s in read_split(demo, "stage1"):
+        assert {"jpg", "txt", "json"} <= set(s), s.keys()
+        row = json.loads(s["json"])
+        check.validate(row)
+        assert s["txt"].decode() == row["caption"]
+        img = Image.open(io.BytesIO(s["jpg"]))
+        assert img.mode == "RGB" and img.size == (row["width"], row["height"])
+        assert hashlib.sha256(s["jpg"]).hexdigest() == row["image_sha256"]
+        assert "." not in s["__key__"]
+        keys[s["__key__"]] += 1
+    assert max(keys.values()) == 1
+
+
+def test_stage2_samples_hold_each_image_once_and_both_languages(demo):
+    check = validator("conversation_row")
+    langs, polarity = Counter(), Counter()
+    for s in read_split(demo, "stage2"):
+        row = json.loads(s["json"])
+        check.validate(row)
+        assert [k for k in s if k.endswith("jpg")] == ["jpg"], "one image stored once per sample"
+        assert row["images"] == [s["__key__"]]
+        for conv in row["conversations"]:
+            langs[conv["lang"]] += 1
+            assert conv["turns"][0]["role"] == "user" and conv["turns"][0]["content"].startswith("<image>\n")
+            assert sum(t["content"].count("<image>") for t in conv["turns"]) == 1
+            for t in conv["turns"]:
+                if t["role"] == "assistant":
+                    polarity[t["polarity"]] += 1
+    assert langs["en"] > 0 and langs["zh"] > 0
+    assert polarity["positive"] > 0 and polarity["negative"] > 0
+    text = read_split(demo, "stage2_text")
+    for s in text:
+        row = json.loads(s["json"])
+        check.validate(row)
+        assert row["images"] == [] and not any(k.endswith("jpg") for k in s)
+
+
+def test_exports_llava_and_mplug_owl(demo):
+    llava = json.loads((demo / "export" / "llava.json").read_text())
+    assert llava and all(i["conversations"][0]["from"] == "human" for i in llava)
+    with_image = [i for i in llava if "image" in i]
+    assert with_image and all((demo / "export" / i["image"]).is_file() for i in with_image)
+    assert all(i["conversations"][0]["value"].startswith("<image>\n") for i in with_image)
+    lines = [json.loads(x) for x in (demo / "export" / "mplug_owl.jsonl").read_text().splitlines()]
+    assert len(lines) == len(llava)
+    one = next(x for x in lines if x["image"])
+    assert one["text"].startswith("The following is a conversation between a curious human and AI assistant.")
+    assert "\nHuman: <image>\nHuman: " in one["text"] and "\nAI: " in one["text"]
+    assert one["text"].count("<image>") == len(one["image"])
+
+
+def test_rerun_reuses_checkpoints_and_gives_identical_shards(demo, capsys):
+    before = json.loads((demo / "manifest.json").read_text())
+    assert main(["run", str(ROOT / "recipes" / "demo.yaml"), "--out", str(demo)]) == 0
+    after = json.loads((demo / "manifest.json").read_text())
+    assert all(s["reused"] for s in after["steps"])
+    assert [s["sha256"] for s in before["shards"]] == [s["sha256"] for s in after["shards"]]
+    out = capsys.readouterr().out
+    assert "reconciled" in out and "(reused)" in out

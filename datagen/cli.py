@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -152,9 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from datagen.recipe import RecipeError
+    from datagen.translate.errors import QuotaExhausted
 
     try:
         return args.fn(args)
+    except QuotaExhausted as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return 4
     except RecipeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -231,6 +231,18 @@ def run(recipe: Recipe, recipe_dir: Path, out_dir: Path, dry_run: bool = False) 
         inputs = [c.data]
         idx += 1
     pairs = inputs[0] if len(inputs) == 1 else _concat(inputs, ctx.run_dir / "pairs.parquet")
+
+    # 3b. Caption translation (bilingual stage-1 pre-training) adds caption_<lang> to the pairs.
+    if recipe.translate is not None and recipe.translate.mode == "captions":
+        from datagen.translate.step import TranslateStep
+
+        factory = StepFactory(TranslateStep, recipe.translate)
+        fp = ckpt.chain(fp, factory(ctx).fingerprint())
+        c = _run_stage(state, idx, "translate", fp, PAIR_SCHEMA,
+                       lambda: map_batches(factory, ckpt.iter_batches([pairs], bs), ctx, workers),
+                       ckpt.count_rows([pairs]), "map")
+        pairs = c.data
+        idx += 1
     pairs_fp = fp
 
     # 4. Conversations: template synthesis and LLM generation expand pairs; text-only sources join.
@@ -250,7 +262,7 @@ def run(recipe: Recipe, recipe_dir: Path, out_dir: Path, dry_run: bool = False) 
         idx += 1
     conversation_inputs.extend(text_data)
 
-    if recipe.translate is not None and conversation_inputs:
+    if recipe.translate is not None and recipe.translate.mode == "conversations" and conversation_inputs:
         from datagen.translate.step import TranslateStep
 
         factory = StepFactory(TranslateStep, recipe.translate)

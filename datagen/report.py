@@ -43,7 +43,7 @@ def write_report(out: Path) -> Path:
         _bar(reasons, "rejects by reason", rdir / "rejects.png")
         sections += ["## Rejects", "", "![rejects](report/rejects.png)", ""]
 
-    scores = [json.loads(s["json"]).get("clip_score") for s in iter_samples(out, "stage1")]
+    scores = [s["json"].get("clip_score") for s in iter_samples(out, "stage1")]
     scores = [x for x in scores if x is not None]
     if scores:
         fig, ax = plt.subplots(figsize=(6, 3))

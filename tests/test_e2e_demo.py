@@ -127,3 +127,19 @@ def test_rerun_reuses_checkpoints_and_gives_identical_shards(demo, capsys):
     assert [s["sha256"] for s in before["shards"]] == [s["sha256"] for s in after["shards"]]
     out = capsys.readouterr().out
     assert "reconciled" in out and "(reused)" in out
+
+
+def test_report_view_and_other_exports(demo, capsys):
+    import datasets
+
+    assert main(["report", str(demo)]) == 0
+    report = (demo / "report.md").read_text()
+    assert "reconciled" in report and (demo / "report" / "rejects.png").stat().st_size > 1000
+    assert main(["view", str(demo), "-n", "1"]) == 0
+    shown = capsys.readouterr().out
+    assert "assistant" in shown and "[en]" in shown
+    assert main(["export", str(demo), "--format", "sharegpt", "--dest", str(demo / "x")]) == 0
+    sharegpt = json.loads((demo / "x" / "sharegpt.json").read_text())
+    assert main(["export", str(demo), "--format", "hf", "--dest", str(demo / "x")]) == 0
+    ds = datasets.load_from_disk(str(demo / "x" / "hf"))
+    assert len(ds) == len(sharegpt) > 0 and set(ds["lang"]) == {"en", "zh"}

@@ -60,10 +60,14 @@ def _llava_turns(turns: list[dict], n_images: int) -> list[dict]:
 
 
 def mplug_owl_text(turns: list[dict], n_images: int) -> str:
-    lines = [MPLUG_SYSTEM] + ["Human: <image>"] * n_images
+    """mPLUG-Owl's template. One image: a "Human: <image>" line before the dialogue. Several
+    images declared inline (MMICL style, "Image 0 is <image_0>."): each ``<image_N>`` becomes
+    ``<image>`` where it stands, since the trainer fills ``<image>`` tokens in order."""
+    inline = n_images > 1 and all(f"<image_{i}>" in " ".join(t["content"] for t in turns) for i in range(n_images))
+    lines = [MPLUG_SYSTEM] + ([] if inline else ["Human: <image>"] * n_images)
     for t in turns:
-        content = _PLACEHOLDER.sub("", t["content"]).strip()
-        lines.append(f"{'Human' if t['role'] == 'user' else 'AI'}: {content}")
+        content = re.sub(r"<image_\d+>", "<image>", t["content"]) if inline else _PLACEHOLDER.sub("", t["content"])
+        lines.append(f"{'Human' if t['role'] == 'user' else 'AI'}: {content.strip()}")
     return "\n".join(lines)
 
 

@@ -109,7 +109,7 @@ class LocalServer:
         self.httpd = _Server(("127.0.0.1", 0), _H)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     def route(self, prefix: str, handler: Handler) -> None:
         """Register ``handler`` for paths starting with ``prefix`` (first match wins)."""

@@ -1,0 +1,224 @@
+"""Decode, check, straighten, convert, resize and encode one image; move its boxes along.
+
+Why each choice:
+- Pillow, with ``ImageFile.LOAD_TRUNCATED_IMAGES`` left False and ``load()``
+  inside a try: a truncated download must become a reject, never a half-grey
+  image that silently trains the model on garbage.
+- The header size is checked against ``max_pixels`` before any pixel is decoded,
+  so a decompression bomb costs nothing.
+- JPEGs that must shrink are decoded with ``draft`` (DCT scaling by 1/2, 1/4 or
+  1/8 inside libjpeg): several times faster than decoding full size and then
+  resizing, and the Lanczos pass that follows still sets the exact size. The
+  region ``draft`` reports is passed to ``resize(box=...)`` so the geometry stays
+  exact (boxes keep lining up with pixels).
+- Conversion to RGB comes BEFORE the resize: Pillow resizes palette images with
+  nearest-neighbour, and alpha must be composited on white first (a transparent
+  PNG on black looks like a different picture to CLIP).
+- EXIF orientation is applied last, with the same orientation -> transpose table
+  as ``PIL.ImageOps.exif_transpose``. We do it ourselves rather than call
+  ``exif_transpose`` because we need the method to move the COCO boxes by the
+  same transform; resize and transpose commute, so doing it last is exact. The
+  stored image carries no EXIF, so no reader can rotate it a second time.
+- An upright RGB JPEG that needs no resize is stored byte-for-byte
+  (``keep_original_jpeg``): re-encoding would lose quality and cost CPU for
+  nothing. It is still fully decoded first, to catch truncation.
+- Boxes (``objects[*].bbox`` = [x, y, w, h] in pixels of the original image) are
+  scaled by the resize factors per axis, then their corners are mapped by the
+  transpose, so they stay on the same pixels.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from datagen.fetch.config import FetchConfig
+from datagen.fetch.errors import FetchError
+
+# Never decode half images; stated here so no other module's setting can leak in unnoticed.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+T = Image.Transpose
+# EXIF orientation -> the transpose that makes the image upright (same table as ImageOps.exif_transpose).
+ORIENTATION_TRANSPOSE = {
+    2: T.FLIP_LEFT_RIGHT,
+    3: T.ROTATE_180,
+    4: T.FLIP_TOP_BOTTOM,
+    5: T.TRANSPOSE,
+    6: T.ROTATE_270,
+    7: T.TRANSVERSE,
+    8: T.ROTATE_90,
+}
+
+# Where a point (x, y) of a w x h image lands after each transpose (continuous pixel-edge coordinates).
+_POINT_MAP: dict[T, Callable[[float, float, int, int], tuple[float, float]]] = {
+    T.FLIP_LEFT_RIGHT: lambda x, y, w, h: (w - x, y),
+    T.FLIP_TOP_BOTTOM: lambda x, y, w, h: (x, h - y),
+    T.ROTATE_180: lambda x, y, w, h: (w - x, h - y),
+    T.ROTATE_90: lambda x, y, w, h: (y, w - x),  # Pillow's ROTATE_90 is counter-clockwise
+    T.ROTATE_270: lambda x, y, w, h: (h - y, x),
+    T.TRANSPOSE: lambda x, y, w, h: (y, x),
+    T.TRANSVERSE: lambda x, y, w, h: (h - y, w - x),
+}
+
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+
+
+@dataclass
+class StoredImage:
+    data: bytes
+    sha256: str
+    width: int
+    height: int
+    format: str  # "jpeg" | "png"
+    objects: Optional[list[dict]]  # the row's objects with boxes moved to the stored image; None if the row had none
+    reencoded: bool
+
+
+def transform_bbox(bbox: list[float], scale_x: float, scale_y: float, method: Optional[T], w: int, h: int) -> list[float]:
+    """Move one [x, y, w, h] box: scale per axis, then transpose inside the scaled ``w`` x ``h`` image."""
+    x0, y0 = bbox[0] * scale_x, bbox[1] * scale_y
+    x1, y1 = (bbox[0] + bbox[2]) * scale_x, (bbox[1] + bbox[3]) * scale_y
+    if method is not None:
+        f = _POINT_MAP[method]
+        x0, y0 = f(x0, y0, w, h)
+        x1, y1 = f(x1, y1, w, h)
+    left, right = sorted((x0, x1))
+    top, bottom = sorted((y0, y1))
+    return [left, top, right - left, bottom - top]
+
+
+def check_objects(objects: Optional[list[dict]]) -> None:
+    """Raise ``bad_bbox`` for a box that is not four finite numbers (null boxes are allowed)."""
+    for i, obj in enumerate(objects or []):
+        bbox = (obj or {}).get("bbox")
+        if bbox is None:
+            continue
+        if len(bbox) != 4 or not all(v is not None and math.isfinite(v) for v in bbox):
+            raise FetchError("bad_bbox", f"objects[{i}].bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
+
+
+def target_size(width: int, height: int, max_side: Optional[int]) -> tuple[int, int]:
+    """The size after capping the longer side at ``max_side`` (aspect kept, never upscaled)."""
+    if not max_side or max(width, height) <= max_side:
+        return width, height
+    s = max_side / max(width, height)
+    return max(1, round(width * s)), max(1, round(height * s))
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        value = int(img.getexif().get(0x0112, 1))
+    except Exception:  # a broken EXIF block is no reason to drop a good image
+        return 1
+    return value if value in ORIENTATION_TRANSPOSE else 1
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode.startswith("I;16"):  # 16-bit greyscale: keep the top 8 bits instead of clipping at 255
+        img = Image.fromarray((np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8))
+    if img.mode in _ALPHA_MODES or img.has_transparency_data:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        background.alpha_composite(rgba)
+        return background.convert("RGB")
+    return img.convert("RGB")
+
+
+def _open(data: bytes, cfg: FetchConfig) -> Image.Image:
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        head = data[:16]
+        raise FetchError("not_an_image", f"{len(data)} bytes that no image decoder recognises (starts with {head!r})")
+    except Image.DecompressionBombError as e:
+        raise FetchError("too_large", str(e))
+    except Exception as e:
+        raise FetchError("decode_error", f"cannot open image: {e!r}")
+    w, h = img.size
+    if w < 1 or h < 1:
+        raise FetchError("decode_error", f"image has size {w}x{h}")
+    if w * h > cfg.max_pixels:
+        raise FetchError("too_large", f"{w}x{h} = {w * h} pixels > max_pixels {cfg.max_pixels}")
+    return img
+
+
+def probe_size(data: bytes, cfg: FetchConfig) -> tuple[int, int]:
+    """Width and height from the header only (for rows that arrive with bytes and need no re-encode)."""
+    return _open(data, cfg).size
+
+
+def process_image(data: bytes, objects: Optional[list[dict]], cfg: FetchConfig) -> StoredImage:
+    """Turn downloaded bytes into the stored image; raise FetchError with a reason code on any failure."""
+    if len(data) > cfg.max_bytes:
+        raise FetchError("too_large", f"{len(data)} bytes > max_bytes {cfg.max_bytes}")
+    check_objects(objects)
+    img = _open(data, cfg)
+    fmt, src_mode = img.format, img.mode
+    width, height = img.size
+    method = ORIENTATION_TRANSPOSE.get(_orientation(img))
+    new_w, new_h = target_size(width, height, cfg.max_side)  # in the raw orientation; the cap is symmetric
+    resize = (new_w, new_h) != (width, height)
+
+    draft_box = None
+    if resize and fmt in ("JPEG", "MPO"):  # MPO: multi-picture JPEGs from cameras
+        drafted = img.draft(None, (new_w, new_h))
+        draft_box = drafted[1] if drafted else None
+    try:
+        img.load()
+    except Image.DecompressionBombError as e:
+        raise FetchError("too_large", str(e))
+    except (OSError, EOFError, SyntaxError, ValueError) as e:
+        text = str(e)
+        if isinstance(e, EOFError) or "truncated" in text.lower():
+            raise FetchError("image_truncated", f"{fmt} data ends early ({len(data)} bytes): {text}")
+        raise FetchError("decode_error", f"cannot decode {fmt}: {e!r}")
+    except Exception as e:
+        raise FetchError("decode_error", f"cannot decode {fmt}: {e!r}")
+
+    if cfg.keep_original_jpeg and fmt == "JPEG" and src_mode == "RGB" and method is None and not resize:
+        return StoredImage(
+            data, hashlib.sha256(data).hexdigest(), width, height, "jpeg", _copy_objects(objects), reencoded=False
+        )
+
+    icc = img.info.get("icc_profile") if src_mode.startswith(("RGB", "P")) else None
+    try:
+        img = _to_rgb(img)
+        if resize:
+            img = img.resize((new_w, new_h), Image.Resampling.LANCZOS, box=draft_box)
+        if method is not None:
+            img = img.transpose(method)
+    except Exception as e:
+        raise FetchError("decode_error", f"cannot convert {fmt} {src_mode} image: {e!r}")
+
+    moved = _copy_objects(objects)
+    if moved:
+        sx, sy = new_w / width, new_h / height
+        for obj in moved:
+            if obj.get("bbox") is not None:
+                obj["bbox"] = transform_bbox(list(obj["bbox"]), sx, sy, method, new_w, new_h)
+
+    out_fmt = "png" if (cfg.keep_png and fmt == "PNG") else "jpeg"
+    buf = io.BytesIO()
+    try:
+        if out_fmt == "png":
+            img.save(buf, format="PNG", icc_profile=icc)
+        else:
+            img.save(buf, format="JPEG", quality=cfg.jpeg_quality, icc_profile=icc)
+    except Exception as e:
+        raise FetchError("encode_error", f"cannot encode {out_fmt}: {e!r}")
+    out = buf.getvalue()
+    return StoredImage(out, hashlib.sha256(out).hexdigest(), img.width, img.height, out_fmt, moved, reencoded=True)
+
+
+def _copy_objects(objects: Optional[list[dict]]) -> Optional[list[dict[str, Any]]]:
+    if objects is None:
+        return None
+    return [dict(o) if o is not None else None for o in objects]

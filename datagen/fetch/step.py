@@ -1,0 +1,238 @@
+"""The fetch step: fill ``image``, ``image_sha256``, ``width``, ``height`` of pair rows.
+
+Input rows have ``image`` null and ``url`` set (http(s) URL, file:// URL or an
+absolute path); rows that already carry bytes pass through untouched, with
+missing sha256/size filled from the bytes (when ``max_side`` is set they get the
+full treatment instead: EXIF, RGB, resize, boxes). Output keeps every column and
+the row order; every row that cannot be fetched or decoded becomes a reject
+with a stable reason code (see ``datagen.fetch.errors``), so rows in = kept +
+rejected.
+
+Why it is built this way:
+- ``process`` runs its own event loop (``asyncio.run``) per batch, so the step
+  works in any process or Ray worker with no loop of its own; if it is called
+  from inside a running loop (a notebook), the batch runs in a helper thread.
+- Network work is asyncio (``datagen.fetch.http``); decoding and encoding run
+  in a small thread pool (Pillow releases the GIL), overlapped with downloads,
+  so a batch costs about max(network, CPU) rather than their sum.
+- Local files are read in the same thread pool, never through the network
+  limits.
+- ``cache_downloads`` (off by default) keeps raw bytes and permanent failures
+  in ``<run>/cache/fetch.sqlite`` (``datagen.cache.RequestCache``, keyed by the
+  URL only), so changing e.g. ``max_side`` re-encodes without re-downloading.
+  Step checkpoints already cover reruns with the same config.
+- Counts go to ``ctx.stat("fetch")``: rows_in, ok, passthrough, reencoded,
+  bytes (stored), bytes_downloaded, retries, redirects, host_pauses,
+  cache_hits, and rejects per reason.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import concurrent.futures
+import hashlib
+from collections import Counter
+from typing import Any, Optional, Union
+
+import pyarrow as pa
+from PIL import ImageFile
+
+from datagen.cache import RequestCache
+from datagen.fetch.config import FetchConfig
+from datagen.fetch.errors import FetchError
+from datagen.fetch.http import Downloader
+from datagen.fetch.image import StoredImage, probe_size, process_image
+from datagen.fetch.location import locate, read_file
+from datagen.records import PAIR_SCHEMA, reject, rejects_table
+from datagen.steps import RunContext, Step, StepOutput
+
+
+class _Passthrough:
+    """A row that arrived with bytes and keeps them; fills whatever metadata was missing."""
+
+    def __init__(self, sha256: Optional[str], size: Optional[tuple[int, int]]):
+        self.sha256 = sha256
+        self.size = size
+
+
+Result = Union[StoredImage, _Passthrough, FetchError]
+
+
+def run_coroutine(make_coro) -> Any:
+    """Run a coroutine to completion from sync code, whether or not this thread already runs a loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make_coro())
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(make_coro())).result()
+
+
+CACHE_NAMESPACE = "fetch:http"
+
+
+def _is_permanent(e: FetchError) -> bool:
+    """Failures that a rerun would meet again: client errors, unknown hosts, redirect loops."""
+    if e.retryable:
+        return False
+    return e.reason.startswith("http_4") or e.reason in ("dns_error", "too_many_redirects")
+
+
+class FetchStep(Step):
+    name = "fetch"
+    kind = "map"
+    version = 1
+
+    def __init__(self, config: Optional[FetchConfig], ctx: RunContext):
+        super().__init__(config if config is not None else FetchConfig(), ctx)
+        self.config: FetchConfig
+        # Retry-After pauses per host, kept across batches of this process (timing only, never results).
+        self._host_open_at: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ batch
+
+    def process(self, table: pa.Table) -> StepOutput:
+        missing = [c for c in ("key", "url") if c not in table.column_names]
+        if missing:
+            raise ValueError(f"fetch: input table lacks column(s) {missing}; has {table.column_names}")
+        cols = {
+            name: (table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows)
+            for name in ("key", "source", "url", "image", "image_sha256", "width", "height", "objects")
+        }
+        if ImageFile.LOAD_TRUNCATED_IMAGES:  # someone else's import turned it on: half images would pass
+            self.ctx.warn("PIL.ImageFile.LOAD_TRUNCATED_IMAGES was True; fetch set it back to False")
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
+        batch_no = self.ctx.stat(self.name).get("batches", 0)
+        results, counters = run_coroutine(lambda: self._fetch_all(cols, batch_no))
+        return self._assemble(table, cols, results, counters)
+
+    async def _fetch_all(self, cols: dict[str, list], batch_no: int) -> tuple[list[Result], Any]:
+        cache = RequestCache(self.ctx.cache_dir / "fetch.sqlite") if self.config.cache_downloads else None
+        try:
+            return await self._fetch_rows(cols, batch_no, cache)
+        finally:
+            if cache is not None:
+                cache.close()
+
+    async def _fetch_rows(
+        self, cols: dict[str, list], batch_no: int, cache: Optional[RequestCache]
+    ) -> tuple[list[Result], Any]:
+        cfg = self.config
+        loop = asyncio.get_running_loop()
+        with concurrent.futures.ThreadPoolExecutor(cfg.workers, thread_name_prefix="fetch-decode") as pool:
+            async with Downloader(cfg, self.ctx.rng("fetch", batch_no), self._host_open_at) as downloader:
+
+                async def one(i: int) -> Result:
+                    try:
+                        image, objects = cols["image"][i], cols["objects"][i]
+                        if image is not None:
+                            if cfg.max_side is None:
+                                return await loop.run_in_executor(pool, self._passthrough, i, cols)
+                            return await loop.run_in_executor(pool, process_image, image, objects, cfg)
+                        kind, target = locate(cols["url"][i], self.ctx.resolve)
+                        if kind == "file":
+                            data = await loop.run_in_executor(pool, read_file, target, cfg.max_bytes)
+                        else:
+                            data = await self._download(downloader, target, cache)
+                        return await loop.run_in_executor(pool, process_image, data, objects, cfg)
+                    except FetchError as e:
+                        return e
+                    except Exception as e:  # never lose a row to a bug or an odd input
+                        return FetchError("fetch_error", f"{type(e).__name__}: {e}")
+
+                results = await asyncio.gather(*(one(i) for i in range(len(cols["key"]))))
+        return list(results), downloader.counters
+
+    async def _download(self, downloader: Downloader, url: str, cache: Optional[RequestCache]) -> bytes:
+        """Download through the optional request cache; only bytes and permanent failures are cached."""
+        if cache is None:
+            return await downloader.get(url)
+        request = {"url": url}
+        hit = cache.get(CACHE_NAMESPACE, request)
+        if hit is not None:
+            downloader.counters.cache_hits += 1
+            if "reason" in hit:
+                raise FetchError(hit["reason"], f"{hit['detail']} (cached)")
+            return base64.b64decode(hit["body"])
+        try:
+            data = await downloader.get(url)
+        except FetchError as e:
+            if _is_permanent(e):
+                cache.put(CACHE_NAMESPACE, request, {"reason": e.reason, "detail": e.detail})
+            raise
+        cache.put(CACHE_NAMESPACE, request, {"body": base64.b64encode(data).decode("ascii")})
+        return data
+
+    def _passthrough(self, i: int, cols: dict[str, list]) -> _Passthrough:
+        image = cols["image"][i]
+        sha = cols["image_sha256"][i] or hashlib.sha256(image).hexdigest()
+        size = None
+        if cols["width"][i] is None or cols["height"][i] is None:
+            size = probe_size(image, self.config)
+        return _Passthrough(sha, size)
+
+    # ---------------------------------------------------------------- output
+
+    def _assemble(self, table: pa.Table, cols: dict[str, list], results: list[Result], counters) -> StepOutput:
+        kept_idx: list[int] = []
+        rejects: list[dict] = []
+        new = {"image": [], "image_sha256": [], "width": [], "height": [], "objects": []}
+        stats = Counter()
+        for i, res in enumerate(results):
+            if isinstance(res, FetchError):
+                row = {"key": cols["key"][i], "source": cols["source"][i], "url": cols["url"][i]}
+                rejects.append(reject(row, self.name, res.reason, res.detail))
+                continue
+            kept_idx.append(i)
+            if isinstance(res, _Passthrough):
+                stats["passthrough"] += 1
+                new["image"].append(cols["image"][i])
+                new["image_sha256"].append(res.sha256)
+                w, h = res.size if res.size else (cols["width"][i], cols["height"][i])
+                new["width"].append(w)
+                new["height"].append(h)
+                new["objects"].append(cols["objects"][i])
+                stats["bytes"] += len(cols["image"][i])
+            else:
+                stats["reencoded"] += int(res.reencoded)
+                new["image"].append(res.data)
+                new["image_sha256"].append(res.sha256)
+                new["width"].append(res.width)
+                new["height"].append(res.height)
+                new["objects"].append(res.objects)
+                stats["bytes"] += len(res.data)
+
+        kept = table.take(pa.array(kept_idx, type=pa.int64()))
+        for name in ("image", "image_sha256", "width", "height", "objects"):
+            if name == "objects" and name not in table.column_names:
+                continue
+            field = table.schema.field(name) if name in table.column_names else PAIR_SCHEMA.field(name)
+            arr = pa.array(new[name], type=field.type)
+            if name in kept.column_names:
+                kept = kept.set_column(kept.column_names.index(name), field, arr)
+            else:
+                kept = kept.append_column(field, arr)
+
+        self._count(len(results), len(kept_idx), stats, rejects, counters)
+        return StepOutput(kept=kept, rejects=rejects_table(rejects))
+
+    def _count(self, n_in: int, n_ok: int, stats: Counter, rejects: list[dict], counters) -> None:
+        st = self.ctx.stat(self.name)
+        add = {
+            "batches": 1,
+            "rows_in": n_in,
+            "ok": n_ok,
+            "passthrough": stats["passthrough"],
+            "reencoded": stats["reencoded"],
+            "bytes": stats["bytes"],
+            "bytes_downloaded": counters.bytes,
+            "retries": counters.retries,
+            "redirects": counters.redirects,
+            "host_pauses": counters.host_pauses,
+            "cache_hits": counters.cache_hits,
+        }
+        for k, v in add.items():
+            st[k] = st.get(k, 0) + v
+        by_reason = st.setdefault("rejects", {})
+        for r in rejects:
+            by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1

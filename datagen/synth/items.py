@@ -1,0 +1,67 @@
+"""Language-free instruction items: what to ask about one image, before wording.
+
+An item is a family, a polarity and the facts its answer rests on. Planning
+items once and rendering them in each language natively (templates_en /
+templates_zh) is what makes the English and Chinese conversations twins
+without translating one from the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Colour attributes the templates can use, with context-correct Chinese.
+# Only colours: swapping one colour for another gives a wrong attribute that is
+# certainly wrong, which is not true of e.g. "large" vs "big".
+COLOURS: dict[str, str] = {
+    "red": "红色",
+    "white": "白色",
+    "black": "黑色",
+    "blue": "蓝色",
+    "green": "绿色",
+    "yellow": "黄色",
+    "brown": "棕色",
+    "gray": "灰色",
+    "grey": "灰色",
+    "orange": "橙色",
+    "pink": "粉色",
+    "purple": "紫色",
+    "silver": "银色",
+}
+# The colours offered as wrong attributes (one spelling each).
+WRONG_COLOUR_CHOICES = ("red", "white", "black", "blue", "green", "yellow", "brown", "gray", "pink", "purple")
+
+
+@dataclass
+class Item:
+    family: str
+    polarity: str  # positive | negative | neutral
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def identity(self) -> tuple:
+        """What makes two items the same question, so an image never gets it twice."""
+        f = self.facts
+        keys = {
+            "existence": ("label",),
+            "counting": ("label",),
+            "wrong_count": ("label",),
+            "spatial": ("a", "b"),
+            "relative_size": ("a", "b"),
+            "false_premise": ("label",),
+            "attribute": ("label",),
+            "scene_text": (),
+            "brief_description": (),
+            "detailed_description": (),
+        }[self.family]
+        return (self.family, *(f[k] for k in keys))
+
+
+def inventory(counts: dict[str, int], crowd: set[str]) -> list[tuple[str, int | None]]:
+    """(label, count) for every annotated category; count None where a crowd region makes it unknown.
+
+    Ordered by count (larger first) then name, so descriptions read naturally and stably."""
+    inv: list[tuple[str, int | None]] = [(lab, n) for lab, n in counts.items() if lab not in crowd]
+    inv += [(lab, None) for lab in crowd]
+    return sorted(inv, key=lambda t: (-(t[1] if t[1] is not None else 1000), t[0]))

@@ -1,0 +1,282 @@
+"""Multi-image and in-context samples (MMICL style).
+
+Images are declared in the text ("Image 0 is <image_0>." / "图0是<image_0>。"),
+questions refer to them by index, and few-shot examples built as separate
+samples are merged by ``merge_samples``, which renumbers every example's
+placeholders by an offset so that no index collides. ``placeholder_errors``
+states the contract (every ``<image_N>`` names exactly one image of the row's
+list, every image is named) and the tests check it with hypothesis.
+
+Rows get keys ``mm_<hash of the image keys>``; which images are grouped
+depends on the batch (images are grouped within one batch), and is
+deterministic for a given batch and seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from datagen.records import to_json
+from datagen.synth.facts import ImageFacts
+from datagen.synth.lexicon import LEXICON, en_count_phrase, en_number, en_with_article, term, zh_count_phrase, zh_number
+
+PLACEHOLDER = re.compile(r"<image(?:_(\d+))?>")
+
+
+@dataclass
+class Sample:
+    """Text with placeholders numbered from 0 and the images they name, in order."""
+
+    images: list[str]
+    turns: list[dict[str, Any]]
+
+
+def _sub(text: str, offset: int) -> str:
+    def repl(m: re.Match) -> str:
+        idx = 0 if m.group(1) is None else int(m.group(1))
+        return f"<image_{idx + offset}>"
+
+    return PLACEHOLDER.sub(repl, text)
+
+
+def renumber_text(text: str, offset: int) -> str:
+    """``<image>`` -> ``<image_{offset}>``, ``<image_k>`` -> ``<image_{k+offset}>``; also the
+    plain-text indices "Image k"/"image k"/"图k" that refer to placeholders."""
+    text = re.sub(r"\b([Ii]mages?) (\d+)\b", lambda m: f"{m.group(1)} {int(m.group(2)) + offset}", text)
+    text = re.sub(r"图(\d+)", lambda m: f"图{int(m.group(1)) + offset}", text)
+    return _sub(text, offset)
+
+
+def merge_samples(samples: list[Sample]) -> Sample:
+    """Concatenate samples into one; each sample's images are renumbered after the previous ones."""
+    images: list[str] = []
+    turns: list[dict[str, Any]] = []
+    for s in samples:
+        off = len(images)
+        images.extend(s.images)
+        turns.extend({**t, "content": renumber_text(t["content"], off)} for t in s.turns)
+    return Sample(images, turns)
+
+
+def placeholder_errors(images: list[str], texts: list[str]) -> list[str]:
+    """Violations of the placeholder contract for a multi-image row (empty list: fine)."""
+    errs = []
+    seen = Counter()
+    for t in texts:
+        for m in PLACEHOLDER.finditer(t):
+            if m.group(1) is None:
+                errs.append("bare <image> in a multi-image sample")
+                continue
+            i = int(m.group(1))
+            if i >= len(images):
+                errs.append(f"<image_{i}> but only {len(images)} images")
+            seen[i] += 1
+    for i in range(len(images)):
+        if seen[i] == 0:
+            errs.append(f"image {i} ({images[i]}) never referenced")
+        elif seen[i] > 1:
+            errs.append(f"<image_{i}> declared {seen[i]} times")
+    if len(set(images)) != len(images):
+        errs.append("the same image key twice in one sample")
+    return errs
+
+
+# ---------------------------------------------------------------------------- rendering
+
+def _declare(n: int, lang: str) -> str:
+    if lang == "en":
+        return " ".join(f"Image {i} is <image_{i}>." for i in range(n))
+    return "".join(f"图{i}是<image_{i}>。" for i in range(n))
+
+
+def _which_images(idxs: list[int], lang: str) -> str:
+    if lang == "en":
+        if len(idxs) == 1:
+            return f"Image {idxs[0]}"
+        return "Images " + ", ".join(map(str, idxs[:-1])) + f" and {idxs[-1]}"
+    return "和".join(f"图{i}" for i in idxs)
+
+
+def cross_image_items(facts: list[ImageFacts], n_neg: int, rng) -> dict[str, Any]:
+    """Plan the questions of one cross-image sample; ``n_neg`` (0-2) of its three polar items
+    ("which image shows X", "does image k show X") ask about an absent category."""
+    present = sorted(set().union(*(f.present for f in facts)))
+    absent = sorted(set(LEXICON) - set(present))
+    neg_slots = set(rng.sample(["which", "exists"], min(n_neg, 2)))
+    which_label = rng.choice(absent if "which" in neg_slots else present)
+    k = rng.randrange(len(facts))
+    exists_label = rng.choice(sorted(set(absent) - {which_label}) if "exists" in neg_slots else sorted(facts[k].present))
+    countable = sorted(lab for lab in present if all(lab not in f.crowd for f in facts) and sum(f.counts.get(lab, 0) for f in facts) > 0)
+    i, j = rng.sample(range(len(facts)), 2)
+    return {
+        "which": (which_label, [x for x, f in enumerate(facts) if which_label in f.present]),
+        "exists": (k, exists_label, exists_label in facts[k].present),
+        "count": rng.choice(countable) if countable else None,
+        "diff": (i, j, sorted(facts[i].present - facts[j].present)),
+    }
+
+
+def render_cross(items: dict, facts: list[ImageFacts], lang: str, rng) -> list[dict[str, Any]]:
+    n = len(facts)
+    label, which = items["which"]
+    turns = []
+    pol = "positive" if which else "negative"
+    if lang == "en":
+        ax = en_with_article(label)
+        q = rng.choice([f"Which image shows {ax}?", f"In which of the images can you see {ax}?", f"Which of these images contains {ax}?"])
+        a = f"{_which_images(which, 'en')}." if which else f"None of the images shows {ax}."
+    else:
+        x = term(label).zh
+        q = rng.choice([f"哪张图片里有{x}？", f"在哪张图中可以看到{x}？", f"这些图片中，哪张包含{x}？"])
+        a = f"{_which_images(which, 'zh')}。" if which else f"这些图片里都没有{x}。"
+    turns.append(("multi_image_which", pol, q, a))
+    k, lab, yes = items["exists"]
+    if lang == "en":
+        ax = en_with_article(lab)
+        q = rng.choice([f"Is there {ax} in image {k}?", f"Does image {k} show {ax}?", f"Can you see {ax} in image {k}?"])
+        a = f"Yes, image {k} shows {ax}." if yes else f"No, there is no {term(lab).en} in image {k}."
+    else:
+        x = term(lab).zh
+        q = rng.choice([f"图{k}中有{x}吗？", f"图{k}里能看到{x}吗？", f"图{k}中是否有{x}？"])
+        a = f"有，图{k}中有{x}。" if yes else f"没有，图{k}中没有{x}。"
+    turns.append(("multi_image_existence", "positive" if yes else "negative", q, a))
+    if items["count"]:
+        lab = items["count"]
+        total = sum(f.counts.get(lab, 0) for f in facts)
+        if lang == "en":
+            q = rng.choice([f"How many {term(lab).en_plural} are there across all the images?", f"Counting every image, how many {term(lab).en_plural} can you see?"])
+            a = f"{en_number(total).capitalize()} in total: " + ", ".join(
+                f"{en_count_phrase(lab, f.counts.get(lab, 0))} in image {k}" for k, f in enumerate(facts)) + "."
+        else:
+            t = term(lab)
+            q = rng.choice([f"所有图片里一共有几{t.zh_measure}{t.zh}？", f"把每张图都算上，一共有多少{t.zh_measure}{t.zh}？"])
+            a = f"一共{zh_number(total)}{t.zh_measure}：" + "，".join(f"图{k}中{zh_count_phrase(lab, f.counts.get(lab, 0))}" for k, f in enumerate(facts)) + "。"
+        turns.append(("multi_image_count", "positive", q, a))
+    i, j, diff = items["diff"]
+    if lang == "en":
+        q = f"What does image {i} show that image {j} does not?"
+        a = ("Image {} shows {}, which image {} does not.".format(i, _en_join([term(d).en_plural for d in diff]), j)
+             if diff else f"Nothing: every kind of object in image {i} also appears in image {j}.")
+    else:
+        q = f"图{i}里有哪些东西是图{j}里没有的？"
+        a = (f"图{i}里有{_zh_join([term(d).zh for d in diff])}，图{j}里没有。" if diff else f"没有：图{i}里的每类物体在图{j}里都有。")
+    # A comparison, not a yes/no claim: neutral, so it does not tilt the polarity ratio.
+    turns.append(("multi_image_difference", "neutral", q, a))
+    out = []
+    for k, (task, pol, q, a) in enumerate(turns):
+        if k == 0:
+            q = _declare(n, lang) + "\n" + q
+        out.append({"role": "user", "content": q, "task": task, "polarity": pol, "generator": "template"})
+        out.append({"role": "assistant", "content": a, "task": task, "polarity": pol, "generator": "template"})
+    return out
+
+
+def _zh_join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else "、".join(parts[:-1]) + "和" + parts[-1]
+
+
+def _en_join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def few_shot_sample(facts: list[ImageFacts], lang: str, rng, query_negative: bool) -> Sample:
+    """k solved examples, then a query image, each written as its own one-image sample and merged
+    (so each example's <image> is renumbered to its position). Examples mix counting and yes/no
+    existence (with "No." answers too), so the model cannot learn to always say yes; the query
+    asks about an absent category when ``query_negative``."""
+    parts = []
+    for k, f in enumerate(facts):
+        last = k == len(facts) - 1
+        negative = query_negative if last else rng.random() < 0.5
+        countable = sorted(lab for lab in f.counts if lab not in f.crowd)
+        if negative:
+            lab, n, yes = rng.choice(sorted(set(LEXICON) - f.present)), None, False
+        elif countable and rng.random() < 0.5:
+            lab = rng.choice(countable)
+            n, yes = f.counts[lab], True
+        else:
+            lab, n, yes = rng.choice(sorted(f.present)), None, True
+        t = term(lab)
+        if lang == "en":
+            if n is not None:
+                q = f"Image 0 is <image>. Question: how many {t.en_plural} are in image 0? Answer:"
+                a = f"{en_number(n).capitalize()}."
+            else:
+                q = f"Image 0 is <image>. Question: is there {en_with_article(lab)} in image 0? Answer:"
+                a = "Yes." if yes else "No."
+        else:
+            if n is not None:
+                q = f"图0是<image>。问题：图0中有几{t.zh_measure}{t.zh}？回答："
+                a = f"{zh_number(n)}{t.zh_measure}。"
+            else:
+                q = f"图0是<image>。问题：图0中有{t.zh}吗？回答："
+                a = "有。" if yes else "没有。"
+        pol = "negative" if negative else "positive"
+        if last:
+            turns = [{"role": "user", "content": q, "task": "in_context", "polarity": pol, "generator": "template"},
+                     {"role": "assistant", "content": a, "task": "in_context", "polarity": pol, "generator": "template"}]
+        else:
+            turns = [{"role": "user", "content": f"{q} {a}" if lang == "en" else f"{q}{a}", "task": "in_context", "polarity": pol, "generator": "template"}]
+        parts.append(Sample([f.key], turns))
+    merged = merge_samples(parts)
+    # The solved examples and the query form one user turn, as in MMICL's prompts.
+    users = [t for t in merged.turns if t["role"] == "user"]
+    joined = {**users[-1], "content": "\n".join(t["content"] for t in users)}
+    return Sample(merged.images, [joined, merged.turns[-1]])
+
+
+def compose_multi_image(usable: list[tuple[dict, ImageFacts]], cfg, ctx, counters: dict[str, Counter]) -> list[dict]:
+    """Multi-image rows for one batch: ``share`` of the batch's images, alternating cross-image
+    question samples and few-shot in-context samples."""
+    mcfg = cfg.multi_image
+    with_objects = [f for _, f in usable if f.objects]
+    n_img = mcfg.images_per_sample
+    if len(with_objects) < max(n_img, mcfg.few_shot + 1, 2):
+        return []
+    order = sorted(with_objects, key=lambda f: hashlib.sha1(f"{cfg.seed}:{f.key}".encode()).hexdigest())
+    rng = ctx.rng("synthesize", cfg.seed, "multi_image", order[0].key, len(order))
+    n_samples = math.floor(mcfg.share * len(with_objects) + rng.random())
+    rows = []
+    pos = 0
+    for s in range(n_samples):
+        few = mcfg.few_shot > 0 and s % 2 == 1
+        size = mcfg.few_shot + 1 if few else n_img
+        group = [order[(pos + t) % len(order)] for t in range(size)]
+        pos += size
+        if len({f.key for f in group}) < size:
+            continue
+        keys = [f.key for f in group]
+        mkey = "mm_" + hashlib.sha1("\x1f".join(keys).encode()).hexdigest()[:16]
+        srng = ctx.rng("synthesize", cfg.seed, mkey)
+        target_neg = 1 - cfg.positive_ratio
+        convs = []
+        if few:
+            query_negative = srng.random() < target_neg
+            for lang in cfg.languages:
+                # same example choices in every language: the rng is per sample, not per language
+                smp = few_shot_sample(group, lang, ctx.rng("synthesize", cfg.seed, mkey, "shots"), query_negative)
+                convs.append({"id": f"{mkey}-c0-{lang}", "lang": lang, "parent_id": None, "turns": smp.turns})
+        else:
+            has_count = any(all(lab not in f.crowd for f in group) for lab in set().union(*(f.present for f in group)))
+            n_polar = 3 if has_count else 2
+            n_neg = min(2, math.floor(n_polar * target_neg + srng.random()))
+            items = cross_image_items(group, n_neg, srng)
+            for lang in cfg.languages:
+                turns = render_cross(items, group, lang, ctx.rng("synthesize", cfg.seed, mkey, lang))
+                convs.append({"id": f"{mkey}-c0-{lang}", "lang": lang, "parent_id": None, "turns": turns})
+        for c in convs:
+            for t in c["turns"]:
+                if t["role"] == "assistant":
+                    counters["family"][t["task"]] += 1
+                    counters["polarity"][t["polarity"]] += 1
+                    counters["lang"][c["lang"]] += 1
+                    counters["family_polarity"][f"{t['task']}:{t['polarity']}"] += 1
+                    counters["lang_family_polarity"][f"{c['lang']}:{t['task']}:{t['polarity']}"] += 1
+        rows.append({"key": mkey, "source": "multi_image", "images": keys, "conversations": convs,
+                     "meta": to_json({"generator": "template", "kind": "few_shot" if few else "cross_image"})})
+    return rows

@@ -260,6 +260,8 @@ def run(recipe: Recipe, recipe_dir: Path, out_dir: Path, dry_run: bool = False) 
                        _count_sources(pairs, getattr(cfg, "sources", None)), "expand")
         conversation_inputs.append((c.data, step_fp))
         idx += 1
+        if attr == "synthesize" and cfg.check:
+            _check_templates(cfg, pairs, c, ctx)
     conversation_inputs.extend(text_data)
 
     if recipe.translate is not None and recipe.translate.mode == "conversations" and conversation_inputs:
@@ -294,6 +296,23 @@ def _expand(factory: StepFactory, pairs: Path, bs: int, ctx: RunContext, workers
         probe.prepare(batches())
     probe.close()
     return map_batches(factory, batches(), ctx, workers)
+
+
+def _check_templates(cfg, pairs: Path, stage: ckpt.Checkpoint, ctx: RunContext) -> None:
+    """Re-derive every template answer from the annotations with the independent checker."""
+    from datagen.synth.checker import Checker
+
+    cols = ["key", "width", "height", "objects", "captions", "caption"]
+    have = pq.ParquetFile(pairs).schema_arrow.names
+    pair_table = pq.read_table(pairs, columns=[c for c in cols + ["ocr"] if c in have])
+    found = Checker.from_config(cfg).check_tables(pair_table, pq.read_table(stage.data))
+    stats = ctx.stat("synthesize")
+    stats["checker_disagreements"] = len(found)
+    stats["checker_examples"] = [vars(d) for d in found[:5]]
+    stage.stats.update(stats)
+    if found:
+        ctx.warn(f"synthesize: the independent checker disagrees with {len(found)} template answers;"
+                 f" first: {found[0].key} {found[0].task}: {found[0].problem}")
 
 
 def _count_sources(path: Path, sources: list[str] | None) -> int:

@@ -83,21 +83,34 @@ def test_stage1_samples_are_img2dataset_layout(demo):
 
 def test_stage2_samples_hold_each_image_once_and_both_languages(demo):
     check = validator("conversation_row")
-    langs, polarity = Counter(), Counter()
+    langs, polarity, multi = Counter(), Counter(), 0
     for s in read_split(demo, "stage2"):
         row = json.loads(s["json"])
         check.validate(row)
-        assert [k for k in s if k.endswith("jpg")] == ["jpg"], "one image stored once per sample"
-        assert row["images"] == [s["__key__"]]
+        images = sorted(k for k in s if k.endswith("jpg"))
+        if len(row["images"]) == 1:
+            assert images == ["jpg"] and row["images"] == [s["__key__"]], "one image stored once per sample"
+        else:
+            multi += 1
+            assert images == [f"{i}.jpg" for i in range(len(row["images"]))]
         for conv in row["conversations"]:
             langs[conv["lang"]] += 1
-            assert conv["turns"][0]["role"] == "user" and conv["turns"][0]["content"].startswith("<image>\n")
-            assert sum(t["content"].count("<image>") for t in conv["turns"]) == 1
+            text = " ".join(t["content"] for t in conv["turns"])
+            if len(row["images"]) == 1:
+                assert conv["turns"][0]["role"] == "user" and conv["turns"][0]["content"].startswith("<image>\n")
+                assert text.count("<image>") == 1
+            else:
+                assert all(f"<image_{i}>" in text for i in range(len(row["images"])))
+                assert "<image_%d>" % len(row["images"]) not in text
             for t in conv["turns"]:
                 if t["role"] == "assistant":
                     polarity[t["polarity"]] += 1
     assert langs["en"] > 0 and langs["zh"] > 0
     assert polarity["positive"] > 0 and polarity["negative"] > 0
+    assert multi > 0, "the demo composes multi-image samples"
+    manifest = json.loads((demo / "manifest.json").read_text())
+    synth = next(s for s in manifest["steps"] if s["name"] == "synthesize")["stats"]
+    assert synth["checker_disagreements"] == 0
     text = read_split(demo, "stage2_text")
     for s in text:
         row = json.loads(s["json"])
@@ -109,8 +122,13 @@ def test_exports_llava_and_mplug_owl(demo):
     llava = json.loads((demo / "export" / "llava.json").read_text())
     assert llava and all(i["conversations"][0]["from"] == "human" for i in llava)
     with_image = [i for i in llava if "image" in i]
-    assert with_image and all((demo / "export" / i["image"]).is_file() for i in with_image)
-    assert all(i["conversations"][0]["value"].startswith("<image>\n") for i in with_image)
+    single = [i for i in with_image if isinstance(i["image"], str)]
+    multi = [i for i in with_image if isinstance(i["image"], list)]
+    assert single and all((demo / "export" / i["image"]).is_file() for i in single)
+    assert all(i["conversations"][0]["value"].startswith("<image>\n") for i in single)
+    for i in multi:
+        assert all((demo / "export" / p).is_file() for p in i["image"])
+        assert sum(t["value"].count("<image>") for t in i["conversations"]) == len(i["image"])
     lines = [json.loads(x) for x in (demo / "export" / "mplug_owl.jsonl").read_text().splitlines()]
     assert len(lines) == len(llava)
     one = next(x for x in lines if x["image"])

@@ -75,6 +75,7 @@ class SynthConfig(BaseModel):
     ocr_min_score: float = Field(0.5, ge=0, le=1, description="OCR lines below this confidence are not used for scene-text questions.")
     label_stats_path: str | None = Field(None, description="JSON written by SynthesizeStep.prepare (label frequencies and co-occurrence over the dataset).")
     multi_image: MultiImageConfig = Field(default_factory=MultiImageConfig)
+    check: bool = Field(True, description="Re-derive every template answer with the independent checker after synthesis; disagreements are counted in the manifest and warned about.")
 
     @field_validator("family_weights", mode="before")
     @classmethod

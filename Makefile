@@ -16,7 +16,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev,assets]'
 	@touch $(STAMP)
 
 ## make dataset [RECIPE=recipes/x.yaml] [OUT=dir]: run a recipe (default: the bundled offline demo)

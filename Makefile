@@ -30,8 +30,8 @@ test: $(STAMP)
 ## make train: both mPLUG-Owl stages, tiny model, on the demo's shards (runs `make dataset` first if needed)
 train: $(STAMP)
 	@test -f out/demo/manifest.json || $(MAKE) dataset
-	$(BIN)/datagen train recipes/train/stage1_tiny.yaml
-	$(BIN)/datagen train recipes/train/stage2_tiny.yaml
+	$(BIN)/datagen train recipes/train/stage1_tiny.yaml --no-resume
+	$(BIN)/datagen train recipes/train/stage2_tiny.yaml --no-resume
 
 ## make bench: throughput benchmarks, each printing a ratio against a baseline measured in the same run
 bench: $(STAMP)

@@ -1,0 +1,218 @@
+"""Training configs: one pydantic model per concern, loaded from YAML with ``--set`` overrides.
+
+Why pydantic with ``extra="forbid"``: a typo in a recipe (``lerning_rate``) must
+fail loudly with the file and key path, not silently train with a default.
+Tiny configs (random weights, built from dicts) and real ones (open_clip names,
+Hugging Face ids, local folders) go through the same models, so the code path
+a test exercises is the one a real run takes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VisionConfig(_Strict):
+    """The open_clip vision tower. ``name`` may be a built-in (``ViT-L-14``), ``hf-hub:org/repo``
+    or ``local-dir:/path``; ``config`` instead builds a randomly initialised ViT from an
+    open_clip ``vision_cfg`` dict (tests, tiny runs, throughput benches)."""
+
+    name: str | None = Field("ViT-L-14", description="open_clip model name or hf-hub:/local-dir: id.")
+    pretrained: str | None = Field("openai", description="open_clip pretrained tag or checkpoint file.")
+    config: dict[str, Any] | None = Field(None, description="open_clip vision_cfg for a random-weight ViT.")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if self.config is not None:
+            self.name = None
+            self.pretrained = None
+        elif not self.name:
+            raise ValueError("vision needs either 'name' (open_clip model) or 'config' (vision_cfg dict)")
+        return self
+
+
+class AbstractorConfig(_Strict):
+    """The visual abstractor (mPLUG-Owl: 64 queries, 6 layers, width 1024)."""
+
+    num_queries: int = Field(64, ge=1)
+    layers: int = Field(6, ge=1)
+    hidden: int = Field(1024, ge=8)
+    heads: int = Field(16, ge=1)
+    mlp_hidden: int = Field(2816, ge=8, description="SwiGLU inner width.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self):
+        if self.hidden % self.heads:
+            raise ValueError(f"abstractor.hidden={self.hidden} is not divisible by abstractor.heads={self.heads}")
+        return self
+
+    @property
+    def tokens_per_image(self) -> int:
+        """Queries plus the learned end token: what one image costs in LLM positions."""
+        return self.num_queries + 1
+
+
+class LLMConfig(_Strict):
+    """Any Hugging Face causal LM: ``name`` is a hub id or a local folder; ``config`` instead
+    builds a random-weight LLaMA from ``LlamaConfig`` keyword arguments."""
+
+    name: str | None = Field(None, description="Hugging Face id or local folder of a causal LM.")
+    config: dict[str, Any] | None = Field(None, description="LlamaConfig kwargs for a random-weight LLaMA.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="Weights dtype of the (frozen) LLM when loaded by name."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.name is None) == (self.config is None):
+            raise ValueError("llm needs exactly one of 'name' (HF id / folder) or 'config' (LlamaConfig kwargs)")
+        return self
+
+
+class TokenizerConfig(_Strict):
+    """``name`` loads AutoTokenizer (default: the LLM's name). ``bpe_vocab_size`` instead trains a
+    small byte-level BPE on the shard texts: there is no tokenizer to download offline, and
+    a trained BPE keeps tiny runs' sequences short."""
+
+    name: str | None = None
+    bpe_vocab_size: int | None = Field(None, ge=300, le=65536)
+
+
+class ModelConfig(_Strict):
+    vision: VisionConfig = Field(default_factory=VisionConfig)
+    abstractor: AbstractorConfig = Field(default_factory=AbstractorConfig)
+    llm: LLMConfig
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+
+
+class LoraSpec(_Strict):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+class DataConfig(_Strict):
+    dir: str = Field(..., description="Folder holding stage1/, stage2/, stage2_text/ and sizes.json.")
+    text_ratio: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Stage 2: share of examples drawn from stage2_text/ (text-only)."
+    )
+    batch_size: int = Field(8, ge=1, description="Examples per micro-batch per process.")
+    num_workers: int = Field(2, ge=0, description="DataLoader workers; decoding and tokenising run there.")
+    max_seq_len: int = Field(512, ge=16)
+    shuffle_buffer: int = Field(256, ge=0, description="Samples held for shuffling within a worker (0: off).")
+    epoch_batches: int = Field(100, ge=1, description="Micro-batches per process per nominal epoch (with_epoch).")
+    resampled: bool = Field(
+        True, description="Sample shards with replacement (infinite stream); false splits shards by node/worker."
+    )
+    holdout_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Keys whose hash falls below this are kept out of training for eval."
+    )
+
+
+class OptimConfig(_Strict):
+    lr: float = Field(1e-4, gt=0)
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine floor as a fraction of lr.")
+    warmup_steps: int = Field(0, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float | None = Field(1.0, gt=0, description="Max global grad norm; null: no clipping.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+
+
+class TrainConfig(_Strict):
+    """One training stage. Stage 1: LLM frozen, ViT + abstractor train on captions.
+    Stage 2: ViT frozen, abstractor + LoRA train on conversations (+ text-only)."""
+
+    stage: Literal[1, 2]
+    out: str = Field(..., description="Run folder: checkpoints/, log.jsonl, latest.txt.")
+    seed: int = 0
+    init_from: str | None = Field(
+        None, description="Checkpoint (or run folder) to start from; stage 2 takes the model spec from it."
+    )
+    model: ModelConfig | None = Field(None, description="Required unless init_from gives it.")
+    lora: LoraSpec | None = Field(None, description="Stage 2: LoRA on the LLM; null trains no LLM weights.")
+    template: Literal["mplug_owl", "chat"] = Field(
+        "mplug_owl", description="'mplug_owl': Human:/AI: text; 'chat': the tokenizer's own chat template."
+    )
+    data: DataConfig
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    max_steps: int = Field(100, ge=1, description="Optimizer steps; also the cosine schedule's length.")
+    stop_at_step: int | None = Field(None, ge=1, description="Stop early (checkpointed) at this step.")
+    log_every: int = Field(10, ge=1)
+    save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps (the last step always).")
+    resume: bool = Field(True, description="Continue from <out>/latest.txt when it exists.")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on CUDA.")
+    grad_checkpointing: bool = False
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = Field(False, description="torch.compile the LLM (GPU runs).")
+
+    @model_validator(mode="after")
+    def _stage_rules(self):
+        if self.model is None and self.init_from is None:
+            raise ValueError("give 'model' (a model spec) or 'init_from' (a checkpoint holding one)")
+        if self.stage == 1 and self.lora is not None:
+            raise ValueError("stage 1 keeps the LLM frozen: remove 'lora'")
+        if self.stage == 1 and self.data.text_ratio:
+            raise ValueError("data.text_ratio applies to stage 2 only")
+        return self
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            raise ValueError(f"--set {dotted}: '{part}' holds a {type(nxt).__name__}, not a mapping")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b=value`` -> (``a.b``, value parsed as YAML, so ``3``, ``true``, ``[x, y]`` keep their types)."""
+    if "=" not in text:
+        raise ValueError(f"--set expects key.path=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ValueError(f"--set expects key.path=value, got {text!r}")
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, **fields: Any) -> TrainConfig:
+    """Read a YAML training config, apply ``--set`` overrides and keyword fields, validate.
+
+    Relative ``data.dir``, ``out`` and ``init_from`` stay relative to the current directory
+    (like ``make`` targets expect). Errors name the file and the key path."""
+    path = Path(path)
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"training config not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(tree).__name__}")
+    for text in overrides or []:
+        _set_path(tree, *parse_override(text))
+    for key, value in fields.items():
+        if value is not None:
+            _set_path(tree, key, value)
+    try:
+        return TrainConfig.model_validate(tree)
+    except ValidationError as e:
+        lines = [f"{path}: invalid training config:"]
+        for err in e.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+            lines.append(f"  {loc}: {err['msg']}")
+        raise ValueError("\n".join(lines)) from None

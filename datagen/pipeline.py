@@ -1,6 +1,6 @@
 """The local executor: runs a recipe's steps over persisted Arrow batches.
 
-    pair sources -> fetch -> [ocr] -> quality -> [clip] -> dedup -> pairs
+    pair sources -> fetch -> quality -> [clip] -> dedup -> [ocr] -> [caption translation] -> pairs
     pairs -> [synthesize] + [llm_generate] + text-only sources -> [translate] -> conversations
     pairs -> stage1 shards;  conversations + pairs -> stage2 shards;  manifest, rejects, exports
 
@@ -174,12 +174,7 @@ def _pair_steps(recipe: Recipe) -> list[StepFactory]:
     from datagen.fetch.step import FetchStep
     from datagen.filters.quality import QualityFilterStep
 
-    steps = [StepFactory(FetchStep, recipe.fetch)]
-    if recipe.ocr is not None:
-        from datagen.ocr import OcrStep
-
-        steps.append(StepFactory(OcrStep, recipe.ocr))
-    steps.append(StepFactory(QualityFilterStep, recipe.filters.quality))
+    steps = [StepFactory(FetchStep, recipe.fetch), StepFactory(QualityFilterStep, recipe.filters.quality)]
     if recipe.filters.clip is not None:
         from datagen.filters.clip import ClipScoreStep
 
@@ -231,6 +226,18 @@ def run(recipe: Recipe, recipe_dir: Path, out_dir: Path, dry_run: bool = False) 
         inputs = [c.data]
         idx += 1
     pairs = inputs[0] if len(inputs) == 1 else _concat(inputs, ctx.run_dir / "pairs.parquet")
+
+    # 3a. OCR is the costliest per-row step: it runs on the rows that survived every filter.
+    if recipe.ocr is not None:
+        from datagen.ocr import OcrStep
+
+        factory = StepFactory(OcrStep, recipe.ocr)
+        fp = ckpt.chain(fp, factory(ctx).fingerprint())
+        c = _run_stage(state, idx, "ocr", fp, PAIR_SCHEMA,
+                       lambda: map_batches(factory, ckpt.iter_batches([pairs], bs), ctx, workers),
+                       ckpt.count_rows([pairs]), "map")
+        pairs = c.data
+        idx += 1
 
     # 3b. Caption translation (bilingual stage-1 pre-training) adds caption_<lang> to the pairs.
     if recipe.translate is not None and recipe.translate.mode == "captions":

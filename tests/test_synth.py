@@ -174,13 +174,14 @@ def test_descriptions_use_captions_without_saying_caption(tmp_path):
 
 def test_scene_text_only_with_ocr(tmp_path):
     with_ocr = dict(row("o1", [obj("stop sign", (10, 10, 80, 80))]), ocr=[{"text": "STOP", "bbox": [10, 10, 80, 80], "score": 0.9},
-                                                                          {"text": "faint", "bbox": [0, 0, 5, 5], "score": 0.1}])
+                                                                          {"text": "faint", "bbox": [0, 0, 5, 5], "score": 0.1},
+                                                                          {"text": "■", "bbox": [0, 0, 5, 5], "score": 0.99}])
     without = row("o2", [obj("stop sign", (10, 10, 80, 80))])
     cfg = SynthConfig(items_per_image=6, positive_ratio=1.0, family_weights=only(scene_text=5, existence=1))
     table = pa.Table.from_pylist([with_ocr, dict(without, ocr=[])])
     _, _, _, out = run_step(tmp_path, table, cfg)
     st = list(turns_of(out, "en", "scene_text"))
-    assert st and all(k == "o1" and "STOP" in a and "faint" not in a for k, _, _, a, _ in st)
+    assert st and all(k == "o1" and "STOP" in a and "faint" not in a and "■" not in a for k, _, _, a, _ in st)
     assert any("“STOP”" in a for *_, a, _ in turns_of(out, "zh", "scene_text"))
 
 

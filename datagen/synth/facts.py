@@ -126,6 +126,9 @@ def _clean_ocr(row: dict[str, Any], min_score: float) -> list[str]:
         # Quotes delimit the text in answers and placeholders must never be forged by image text.
         if any(q in text for q in '"“”') or "<image" in text:
             continue
+        # OCR on photographs returns stray marks ("■", "|"); a question about them teaches nothing.
+        if sum(ch.isalnum() for ch in text) < 2:
+            continue
         if text not in out:
             out.append(text)
     return out

@@ -261,7 +261,8 @@ def run(recipe: Recipe, recipe_dir: Path, out_dir: Path, dry_run: bool = False) 
             continue
         cls = getattr(__import__(module, fromlist=[cls_name]), cls_name)
         factory = StepFactory(cls, cfg)
-        step_fp = ckpt.chain(pairs_fp, cls.name, cls.version, cfg.model_dump(mode="json"))
+        # A dry run's output (prompts printed, nothing generated) must never be reused by a real run.
+        step_fp = ckpt.chain(pairs_fp, factory(ctx).fingerprint(), "dry-run" if ctx.dry_run else "")
         c = _run_stage(state, idx, cls.name, step_fp, CONVERSATION_SCHEMA,
                        lambda f=factory: _expand(f, pairs, bs, ctx, workers),
                        _count_sources(pairs, getattr(cfg, "sources", None)), "expand")
@@ -276,8 +277,8 @@ def run(recipe: Recipe, recipe_dir: Path, out_dir: Path, dry_run: bool = False) 
 
         factory = StepFactory(TranslateStep, recipe.translate)
         ins = [p for p, _ in conversation_inputs]
-        tfp = ckpt.chain([f for _, f in conversation_inputs], TranslateStep.name, TranslateStep.version,
-                         recipe.translate.model_dump(mode="json"))
+        tfp = ckpt.chain([f for _, f in conversation_inputs], factory(ctx).fingerprint(),
+                         "dry-run" if ctx.dry_run else "")
         c = _run_stage(state, idx, "translate", tfp, CONVERSATION_SCHEMA,
                        lambda: map_batches(factory, ckpt.iter_batches(ins, bs), ctx, workers),
                        ckpt.count_rows(ins), "map")

@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="output folder (default: the recipe's `out`, else out/<name>)")
     r.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a recipe value")
     r.add_argument("--dry-run", action="store_true", help="print LLM prompts etc. without calling services or writing shards")
-    r.add_argument("--fresh", action="store_true", help="ignore checkpoints of earlier runs")
+    r.add_argument("--fresh", action="store_true", help="recompute every step (the request cache of LLM/DeepL/HTTP answers is kept)")
     r.set_defaults(fn=_run)
 
     v = sub.add_parser("validate", help="check a recipe against the schema")

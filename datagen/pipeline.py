@@ -348,5 +348,6 @@ def collect_rejects(files: list[Path], dest: Path) -> pa.Table:
 
 
 def clean_run_dir(out_dir: Path) -> None:
-    shutil.rmtree(out_dir / "_run", ignore_errors=True)
+    """Forget step checkpoints (``--fresh``) but keep the request cache: answers already paid for stay."""
+    shutil.rmtree(out_dir / "_run" / "steps", ignore_errors=True)
 

@@ -1,6 +1,6 @@
 """The local executor: runs a recipe's steps over persisted Arrow batches.
 
-    pair sources -> fetch -> quality -> [clip] -> dedup -> [ocr] -> [caption translation] -> pairs
+    pair sources -> fetch -> quality -> [clip score -> clip threshold] -> dedup -> [ocr] -> [caption translation] -> pairs
     pairs -> [synthesize] + [llm_generate] + text-only sources -> [translate] -> conversations
     pairs -> stage1 shards;  conversations + pairs -> stage2 shards;  manifest, rejects, exports
 
@@ -178,7 +178,9 @@ def _pair_steps(recipe: Recipe) -> list[StepFactory]:
     if recipe.filters.clip is not None:
         from datagen.filters.clip import ClipScoreStep
 
-        steps.append(StepFactory(ClipScoreStep, recipe.filters.clip))
+        # Score only: the threshold is its own global step, so editing it never recomputes scores.
+        steps.append(StepFactory(ClipScoreStep, recipe.filters.clip.model_copy(update={"min_score": None,
+                                                                                       "top_fraction": None})))
     return steps
 
 
@@ -211,6 +213,16 @@ def run(recipe: Recipe, recipe_dir: Path, out_dir: Path, dry_run: bool = False) 
         c = _run_stage(state, idx, factory.cls.name, fp, PAIR_SCHEMA,
                        lambda f=factory, ins=inputs: map_batches(f, ckpt.iter_batches(ins, bs), ctx, workers),
                        rows_in, factory.cls.kind)
+        inputs = [c.data]
+        idx += 1
+
+    if recipe.filters.clip is not None:
+        from datagen.filters.threshold import ClipThresholdStep
+
+        step = ClipThresholdStep(recipe.filters.clip, ctx)
+        fp = ckpt.chain(fp, step.fingerprint())
+        c = _run_stage(state, idx, step.name, fp, PAIR_SCHEMA, lambda s=step, p=inputs[0]: s.process_dataset(p),
+                       ckpt.count_rows(inputs), "global")
         inputs = [c.data]
         idx += 1
 

@@ -86,6 +86,11 @@ class ClipConfig(BaseModel):
     min_score: float | None = Field(
         0.28, ge=-1.0, le=1.0, description="Reject rows below this cosine (LAION English: 0.28); null = score only."
     )
+    top_fraction: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="Keep only this top fraction by score over the whole dataset (DataComp's best simple "
+        "baseline: 0.3 with ViT-L/14); combined with min_score, both must hold.",
+    )
     batch_size: int = Field(64, ge=1, description="Image-text pairs encoded per forward pass.")
     device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'.")
     precision: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="Model precision; fp16/bf16 want a GPU.")

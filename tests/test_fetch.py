@@ -557,3 +557,15 @@ def test_redirect_to_another_scheme_is_rejected(tmp_path):
         srv.route("/", lambda req: Reply(302, headers={"Location": "ftp://example.org/x.jpg"}))
         out, _ = run_step(tmp_path, [row("a", srv.url("/x.jpg"))])
     assert reasons(out) == {"a": "unsupported_scheme"}
+
+
+def test_local_files_can_be_refused_for_public_url_lists(tmp_path):
+    """A public URL list must not make the run read this machine's files."""
+    path = tmp_path / "x.jpg"
+    Image.new("RGB", (20, 20), "red").save(path)
+    rows = pairs_table([{"key": "k1", "source": "s", "url": str(path)},
+                        {"key": "k2", "source": "s", "url": f"file://{path}"}])
+    out = FetchStep(FetchConfig(allow_local_files=False), ctx_for(tmp_path)).process(rows)
+    assert out.kept.num_rows == 0
+    assert out.rejects.column("reason").to_pylist() == ["local_file_not_allowed"] * 2
+    assert FetchStep(FetchConfig(), ctx_for(tmp_path)).process(rows).kept.num_rows == 2

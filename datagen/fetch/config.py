@@ -52,6 +52,11 @@ class FetchConfig(BaseModel):
         89_478_485, ge=1, description="Largest decoded image (width*height) accepted; Pillow's bomb limit by default."
     )
     jpeg_quality: int = Field(90, ge=1, le=100, description="Quality of re-encoded JPEGs.")
+    allow_local_files: bool = Field(
+        True,
+        description="Read local paths and file:// URLs. Set false for public URL lists (LAION, COYO, CC) so a "
+        "crafted row cannot make the run read files from this machine.",
+    )
     keep_png: bool = Field(False, description="Store PNG inputs as (RGB) PNG instead of converting them to JPEG.")
     keep_original_jpeg: bool = Field(
         True,

@@ -130,6 +130,9 @@ class FetchStep(Step):
                                 return await loop.run_in_executor(pool, self._passthrough, i, cols)
                             return await loop.run_in_executor(pool, process_image, image, objects, cfg)
                         kind, target = locate(cols["url"][i], self.ctx.resolve)
+                        if kind == "file" and not cfg.allow_local_files:
+                            raise FetchError("local_file_not_allowed",
+                                             f"{cols['url'][i]!r} is a local path; fetch.allow_local_files is false")
                         if kind == "file":
                             data = await loop.run_in_executor(pool, read_file, target, cfg.max_bytes)
                         else:

@@ -150,18 +150,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from datagen.filters.clip import ClipWeightsUnavailable
     from datagen.recipe import RecipeError
-    from datagen.translate.errors import QuotaExhausted
+    from datagen.translate.errors import BackendConfigError, QuotaExhausted
 
     try:
         return args.fn(args)
     except QuotaExhausted as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 4
-    except RecipeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as e:
+    except (RecipeError, FileNotFoundError, ClipWeightsUnavailable, BackendConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

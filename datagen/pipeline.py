@@ -170,6 +170,12 @@ def _source_files(cfg, ctx: RunContext) -> list[Path]:
     return source_files(cfg.path, ctx, cfg.name)
 
 
+def _clip_scorer(recipe: Recipe):
+    """The CLIP config for scoring only: the threshold is its own global step (``ClipThresholdStep``),
+    so editing it never recomputes scores."""
+    return recipe.filters.clip.model_copy(update={"min_score": None, "top_fraction": None})
+
+
 def _pair_steps(recipe: Recipe) -> list[StepFactory]:
     from datagen.fetch.step import FetchStep
     from datagen.filters.quality import QualityFilterStep
@@ -178,16 +184,24 @@ def _pair_steps(recipe: Recipe) -> list[StepFactory]:
     if recipe.filters.clip is not None:
         from datagen.filters.clip import ClipScoreStep
 
-        # Score only: the threshold is its own global step, so editing it never recomputes scores.
-        steps.append(StepFactory(ClipScoreStep, recipe.filters.clip.model_copy(update={"min_score": None,
-                                                                                       "top_fraction": None})))
+        steps.append(StepFactory(ClipScoreStep, _clip_scorer(recipe)))
     return steps
 
 
+def preflight(recipe: Recipe, ctx: RunContext) -> None:
+    """Fail before any work on what is already knowable: CLIP weights that cannot be had
+    (unless the recipe allows the untrained fallback)."""
+    if recipe.filters.clip is not None:
+        from datagen.filters.clip import ClipScoreStep
+
+        ClipScoreStep(_clip_scorer(recipe), ctx).load()  # cached per process; the step reuses it
+
+
 def run(recipe: Recipe, recipe_dir: Path, out_dir: Path, dry_run: bool = False) -> RunState:
+    ctx = RunContext(run_dir=out_dir / "_run", recipe_dir=recipe_dir, seed=recipe.seed, dry_run=dry_run)
+    preflight(recipe, ctx)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "_run").mkdir(exist_ok=True)
-    ctx = RunContext(run_dir=out_dir / "_run", recipe_dir=recipe_dir, seed=recipe.seed, dry_run=dry_run)
     state = RunState(recipe, out_dir, ctx)
     bs, workers = recipe.executor.batch_size, recipe.executor.workers
     idx = 0

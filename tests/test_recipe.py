@@ -98,3 +98,14 @@ def test_cli_validate_reports_errors_before_any_work(tmp_path, capsys):
     assert "seed" in err and "integer" in err
     assert not (tmp_path / "out").exists(), "nothing may be created for an invalid recipe"
     assert main(["validate", str(write(tmp_path, MINIMAL, "ok.yaml"))]) == 0
+
+
+def test_unavailable_clip_weights_fail_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    data = dict(MINIMAL, filters={"clip": {"model": "ViT-B-32", "pretrained": "laion2b_s34b_b79k"}})
+    p = write(tmp_path, data)
+    assert main(["run", str(p), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "ViT-B-32" in err and "allow_untrained_fallback" in err
+    assert not (tmp_path / "out").exists(), "nothing may be created when the weights cannot be had"

@@ -443,7 +443,7 @@ def test_bad_prompt_file_error_names_file_and_key(tmp_path):
     with pytest.raises(ValueError) as e:
         LLMGenerateStep(cfg, RunContext(run_dir=tmp_path / "run", recipe_dir=tmp_path))
     msg = str(e.value)
-    assert str(bad) in msg and "instruction" in msg and "examples.0.response" in msg
+    assert str(bad) in msg and "instruction" in msg and "examples[0].response" in msg
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         LLMGenerateStep(cfg.model_copy(update={"prompts": {"conversation": "nope.yaml"}}),
                         RunContext(run_dir=tmp_path / "run", recipe_dir=tmp_path))

@@ -15,8 +15,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from datagen.yamlconfig import ConfigError, describe_validation_error, read_mapping
 
 BUNDLED_RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
@@ -53,19 +54,11 @@ def load_prompt(path: Path, task: str) -> PromptSpec:
     """Load and validate a prompt file; errors name the file and the bad key."""
     if not path.is_file():
         raise FileNotFoundError(f"prompt file for llm task {task!r} not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ValueError(
-            f"{path}: expected a mapping with keys system, instruction, examples; got {type(data).__name__}"
-        )
+    data = read_mapping(path, "prompt file (keys system, instruction, examples)")
     try:
         spec = PromptSpec.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
-        raise ValueError(f"{path}: invalid prompt file: {problems}") from None
+        raise ConfigError(describe_validation_error(e, str(path), "prompt file")) from None
     if spec.task != task:
         raise ValueError(f"{path}: declares task {spec.task!r} but is configured for task {task!r}")
     if task == "detailed_description" and not spec.questions:

@@ -12,8 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from datagen.yamlconfig import ConfigError, apply_override, describe_validation_error, read_mapping, set_path
 
 
 class _Strict(BaseModel):
@@ -166,53 +167,19 @@ class TrainConfig(_Strict):
         return self
 
 
-def _set_path(tree: dict, dotted: str, value: Any) -> None:
-    node = tree
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        nxt = node.get(part)
-        if nxt is None:
-            nxt = node[part] = {}
-        if not isinstance(nxt, dict):
-            raise ValueError(f"--set {dotted}: '{part}' holds a {type(nxt).__name__}, not a mapping")
-        node = nxt
-    node[parts[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """``a.b=value`` -> (``a.b``, value parsed as YAML, so ``3``, ``true``, ``[x, y]`` keep their types)."""
-    if "=" not in text:
-        raise ValueError(f"--set expects key.path=value, got {text!r}")
-    key, raw = text.split("=", 1)
-    if not key.strip():
-        raise ValueError(f"--set expects key.path=value, got {text!r}")
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
-
-
 def load_config(path: str | Path, overrides: list[str] | None = None, **fields: Any) -> TrainConfig:
     """Read a YAML training config, apply ``--set`` overrides and keyword fields, validate.
 
     Relative ``data.dir``, ``out`` and ``init_from`` stay relative to the current directory
     (like ``make`` targets expect). Errors name the file and the key path."""
     path = Path(path)
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"training config not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise ValueError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(tree, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level, got {type(tree).__name__}")
+    tree = read_mapping(path, "training config")
     for text in overrides or []:
-        _set_path(tree, *parse_override(text))
+        apply_override(tree, text, str(path))
     for key, value in fields.items():
         if value is not None:
-            _set_path(tree, key, value)
+            set_path(tree, key.split("."), value, str(path))
     try:
         return TrainConfig.model_validate(tree)
     except ValidationError as e:
-        lines = [f"{path}: invalid training config:"]
-        for err in e.errors():
-            loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-            lines.append(f"  {loc}: {err['msg']}")
-        raise ValueError("\n".join(lines)) from None
+        raise ConfigError(describe_validation_error(e, str(path), "training config")) from None

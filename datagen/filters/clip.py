@@ -27,10 +27,8 @@ import io
 import json
 import os
 import shutil
-import socket
 import tempfile
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from datagen.offline import REACH_TIMEOUT_S, hf_endpoint, hf_hub_cache, host_reachable, hub_offline, url_host_port
 from datagen.records import reject, rejects_table
 from datagen.steps import RunContext, Step, StepOutput
 
@@ -55,7 +54,6 @@ TINY_UNTRAINED_CONFIG: dict[str, Any] = {
 
 _HF_CONFIG_NAME = "open_clip_config.json"
 _HF_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-_REACH_TIMEOUT_S = 2.0
 
 
 class ClipWeightsUnavailable(RuntimeError):
@@ -143,23 +141,8 @@ class WeightsPlan:
         return json.dumps([self.kind, self.name, self.pretrained], sort_keys=True)
 
 
-def _offline_env() -> bool:
-    return any(
-        os.environ.get(k, "").strip().upper() in ("1", "ON", "YES", "TRUE") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
-
-
 def _hf_hub_cache(cfg: ClipConfig) -> str:
-    """The hub cache as huggingface_hub would compute it NOW (its constants are frozen at import time,
-    so a later change of HF_HOME would otherwise be missed)."""
-    if cfg.cache_dir:
-        return os.path.expanduser(cfg.cache_dir)
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(xdg, "huggingface", "hub")
+    return hf_hub_cache(cfg.cache_dir)
 
 
 def _clip_url_cache(cfg: ClipConfig) -> str:
@@ -167,35 +150,7 @@ def _clip_url_cache(cfg: ClipConfig) -> str:
 
 
 def _hf_host() -> tuple[str, int]:
-    u = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    return u.hostname or "huggingface.co", u.port or (443 if u.scheme != "http" else 80)
-
-
-_REACHED: dict[tuple[str, int], tuple[float, bool]] = {}  # (host, port) -> (monotonic time, answer)
-
-
-def host_reachable(host: str, port: int, timeout_s: float = _REACH_TIMEOUT_S) -> bool:
-    """A TCP connect with a hard deadline. The connect runs in a daemon thread because name
-    resolution (getaddrinfo) ignores socket timeouts and can hang much longer than the connect.
-    The answer is remembered for a minute so several steps of one run pay the wait once."""
-    seen = _REACHED.get((host, port))
-    if seen is not None and time.monotonic() - seen[0] < 60:
-        return seen[1]
-    result: list[bool] = []
-
-    def attempt() -> None:
-        try:
-            with socket.create_connection((host, port), timeout=timeout_s):
-                result.append(True)
-        except OSError:
-            result.append(False)
-
-    t = threading.Thread(target=attempt, daemon=True)
-    t.start()
-    t.join(timeout_s + 0.5)
-    ok = bool(result and result[0])
-    _REACHED[(host, port)] = (time.monotonic(), ok)
-    return ok
+    return url_host_port(hf_endpoint()) or ("huggingface.co", 443)
 
 
 def _hf_cached(repo_id: str, filenames: list[str], hub_cache: str, checked: list[str]) -> str | None:
@@ -210,11 +165,11 @@ def _hf_cached(repo_id: str, filenames: list[str], hub_cache: str, checked: list
 
 
 def _network_check(host: str, port: int, checked: list[str]) -> bool:
-    if _offline_env():
+    if hub_offline():
         checked.append("HF_HUB_OFFLINE is set: no download attempted")
         return False
     ok = host_reachable(host, port)
-    checked.append(f"host {host}:{port} {'reachable' if ok else f'not reachable within {_REACH_TIMEOUT_S:.0f} s'}")
+    checked.append(f"host {host}:{port} {'reachable' if ok else f'not reachable within {REACH_TIMEOUT_S:.0f} s'}")
     return ok
 
 

@@ -8,31 +8,13 @@ the hub decides, and the error names the model, the cache and the fix.
 
 from __future__ import annotations
 
-import os
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
+
+from datagen.offline import hf_endpoint, hub_offline, url_reachable
 
 
 class WeightsUnavailable(FileNotFoundError):
     pass
-
-
-def _reachable(url: str, timeout: float = 3.0) -> bool:
-    parsed = urlparse(url)
-    host = parsed.hostname
-    if not host:
-        return False
-    port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _hf_endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
 
 
 def _hf_cached(repo_id: str, filenames: tuple[str, ...]) -> bool:
@@ -41,23 +23,18 @@ def _hf_cached(repo_id: str, filenames: tuple[str, ...]) -> bool:
     return any(isinstance(try_to_load_from_cache(repo_id, f), str) for f in filenames)
 
 
-def _offline() -> bool:
-    return any(os.environ.get(k, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def check_hf_model(name: str, what: str = "llm.name") -> None:
     """A causal LM / tokenizer by Hugging Face id or local folder."""
     if Path(name).expanduser().exists():
         return
     if _hf_cached(name, ("config.json", "tokenizer_config.json")):
         return
-    if _offline() or not _reachable(_hf_endpoint()):
+    if hub_offline() or not url_reachable(hf_endpoint()):
         from huggingface_hub.constants import HF_HUB_CACHE
 
         raise WeightsUnavailable(
             f"{what}={name!r}: not a local folder, not in the Hugging Face cache ({HF_HUB_CACHE}), and "
-            f"{_hf_endpoint()} is unreachable or offline mode is on. Download it where there is network "
+            f"{hf_endpoint()} is unreachable or offline mode is on. Download it where there is network "
             f"(huggingface-cli download {name} --local-dir DIR) and set {what} to DIR."
         )
 
@@ -71,18 +48,18 @@ def check_open_clip(name: str, pretrained: str | None) -> None:
     if pretrained and Path(pretrained).expanduser().is_file():
         return
     if name.startswith("hf-hub:"):
-        repo, urls = name[len("hf-hub:"):], [_hf_endpoint()]
+        repo, urls = name[len("hf-hub:"):], [hf_endpoint()]
     else:
         cfg = open_clip.get_pretrained_cfg(name, pretrained)
         if not cfg:
             raise ValueError(f"vision: open_clip has no pretrained tag {pretrained!r} for {name!r}; "
                              f"known: {open_clip.list_pretrained_tags_by_model(name)}")
         repo = cfg.get("hf_hub", "").strip("/")
-        urls = [_hf_endpoint()] if repo else [cfg.get("url", "")]
+        urls = [hf_endpoint()] if repo else [cfg.get("url", "")]
     files = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_config.json")
     if repo and _hf_cached(repo, files):
         return
-    if _offline() or not any(_reachable(u) for u in urls if u):
+    if hub_offline() or not any(url_reachable(u) for u in urls if u):
         raise WeightsUnavailable(
             f"vision: open_clip {name!r} / {pretrained!r} is not cached and {urls[0] or 'its host'} is unreachable. "
             f"Fetch the weights where there is network and set vision.pretrained to the checkpoint file "

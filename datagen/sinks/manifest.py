@@ -138,6 +138,13 @@ def summary(manifest: dict) -> str:
                  f" {c['stage2_text_samples']} text-only")
     if c["conversations_by_lang"]:
         lines.append("conversations: " + ", ".join(f"{k} {v}" for k, v in sorted(c["conversations_by_lang"].items())))
+    synth = next((st["stats"] for st in manifest["steps"] if st["name"] == "synthesize"), None)
+    if synth and synth.get("polarity"):
+        pol = synth["polarity"]
+        lines.append(f"template items: positive {pol.get('positive', 0)}, negative {pol.get('negative', 0)},"
+                     f" neutral {pol.get('neutral', 0)}; negative share {synth.get('negative_share', 0):.3f}"
+                     f" (target {synth.get('negative_share_target', 0):.3f});"
+                     f" checker disagreements {synth.get('checker_disagreements', 'not run')}")
     for title, field in (("rows rejected, by reason:", "rows_by_reason"),
                          ("not turned into instructions or translations, by reason:", "items_by_reason")):
         grouped = Counter()

@@ -100,9 +100,11 @@ def map_batches(factory: Callable[[RunContext], Step], batches: Iterator[pa.Tabl
             step.close()
         return
     worker_ctx = RunContext(ctx.run_dir, ctx.recipe_dir, ctx.seed, ctx.dry_run)
+    probe = factory(ctx)
     with mp.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=(factory, worker_ctx)) as pool:
         for out, stats, warnings in pool.imap(_worker_run, batches):
             merge_stats(ctx.stats, stats)
+            probe.derive_stats(ctx.stat(probe.name))  # sums of ratios are not ratios
             for w in warnings:
                 ctx.warn(w)
             yield out

@@ -101,5 +101,11 @@ class Step:
         """Global steps: read the whole input parquet at ``path``, yield outputs in batches."""
         raise NotImplementedError
 
+    def derive_stats(self, stats: dict[str, Any]) -> None:
+        """Recompute derived values (shares, rates, means) from the summed counts in ``stats``.
+
+        Stats from several worker processes merge by adding numbers, which is right for
+        counts and wrong for ratios; the executor calls this after merging."""
+
     def close(self) -> None:
         """Release models, clients, pools. Called once after the last batch."""

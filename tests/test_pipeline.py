@@ -98,3 +98,22 @@ def test_a_failing_step_leaves_no_checkpoint_and_the_rerun_resumes(small_recipe,
     monkeypatch.setattr(QualityFilterStep, "process", original)
     state = run(recipe, small_recipe.parent, tmp_path / "out")
     assert [s.reused for s in state.steps] == [True, True, False, False]
+
+
+def test_derived_stats_are_recomputed_after_merging_workers(tmp_path):
+    from datagen.steps import RunContext
+    from datagen.synth.config import SynthConfig
+    from datagen.synth.fakecoco import fake_coco_pairs
+    from datagen.synth.step import SynthesizeStep
+
+    table = fake_coco_pairs(60, seed=1)
+    batches = [table.slice(i, 15) for i in range(0, 60, 15)]
+    shares = []
+    for workers in (1, 2):
+        ctx = RunContext(run_dir=tmp_path / f"w{workers}", recipe_dir=tmp_path)
+        ctx.run_dir.mkdir()
+        outs = list(map_batches(StepFactory(SynthesizeStep, SynthConfig()), iter(batches), ctx, workers))
+        st = ctx.stats["synthesize"]
+        assert st["rows_in"] == 60 and sum(o.kept.num_rows for o in outs) == st["rows_out"]
+        shares.append((st["negative_share"], st["negative_share_target"]))
+    assert shares[0] == shares[1] and shares[0][1] == 0.5

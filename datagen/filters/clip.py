@@ -518,11 +518,14 @@ class ClipScoreStep(Step):
         self._count(scores[scored], len(idx), rejects)
         return StepOutput(kept, rejects_table(rejects))
 
+    def derive_stats(self, st: dict) -> None:
+        st["mean_score"] = st["score_sum"] / st["scored"] if st.get("scored") else None
+
     def _count(self, batch_scores: np.ndarray, n_kept: int, rejects: list[dict]) -> None:
         st = self.ctx.stat(self.name)
         st["scored"] = st.get("scored", 0) + int(batch_scores.size)
         st["score_sum"] = st.get("score_sum", 0.0) + float(batch_scores.sum(dtype=np.float64))
-        st["mean_score"] = st["score_sum"] / st["scored"] if st["scored"] else None
+        self.derive_stats(st)
         st["kept"] = st.get("kept", 0) + n_kept
         by_reason = st.setdefault("rejected", {})
         for r in rejects:

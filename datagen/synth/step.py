@@ -158,6 +158,9 @@ class SynthesizeStep(Step):
             acc = st.setdefault(name, {})
             for k, v in c.items():
                 acc[k] = acc.get(k, 0) + v
+        self.derive_stats(st)
+
+    def derive_stats(self, st: dict[str, Any]) -> None:
         pol = st.get("polarity", {})
         polar = pol.get("positive", 0) + pol.get("negative", 0)
         st["negative_share"] = round(pol.get("negative", 0) / polar, 4) if polar else None

@@ -138,7 +138,10 @@ class TranslateStep(Step):
         by_reason = self.stats.setdefault("rejects_by_reason", {})
         for r, n in reasons.items():
             by_reason[r] = by_reason.get(r, 0) + n
-        checks = self.stats.get("checks", {})
+        self.derive_stats(self.stats)
+
+    def derive_stats(self, stats: dict) -> None:
+        checks = stats.get("checks", {})
         for name in CHECK_ORDER:
             if name in checks:
                 c = checks[name]

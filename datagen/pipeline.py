@@ -179,14 +179,29 @@ def _clip_scorer(recipe: Recipe):
 
 
 def _pair_steps(recipe: Recipe) -> list[StepFactory]:
+    """The steps over pair rows, in order. Per-row steps run batch by batch; global ones
+    (``kind == "global"``) see the whole persisted input."""
     from datagen.fetch.step import FetchStep
     from datagen.filters.quality import QualityFilterStep
 
     steps = [StepFactory(FetchStep, recipe.fetch), StepFactory(QualityFilterStep, recipe.filters.quality)]
     if recipe.filters.clip is not None:
         from datagen.filters.clip import ClipScoreStep
+        from datagen.filters.threshold import ClipThresholdStep
 
-        steps.append(StepFactory(ClipScoreStep, _clip_scorer(recipe)))
+        steps += [StepFactory(ClipScoreStep, _clip_scorer(recipe)), StepFactory(ClipThresholdStep, recipe.filters.clip)]
+    if recipe.dedup is not None:
+        from datagen.dedup import DedupStep
+
+        steps.append(StepFactory(DedupStep, recipe.dedup))
+    if recipe.ocr is not None:  # the costliest per-row step: only on rows that survived every filter
+        from datagen.ocr import OcrStep
+
+        steps.append(StepFactory(OcrStep, recipe.ocr))
+    if recipe.translate is not None and recipe.translate.mode == "captions":  # adds caption_<lang>
+        from datagen.translate.step import TranslateStep
+
+        steps.append(StepFactory(TranslateStep, recipe.translate))
     return steps
 
 
@@ -220,67 +235,23 @@ def run(recipe: Recipe, recipe_dir: Path, out_dir: Path, dry_run: bool = False) 
         (text_data if is_text else pair_data).append((c.data, fp))
         idx += 1
 
-    # 2. Per-row pair steps over all pair sources together.
+    # 2. Pair steps over all pair sources together.
     inputs = [p for p, _ in pair_data]
     fp = ckpt.chain("pairs", [f for _, f in pair_data])
     for factory in _pair_steps(recipe):
-        fp = ckpt.chain(fp, factory(ctx).fingerprint())  # a step may add what else decides its output
-        rows_in = ckpt.count_rows(inputs)
-        c = _run_stage(state, idx, factory.cls.name, fp, PAIR_SCHEMA,
-                       lambda f=factory, ins=inputs: map_batches(f, ckpt.iter_batches(ins, bs), ctx, workers),
-                       rows_in, factory.cls.kind)
+        step = factory(ctx)
+        fp = ckpt.chain(fp, step.fingerprint())  # a step may add what else decides its output
+        if step.kind == "global":  # fetch, a per-row step, always comes first: one input file by now
+            produce = lambda s=step, p=inputs[0]: s.process_dataset(p)  # noqa: E731
+        else:
+            produce = lambda f=factory, ins=inputs: map_batches(f, ckpt.iter_batches(ins, bs), ctx, workers)  # noqa: E731
+        c = _run_stage(state, idx, step.name, fp, PAIR_SCHEMA, produce, ckpt.count_rows(inputs), step.kind)
         inputs = [c.data]
         idx += 1
-
-    if recipe.filters.clip is not None:
-        from datagen.filters.threshold import ClipThresholdStep
-
-        step = ClipThresholdStep(recipe.filters.clip, ctx)
-        fp = ckpt.chain(fp, step.fingerprint())
-        c = _run_stage(state, idx, step.name, fp, PAIR_SCHEMA, lambda s=step, p=inputs[0]: s.process_dataset(p),
-                       ckpt.count_rows(inputs), "global")
-        inputs = [c.data]
-        idx += 1
-
-    # 3. Global dedup.
-    if recipe.dedup is not None:
-        from datagen.dedup import DedupStep
-
-        step = DedupStep(recipe.dedup, ctx)
-        fp = ckpt.chain(fp, step.fingerprint())
-        rows_in = ckpt.count_rows(inputs)
-        src_path = inputs[0] if len(inputs) == 1 else _concat(inputs, ctx.run_dir / "pairs-concat.parquet")
-        c = _run_stage(state, idx, "dedup", fp, PAIR_SCHEMA, lambda: step.process_dataset(src_path), rows_in, "global")
-        inputs = [c.data]
-        idx += 1
-    pairs = inputs[0] if len(inputs) == 1 else _concat(inputs, ctx.run_dir / "pairs.parquet")
-
-    # 3a. OCR is the costliest per-row step: it runs on the rows that survived every filter.
-    if recipe.ocr is not None:
-        from datagen.ocr import OcrStep
-
-        factory = StepFactory(OcrStep, recipe.ocr)
-        fp = ckpt.chain(fp, factory(ctx).fingerprint())
-        c = _run_stage(state, idx, "ocr", fp, PAIR_SCHEMA,
-                       lambda: map_batches(factory, ckpt.iter_batches([pairs], bs), ctx, workers),
-                       ckpt.count_rows([pairs]), "map")
-        pairs = c.data
-        idx += 1
-
-    # 3b. Caption translation (bilingual stage-1 pre-training) adds caption_<lang> to the pairs.
-    if recipe.translate is not None and recipe.translate.mode == "captions":
-        from datagen.translate.step import TranslateStep
-
-        factory = StepFactory(TranslateStep, recipe.translate)
-        fp = ckpt.chain(fp, factory(ctx).fingerprint())
-        c = _run_stage(state, idx, "translate", fp, PAIR_SCHEMA,
-                       lambda: map_batches(factory, ckpt.iter_batches([pairs], bs), ctx, workers),
-                       ckpt.count_rows([pairs]), "map")
-        pairs = c.data
-        idx += 1
+    pairs = inputs[0]
     pairs_fp = fp
 
-    # 4. Conversations: template synthesis and LLM generation expand pairs; text-only sources join.
+    # 3. Conversations: template synthesis and LLM generation expand pairs; text-only sources join.
     conversation_inputs: list[tuple[Path, str]] = []
     for attr, module, cls_name in (("synthesize", "datagen.synth.step", "SynthesizeStep"),
                                    ("llm_generate", "datagen.llm.step", "LLMGenerateStep")):
@@ -356,16 +327,6 @@ def _count_sources(path: Path, sources: list[str] | None) -> int:
         return ckpt.count_rows([path])
     col = pq.read_table(path, columns=["source"]).column("source")
     return pc.sum(pc.is_in(col, value_set=pa.array(sources))).as_py() or 0
-
-
-def _concat(paths: list[Path], dest: Path) -> Path:
-    writer = None
-    for t in ckpt.iter_batches(paths, 1024):
-        writer = writer or pq.ParquetWriter(dest, t.schema)
-        writer.write_table(t)
-    if writer:
-        writer.close()
-    return dest
 
 
 def collect_rejects(files: list[Path], dest: Path) -> pa.Table:

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-open_clip = pytest.importorskip("open_clip")
+import torch  # noqa: E402
+import open_clip  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from datagen.filters.clip import (  # noqa: E402

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from datagen.dedup import DedupConfig
 from datagen.fetch.config import FetchConfig
-from datagen.filters.clip import ClipConfig
+from datagen.filters.clip_config import ClipConfig
 from datagen.filters.quality import QualityConfig
 from datagen.llm.config import LLMGenerateConfig
 from datagen.ocr import OcrConfig

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from datagen.filters.clip import ClipConfig
+from datagen.filters.clip_config import ClipConfig
 from datagen.records import reject, rejects_table
 from datagen.steps import Step
 

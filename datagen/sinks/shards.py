@@ -44,14 +44,6 @@ def image_ext(data: bytes) -> str:
     raise ValueError("image bytes are not JPEG, PNG or WebP")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _tarinfo_header(name: str, size: int) -> bytes:
     ti = tarfile.TarInfo(name)
     ti.size, ti.mtime, ti.mode, ti.uname, ti.gname = size, FIXED_MTIME, 0o444, "bigdata", "bigdata"
@@ -87,18 +79,25 @@ class TarShard:
 
     def __init__(self, path: Path):
         self._f = open(path, "wb")
+        self.sha256 = hashlib.sha256()  # hashed as written: no second read of the shard
+
+    def _out(self, data: bytes) -> None:
+        self._f.write(data)
+        self.sha256.update(data)
 
     def write(self, key: str, files: dict[str, bytes]) -> None:
         out = []
         for ext in sorted(files):
             data = files[ext]
             out += [ustar_header(f"{key}.{ext}", len(data)), data, b"\0" * (-len(data) % 512)]
-        self._f.write(b"".join(out))
+        self._out(b"".join(out))
 
-    def close(self) -> None:
+    def close(self) -> str:
+        """Ends the archive; returns its sha256."""
         end = self._f.tell() + 2 * 512  # two zero blocks end the archive; pad to tar's record size
-        self._f.write(b"\0" * (2 * 512 + (-end % tarfile.RECORDSIZE)))
+        self._out(b"\0" * (2 * 512 + (-end % tarfile.RECORDSIZE)))
         self._f.close()
+        return self.sha256.hexdigest()
 
 
 class SplitWriter:
@@ -128,11 +127,11 @@ class SplitWriter:
     def _close_shard(self) -> None:
         if self._writer is None:
             return
-        self._writer.close()
+        sha = self._writer.close()
         name = self._name(len(self.shards))
         tmp, final = self.work_dir / (name + ".partial"), self.work_dir / name
         os.replace(tmp, final)
-        self.shards.append(ShardInfo(self.split, f"{self.split}/{name}", self._count, final.stat().st_size, _sha256(final)))
+        self.shards.append(ShardInfo(self.split, f"{self.split}/{name}", self._count, final.stat().st_size, sha))
         self._writer = None
 
     def write(self, key: str, files: dict[str, bytes]) -> None:

@@ -428,7 +428,7 @@ def run(recipe: Recipe, recipe_dir: Path, out_dir: Path, dry_run: bool = False) 
     ctx = RunContext(run_dir=out_dir / "_run", recipe_dir=recipe_dir, seed=recipe.seed, dry_run=dry_run)
     preflight(recipe, ctx)
     with RunLock(out_dir):
-        remove_temporaries(out_dir / "_run")
+        remove_temporaries(out_dir)  # what killed runs left half-written: shard folders, parts, spills
         (out_dir / "_run").mkdir(parents=True, exist_ok=True)
         state = RunState(recipe, out_dir, ctx)
         pair_sources, text_sources = [], []

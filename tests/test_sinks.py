@@ -107,7 +107,7 @@ def test_stage_writers_mix_shuffle_and_join_images(tmp_path):
     pq.write_table(convs, cpath)
     s2, s2t, stats, rejects = write_stage2([cpath], pairs, out, StageConfig(), OutputConfig(), 0, tmp_path)
     members = {n: None for s in s2 for n in tarfile.open(out / s.path).getnames()}
-    assert set(members) == {"a_1.jpg", "a_1.json", "mm_1.0.jpg", "mm_1.1.jpg", "mm_1.json"}
+    assert set(members) == {"a_1.0.jpg", "a_1.json", "mm_1.0.jpg", "mm_1.1.jpg", "mm_1.json"}
     body = json.loads(tarfile.open(out / s2[0].path).extractfile("a_1.json").read())
     assert [c["id"] for c in body["conversations"]] == ["c0", "c0-zh"], "conversations of one image merged"
     assert [r["reason"] for r in rejects] == ["image_missing"]

@@ -11,7 +11,6 @@ the image bytes once, looked up by key in the final pair rows.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter, OrderedDict
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from datagen.sinks.shards import ShardInfo, SplitWriter, image_ext, json_bytes
+from datagen.sinks.shards import ShardInfo, SplitWriter, image_ext, json_bytes, shard_json, stage2_images
 
 STAGE1, STAGE2, STAGE2_TEXT = "stage1", "stage2", "stage2_text"
 
@@ -71,16 +70,6 @@ def sorted_mix(frame: pl.LazyFrame, weights: dict[str, float], seed: int, shuffl
     return tmp
 
 
-def _row_json(row: dict) -> dict:
-    out = {k: v for k, v in row.items() if k not in ("image",) and not k.startswith("_")}
-    if isinstance(out.get("meta"), str):
-        try:
-            out["meta"] = json.loads(out["meta"])
-        except json.JSONDecodeError:
-            pass
-    return out
-
-
 def _select(paths: list[Path], sources: list[str] | None) -> pl.LazyFrame | None:
     paths = [p for p in paths if p.exists() and pq.ParquetFile(p).metadata.num_rows]
     if not paths:
@@ -102,7 +91,7 @@ def write_stage1(pairs: Path, out_dir: Path, stage, output, seed: int, work: Pat
                     for row in b.to_pylist():
                         key = row["key"] if row["_rep"] == 0 else f"{row['key']}-r{row['_rep']}"
                         writer.write(key, {image_ext(row["image"]): row["image"], "txt": (row["caption"] or "").encode(),
-                                           "json": json_bytes(_row_json(row) | {"key": key})})
+                                           "json": json_bytes(shard_json(row, b.schema) | {"key": key})})
                         per_source[row["source"]] += 1
                     bar.update(b.num_rows)
         shards = writer.commit()
@@ -173,15 +162,8 @@ def write_stage2(conversations: list[Path], pairs: Path, out_dir: Path, stage, o
                                     "reason": "image_missing", "detail": f"images {missing} not among the kept pairs",
                                     "url": None})
                     continue
-                body = _row_json(row) | {"key": key}
-                files: dict[str, bytes] = {}
-                if len(images) == 1:
-                    data = store.get(images[0])
-                    files[image_ext(data)] = data
-                for n, k in enumerate(images if len(images) > 1 else []):
-                    data = store.get(k)
-                    files[f"{n}.{image_ext(data)}"] = data
-                files["json"] = json_bytes(body)
+                files = stage2_images([store.get(k) for k in images])
+                files["json"] = json_bytes(shard_json(row, b.schema) | {"key": key})
                 (img_writer if images else txt_writer).write(key, files)
                 stats["samples_with_images" if images else "samples_text_only"] += 1
                 for c in row["conversations"]:

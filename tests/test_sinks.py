@@ -123,11 +123,13 @@ def test_image_store_reads_by_key_across_row_groups(tmp_path):
 
 
 def test_mplug_owl_template_one_image_line_or_inline_images():
-    single = mplug_owl_text([{"role": "user", "content": "<image>\nWhat is it?"},
-                             {"role": "assistant", "content": "A cat."}], 1)
+    single, order = mplug_owl_text([{"role": "user", "content": "<image>\nWhat is it?"},
+                                    {"role": "assistant", "content": "A cat."}], 1)
+    assert order == [0]
     assert single.splitlines()[1:] == ["Human: <image>", "Human: What is it?", "AI: A cat."]
     turns = [{"role": "user", "content": "Image 0 is <image_0>. Image 1 is <image_1>. Same?"},
              {"role": "assistant", "content": "No."}]
-    text = mplug_owl_text(turns, 2)
+    text, order = mplug_owl_text(turns, 2)
+    assert order == [0, 1]
     assert text.splitlines()[1:] == ["Human: Image 0 is <image>. Image 1 is <image>. Same?", "AI: No."]
     assert text.count("<image>") == 2

@@ -78,7 +78,8 @@ def test_laion_parquet_streams_maps_columns_and_keeps_meta(tmp_path, ctx):
     assert kept.num_rows == n and n_batches >= 5
     rows = kept.to_pylist()
     assert rows[0]["url"] == "http://h/0.jpg"
-    assert rows[1]["url"] == str((tmp_path / "img/1.jpg").resolve()), "relative paths resolve against the file"
+    assert rows[1]["url"] == "img/1.jpg", "relative paths resolve against the file, stored relative to the recipe"
+    assert ctx.resolve(rows[1]["url"]) == (tmp_path / "img/1.jpg").resolve(), "fetch finds the file again"
     assert rows[5]["key"] == "laion_000000005" and len({r["key"] for r in rows}) == n
     assert json.loads(rows[3]["meta"]) == {"similarity": 0.3, "punsafe": 0.01}
     assert rows[3]["width"] == 100

@@ -158,3 +158,12 @@ def test_local_paths_are_stored_relative_to_the_recipe_folder(tmp_path):
     assert resolve_url("img/1.jpg", tmp_path / "tables", root) == "../tables/img/1.jpg"
     assert resolve_url("/abs/1.jpg", tmp_path, root) == "/abs/1.jpg", "an absolute path is kept as written"
     assert resolve_url("https://h/1.jpg", tmp_path, root) == "https://h/1.jpg"
+
+
+def test_sharegpt_export_has_one_image_token_per_listed_image(run):
+    (path,) = export(run, run / "export", "sharegpt")
+    items = {i["id"]: i for i in json.loads(path.read_text())}
+    assert {k: len(v["images"]) for k, v in items.items()} == {"a-en": 1, "a-zh": 1, "m-en": 2, "t-en": 0}
+    for item in items.values():
+        assert sum(t["value"].count("<image>") for t in item["conversations"]) == len(item["images"])
+    assert items["m-en"]["images"] == ["images/m.1.jpg", "images/m.0.jpg"] and items["a-zh"]["lang"] == "zh"

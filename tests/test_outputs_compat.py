@@ -79,6 +79,13 @@ def test_hf_load_dataset_returns_every_sample_and_every_stage2_image(demo, hf_ca
     in_tars = sum(1 for m in tar_members(demo, "stage2") if m.endswith(".jpg"))
     assert returned == listed == in_tars
     assert max(len(r["json"]["images"]) for r in stage2) >= 2, "the demo has multi-image samples"
+    # The same through the plain webdataset builder given the card's features, and streamed.
+    features = datasets.load_dataset_builder(str(demo), "stage2", cache_dir=hf_cache).info.features
+    plain = datasets.load_dataset("webdataset", data_files={"train": str(demo / "stage2" / "*.tar")},
+                                  features=features, split="train", cache_dir=hf_cache)
+    streamed = datasets.load_dataset(str(demo), "stage2", split="train", streaming=True)
+    for ds in (plain, streamed):
+        assert sum(1 for r in ds for k in slots if r[k] is not None) == in_tars
 
     text = datasets.load_dataset(str(demo), "stage2_text", split="train", cache_dir=hf_cache)
     assert len(text) == counts["stage2_text_samples"] and all(r["json"]["images"] == [] for r in text)

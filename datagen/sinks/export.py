@@ -34,7 +34,9 @@ path RELATIVE TO ``<dest>`` (``images/<key>.<n>.jpg``): point the trainer's imag
   "Human:"/"AI:" template; its loader fills ``<image>`` tokens with the listed images in order.
   mPLUG-Owl opens each path as written: run it with ``<dest>`` as the working directory, or pass
   ``image_root`` to write ``<image_root>/images/...`` instead.
-- ``sharegpt``: ``{"id", "images", "lang", "conversations": [{"from", "value"}]}``.
+- ``sharegpt``: ``{"id", "images", "lang", "conversations": [{"from", "value"}]}``, all rows in one
+  file, ``<image>`` placed as in the two LLaVA files (one ``<image>`` per listed image, the layout
+  LLaMA-Factory's sharegpt format expects).
 - ``hf``: a Hugging Face dataset folder ``<dest>/hf``: parquet files under ``data/`` whose
   ``images`` column is ``datasets.List(datasets.Image())`` with the pixels embedded, and a
   ``README.md`` dataset card whose YAML declares the config and features. ``load_dataset(DIR)``
@@ -106,8 +108,14 @@ def llava_single(turns: list[dict], has_image: bool) -> list[dict]:
     return out
 
 
-def _llava_turns(texts: list[str], turns: list[dict]) -> list[dict]:
-    return [{"from": "human" if t["role"] == "user" else "gpt", "value": v} for t, v in zip(turns, texts)]
+def llava_layout(conv: dict, paths: list[str], where: str) -> tuple[list[str], list[dict]]:
+    """(image paths, LLaVA turns): one image or none in LLaVA-1.5's layout (``llava_single``);
+    several with one ``<image>`` where each is named and the paths in that order."""
+    if len(paths) <= 1:
+        return paths, llava_single(conv["turns"], bool(paths))
+    texts, order = inline_images(conv["turns"], len(paths), where)
+    turns = [{"from": "human" if t["role"] == "user" else "gpt", "value": v} for t, v in zip(conv["turns"], texts)]
+    return [paths[i] for i in order], turns
 
 
 def _names_images(turns: list[dict]) -> bool:
@@ -168,14 +176,11 @@ def export(out: Path, dest: Path, fmt: str, image_root: str | None = None) -> li
     if fmt == "llava":
         single, interleaved = [], []
         for row, conv, paths, _ in records:
-            if len(paths) <= 1:
-                item = {"id": conv["id"], **({"image": paths[0]} if paths else {}),
-                        "conversations": llava_single(conv["turns"], bool(paths))}
-                single.append(item)
+            images, turns = llava_layout(conv, paths, f"{out}: conversation {conv['id']}")
+            if len(images) <= 1:
+                single.append({"id": conv["id"], **({"image": images[0]} if images else {}), "conversations": turns})
             else:
-                texts, order = inline_images(conv["turns"], len(paths), f"{out}: conversation {conv['id']}")
-                interleaved.append({"id": conv["id"], "image": [paths[i] for i in order],
-                                    "conversations": _llava_turns(texts, conv["turns"])})
+                interleaved.append({"id": conv["id"], "image": images, "conversations": turns})
         return [_write_json(dest / "llava.json", single), _write_json(dest / "llava_interleave.json", interleaved)]
     if fmt == "mplug_owl":
         path = dest / "mplug_owl.jsonl"
@@ -186,10 +191,10 @@ def export(out: Path, dest: Path, fmt: str, image_root: str | None = None) -> li
                 f.write(json.dumps({"image": [prefix + paths[i] for i in order], "text": text,
                                     "task_type": mplug_task_type(conv)}, ensure_ascii=False) + "\n")
         return [path]
-    items = [{"id": conv["id"], "images": paths, "lang": conv["lang"],
-              "conversations": [{"from": "human" if t["role"] == "user" else "gpt", "value": t["content"]}
-                                for t in conv["turns"]]}
-             for row, conv, paths, _ in records]
+    items = []
+    for row, conv, paths, _ in records:
+        images, turns = llava_layout(conv, paths, f"{out}: conversation {conv['id']}")
+        items.append({"id": conv["id"], "images": images, "lang": conv["lang"], "conversations": turns})
     return [_write_json(dest / "sharegpt.json", items)]
 
 

@@ -48,12 +48,19 @@ def test_coco_layouts_group_captions_and_objects_per_image(tmp_path, ctx, year):
     r9 = rows["coco_9"]
     assert r9["captions"] == ["caption 0 of 9", "caption 1 of 9", "caption 3 of 9"]
     assert r9["caption"] == "caption 0 of 9"
-    assert r9["url"].endswith(f"val{year}/" + ("COCO_val2014_" if year == 2014 else "") + "000000000009.jpg")
+    assert r9["url"] == f"val{year}/" + ("COCO_val2014_" if year == 2014 else "") + "000000000009.jpg", \
+        "relative to the recipe folder"
     assert [(o["label"], o["iscrowd"]) for o in r9["objects"]] == [("dog", False), ("person", True)]
     assert r9["objects"][0]["bbox"] == [1, 2, 30, 40]
     assert rows["coco_25"]["objects"][0]["attributes"] == ["red"]
     assert rows["coco_30"]["objects"] == [] and rows["coco_30"]["captions"] == []
     assert json.loads(r9["meta"])["image_id"] == 9
+
+
+def test_coco_urls_keep_an_absolute_image_folder_absolute(tmp_path, ctx):
+    cfg = coco_files(tmp_path, 2017).model_copy(update={"images": str(tmp_path / "val2017")})
+    kept, _, _ = collect(read_coco(cfg, ctx))
+    assert kept.column("url").to_pylist()[0] == str(tmp_path / "val2017" / "000000000009.jpg")
 
 
 def test_coco_unknown_category_is_a_clear_error(tmp_path, ctx):

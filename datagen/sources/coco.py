@@ -64,8 +64,7 @@ def read_coco(cfg: CocoSource, ctx: RunContext) -> Iterator[StepOutput]:
         raise FileNotFoundError(f"source {cfg.name!r}: image folder not found: {image_dir}")
 
     # Stored urls: relative to the recipe's folder unless the recipe named an absolute folder.
-    url_dir = Path(cfg.images).expanduser() if Path(cfg.images).expanduser().is_absolute() \
-        else Path(portable_path(image_dir, ctx.recipe_dir))
+    url_dir = image_dir if Path(cfg.images).expanduser().is_absolute() else Path(portable_path(image_dir, ctx.recipe_dir))
     with tempfile.TemporaryDirectory(dir=ctx.run_dir, prefix=f"coco-{cfg.name}-") as tmp:
         tmp = Path(tmp)
         _stream_to_parquet(

@@ -53,6 +53,21 @@ def test_open_clip_get_dataset_size_reads_every_split_folder(demo):
     for split in SPLITS:
         shards = sorted(str(p) for p in (demo / split).glob("*.tar"))
         assert get_dataset_size("::".join(shards)) == (expected[split], len(shards)) and expected[split] > 0
+    # open_clip's own webdataset pipeline (its eval path: webdataset 1.x in this environment breaks
+    # the training path's group_by_keys_nothrow, KeyError 'fname', whatever the shards hold).
+    import argparse
+
+    import open_clip
+    from open_clip_train.data import get_wds_dataset
+    from torchvision import transforms
+
+    shards = "::".join(sorted(str(p) for p in (demo / "stage1").glob("*.tar")))
+    args = argparse.Namespace(val_data=shards, val_num_samples=None, batch_size=8, workers=0, world_size=1)
+    info = get_wds_dataset(args, transforms.Compose([transforms.Resize((32, 32)), transforms.ToTensor()]),
+                           is_train=False, tokenizer=open_clip.get_tokenizer("ViT-B-32"))
+    batches = list(info.dataloader)
+    assert sum(images.shape[0] for images, _ in batches) == expected["stage1"]
+    assert all(texts.shape == (images.shape[0], 77) for images, texts in batches)
     # The run-level sizes.json the bundled trainer reads stays as it was.
     assert sum(json.loads((demo / "sizes.json").read_text()).values()) == sum(expected.values())
 

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from datagen.records import PAIR_SCHEMA, make_key, to_json
 from datagen.sources.config import CocoSource
+from datagen.sources.tables import portable_path
 from datagen.steps import RunContext, StepOutput
 
 _CHUNK = 50_000
@@ -62,6 +63,8 @@ def read_coco(cfg: CocoSource, ctx: RunContext) -> Iterator[StepOutput]:
     if not image_dir.is_dir():
         raise FileNotFoundError(f"source {cfg.name!r}: image folder not found: {image_dir}")
 
+    # Stored urls: relative to the recipe's folder unless the recipe named an absolute folder.
+    url_dir = image_dir if Path(cfg.images).expanduser().is_absolute() else Path(portable_path(image_dir, ctx.recipe_dir))
     with tempfile.TemporaryDirectory(dir=ctx.run_dir, prefix=f"coco-{cfg.name}-") as tmp:
         tmp = Path(tmp)
         _stream_to_parquet(
@@ -105,10 +108,10 @@ def read_coco(cfg: CocoSource, ctx: RunContext) -> Iterator[StepOutput]:
             joined = joined.head(cfg.limit)
         joined.sink_parquet(tmp / "joined.parquet")
         for batch in pq.ParquetFile(tmp / "joined.parquet").iter_batches(batch_size=cfg.batch_size):
-            yield StepOutput(_to_pairs(batch.to_pylist(), cfg, image_dir, has_instances=instances_path is not None))
+            yield StepOutput(_to_pairs(batch.to_pylist(), cfg, url_dir, has_instances=instances_path is not None))
 
 
-def _to_pairs(rows: list[dict], cfg: CocoSource, image_dir: Path, has_instances: bool) -> pa.Table:
+def _to_pairs(rows: list[dict], cfg: CocoSource, url_dir: Path, has_instances: bool) -> pa.Table:
     out = []
     for r in rows:
         captions = [c for c in (r.get("captions") or []) if c]
@@ -127,7 +130,7 @@ def _to_pairs(rows: list[dict], cfg: CocoSource, image_dir: Path, has_instances:
         out.append({
             "key": make_key(cfg.name, r["id"]),
             "source": cfg.name,
-            "url": str(image_dir / r["file_name"]),
+            "url": (url_dir / r["file_name"]).as_posix(),
             "caption": captions[0] if captions else None,
             "image": None,
             "image_sha256": None,

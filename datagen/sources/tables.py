@@ -3,14 +3,16 @@
 Both stream with pyarrow (``ParquetFile.iter_batches``, ``csv.open_csv``), so a
 multi-GB shard never sits in memory at once (img2dataset users' complaint).
 Relative paths in the url column resolve against the table's own folder, so a
-table and its images can move together. Source columns we do not map are kept
-as JSON in ``meta`` (LAION ``similarity``/``punsafe``, COYO's scores...).
+table and its images can move together, and are stored relative to the recipe's
+folder (``portable_path``), so outputs do not depend on where the checkout lives.
+Source columns we do not map are kept as JSON in ``meta`` (LAION ``similarity``/``punsafe``, COYO's scores...).
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -33,14 +35,22 @@ def source_files(pattern: str, ctx: RunContext, source: str) -> list[Path]:
     return files
 
 
-def resolve_url(url: str | None, base: Path) -> str | None:
-    """Absolute paths and URLs pass; a bare relative path resolves against ``base``."""
+def portable_path(path: Path, root: Path) -> str:
+    """A local file as stored in ``url``: its path relative to ``root``, the recipe's folder, where
+    the fetch step resolves relative paths again (``RunContext.resolve``). So shard bytes do not
+    depend on where the checkout lives: two checkouts at different paths write the same url."""
+    return Path(os.path.relpath(path.resolve(), root.resolve())).as_posix()
+
+
+def resolve_url(url: str | None, base: Path, root: Path) -> str | None:
+    """Absolute paths and URLs pass; a bare relative path resolves against ``base`` (the table's
+    folder) and is stored relative to ``root`` (``portable_path``)."""
     if url is None:
         return None
     url = url.strip()
     if not url or "://" in url or url.startswith("/"):
         return url
-    return str((base / url).resolve())
+    return portable_path(base / url, root)
 
 
 def _key(name: str, n_files: int, file_idx: int, row: int) -> str:
@@ -78,7 +88,7 @@ def read_parquet(cfg: ParquetSource, ctx: RunContext) -> Iterator[StepOutput]:
                 out.append({
                     "key": make_key(cfg.name, local_id) if local_id is not None else _key(cfg.name, len(files), fi, row + i),
                     "source": cfg.name,
-                    "url": resolve_url(get("url"), path.parent),
+                    "url": resolve_url(get("url"), path.parent, ctx.recipe_dir),
                     "caption": get("caption"),
                     "width": get("width"),
                     "height": get("height"),
@@ -128,7 +138,7 @@ def read_tsv(cfg: TsvSource, ctx: RunContext) -> Iterator[StepOutput]:
                 out.append({
                     "key": _key(cfg.name, len(files), fi, line),
                     "source": cfg.name,
-                    "url": resolve_url(cols["url"][i], path.parent),
+                    "url": resolve_url(cols["url"][i], path.parent, ctx.recipe_dir),
                     "caption": cols["caption"][i],
                     "meta": json.dumps({"file": path.name, "line": line}),
                 })

@@ -34,7 +34,8 @@ def ctx_for(tmp_path: Path) -> RunContext:
 
 
 def cfg(**kw) -> FetchConfig:
-    base = dict(timeout_s=2.0, retries=2, backoff_s=0.01, backoff_max_s=0.05, concurrency=8)
+    base = dict(timeout_s=2.0, retries=2, backoff_s=0.01, backoff_max_s=0.05, concurrency=8,
+                allow_loopback=True, allow_local_files=True)  # the test servers and files are local
     base.update(kw)
     return FetchConfig(**base)
 
@@ -296,7 +297,7 @@ def test_connection_refused_is_connection_error(tmp_path):
     assert ctx.stats["fetch"]["retries"] == 1
 
 
-def test_unknown_host_is_dns_error(tmp_path):
+def test_unknown_host_is_dns_error(tmp_path, fake_dns):
     out, _ = run_step(tmp_path, [row("a", "http://no-such-host.invalid/x.jpg")], cfg(retries=0))
     assert reasons(out) == {"a": "dns_error"}
 
@@ -559,13 +560,15 @@ def test_redirect_to_another_scheme_is_rejected(tmp_path):
     assert reasons(out) == {"a": "unsupported_scheme"}
 
 
-def test_local_files_can_be_refused_for_public_url_lists(tmp_path):
+def test_local_files_are_refused_by_default_and_read_when_the_recipe_opts_in(tmp_path):
     """A public URL list must not make the run read this machine's files."""
     path = tmp_path / "x.jpg"
     Image.new("RGB", (20, 20), "red").save(path)
     rows = pairs_table([{"key": "k1", "source": "s", "url": str(path)},
                         {"key": "k2", "source": "s", "url": f"file://{path}"}])
-    out = FetchStep(FetchConfig(allow_local_files=False), ctx_for(tmp_path)).process(rows)
+    step = FetchStep(FetchConfig(), ctx_for(tmp_path))
+    out = step.process(rows)
     assert out.kept.num_rows == 0
     assert out.rejects.column("reason").to_pylist() == ["local_file_not_allowed"] * 2
-    assert FetchStep(FetchConfig(), ctx_for(tmp_path)).process(rows).kept.num_rows == 2
+    assert step.ctx.stats["fetch"]["policy"]["allow_local_files"] is False  # the manifest records the policy
+    assert FetchStep(FetchConfig(allow_local_files=True), ctx_for(tmp_path)).process(rows).kept.num_rows == 2

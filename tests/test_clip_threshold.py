@@ -62,6 +62,7 @@ def test_changing_the_threshold_reuses_the_scores(tmp_path):
                              "TEXT": [f"a picture number {i}" for i in range(6)]}), tmp_path / "t.parquet")
     (tmp_path / "r.yaml").write_text(json.dumps({
         "name": "c", "sources": [{"name": "t", "kind": "laion", "path": "t.parquet"}],
+        "fetch": {"allow_local_files": True},
         "filters": {"quality": {"min_side": 10},
                     "clip": {"model_config": TINY_UNTRAINED_CONFIG, "pretrained": None, "min_score": None,
                              "top_fraction": 0.5}}}))

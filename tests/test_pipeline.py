@@ -63,6 +63,7 @@ def small_recipe(tmp_path):
                    tmp_path / "t.parquet")
     (tmp_path / "r.yaml").write_text(json.dumps({
         "name": "small", "sources": [{"name": "t", "kind": "laion", "path": "t.parquet"}],
+        "fetch": {"allow_local_files": True},
         "filters": {"quality": {"min_side": 10}}, "stage2": {"sources": []},
     }))
     return tmp_path / "r.yaml"

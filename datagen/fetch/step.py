@@ -256,3 +256,6 @@ class FetchStep(Step):
         by_reason = st.setdefault("rejects", {})
         for r in rejects:
             by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+        if by_reason.get("local_file_not_allowed"):
+            self.ctx.warn("fetch refused local paths (local_file_not_allowed): set fetch.allow_local_files: true "
+                          "if this source's files are yours; leave it off for public URL lists")

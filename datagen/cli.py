@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from datagen.filters.clip import ClipWeightsUnavailable
     from datagen.recipe import RecipeError
+    from datagen.sources.errors import InputFileError
     from datagen.translate.errors import BackendConfigError, QuotaExhausted
 
     try:
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     except QuotaExhausted as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 4
-    except (RecipeError, FileNotFoundError, ClipWeightsUnavailable, BackendConfigError) as e:
+    except (RecipeError, FileNotFoundError, InputFileError, ClipWeightsUnavailable, BackendConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

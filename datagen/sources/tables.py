@@ -149,8 +149,7 @@ def read_tsv(cfg: TsvSource, ctx: RunContext) -> Iterator[StepOutput]:
         skipped: set[int] = set()  # all malformed line numbers seen so far
 
         def on_invalid(row: pacsv.InvalidRow) -> str:
-            if row.text.strip():  # a blank line is no row; it is seen here only so the numbering stays the file's
-                bad.append((row.number, row.text))
+            bad.append((row.number, row.text))
             skipped.add(row.number)
             return "skip"
 
@@ -171,6 +170,8 @@ def read_tsv(cfg: TsvSource, ctx: RunContext) -> Iterator[StepOutput]:
                 line += 1
                 while line in skipped:
                     line += 1
+                if not cols["url"][i] and not cols["caption"][i]:
+                    continue  # a blank line (kept by the parser only so that line numbers stay the file's)
                 if cfg.limit is not None and emitted >= cfg.limit:
                     break
                 emitted += 1

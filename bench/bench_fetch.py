@@ -151,7 +151,9 @@ def main() -> None:
         base_rate = baseline_rate([f"{base}b{i}.jpg" for i in range(args.baseline_n)], reuse_client=False)
         keepalive_rate = baseline_rate([f"{base}c{i}.jpg" for i in range(args.baseline_n)], reuse_client=True)
 
-        cfg = FetchConfig(concurrency=args.concurrency, per_host_concurrency=args.concurrency, timeout_s=10)
+        # the bench server is on loopback, which a recipe must open explicitly
+        cfg = FetchConfig(concurrency=args.concurrency, per_host_concurrency=args.concurrency, timeout_s=10,
+                          allow_loopback=True)
         with tempfile.TemporaryDirectory() as tmp:
             ctx = RunContext(run_dir=Path(tmp), recipe_dir=Path(tmp))
             step = FetchStep(cfg, ctx)

@@ -255,3 +255,22 @@ def test_robots_txt_read_once_per_host_and_disallowed_urls_rejected(tmp_path):
     assert first.kept.column("key").to_pylist() == ["k1", "k4"]
     assert reasons(second) == {"k1": "robots_disallowed"}
     assert ctx.stats["fetch"]["policy"]["respect_robots"] is True
+
+
+def test_robots_rules_apply_to_redirect_hops_and_to_our_own_group(tmp_path):
+    """A public page that redirects into a disallowed path is refused at the hop; a group for 'datagen'
+    replaces the * group for us (RFC 9309), and so does the token set in the recipe."""
+    with LocalServer() as a, LocalServer("127.0.0.5") as b:
+        b.route("/robots.txt", lambda req: Reply(200, body="User-agent: *\nDisallow: /\n\n"
+                                                          "User-agent: datagen\nDisallow: /no-datagen/\n"))
+        b.route("/", lambda req: Reply(200, body=jpeg()))
+        a.route("/robots.txt", lambda req: Reply(404))
+        a.route("/go/", lambda req: Reply(302, headers={"Location": b.url("/no-datagen/x.jpg")}))
+        out, stats = fetch(tmp_path, [a.url("/go/1.jpg"), b.url("/fine/2.jpg")], allow_loopback=True,
+                           respect_robots=True)
+        assert b.count("/no-datagen/") == 0 and a.count("/go/") == 1
+        other, _ = fetch(tmp_path, [b.url("/fine/3.jpg")], allow_loopback=True, respect_robots=True,
+                         robots_user_agent="somebot")
+    assert reasons(out) == {"k0": "robots_disallowed"} and out.kept.column("key").to_pylist() == ["k1"]
+    assert stats["robots_fetched"] == 2
+    assert reasons(other) == {"k0": "robots_disallowed"}  # for somebot the * group disallows everything

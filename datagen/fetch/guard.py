@@ -190,10 +190,11 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
             why = self.policy.refusal(a)
             if why is not None:
                 shown = host if literal is not None else f"{host} ({a})"
+                how = "fetch.allow_loopback: true, or " if why == "loopback" else ""
                 raise FetchError(
                     "blocked_address",
-                    f"{shown} is a {why} address; refused by default. Opt in with fetch.allow_loopback: true"
-                    " (loopback only) or fetch.allow_networks: [CIDR] for a trusted mirror",
+                    f"{shown} is a {why} address; refused by default. A trusted mirror there can be opened with "
+                    f"{how}fetch.allow_networks: [CIDR]",
                 )
         return addrs
 

@@ -572,3 +572,53 @@ def test_local_files_are_refused_by_default_and_read_when_the_recipe_opts_in(tmp
     assert out.rejects.column("reason").to_pylist() == ["local_file_not_allowed"] * 2
     assert step.ctx.stats["fetch"]["policy"]["allow_local_files"] is False  # the manifest records the policy
     assert FetchStep(FetchConfig(allow_local_files=True), ctx_for(tmp_path)).process(rows).kept.num_rows == 2
+
+
+# ------------------------------------------------------------------ PNG data that ends early
+
+
+def _png(w: int, h: int, raw: bytes, interlace: int = 0) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, interlace))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _adam7_raw(w: int, h: int, passes: int) -> bytes:
+    """White RGB scanlines (filter byte 0) for the first ``passes`` Adam7 passes."""
+    from datagen.fetch.image import _ADAM7
+
+    out = b""
+    for x0, y0, dx, dy in _ADAM7[:passes]:
+        pw, ph = (w - x0 + dx - 1) // dx, (h - y0 + dy - 1) // dy
+        if pw > 0 and ph > 0:
+            out += (b"\x00" + b"\xff" * 3 * pw) * ph
+    return out
+
+
+@pytest.mark.parametrize("h", [40, 41])  # even and odd heights end the stream on different rows
+def test_interlaced_png_missing_its_last_pass_is_truncated(tmp_path, h):
+    full, short = _png(50, h, _adam7_raw(50, h, 7), interlace=1), _png(50, h, _adam7_raw(50, h, 6), interlace=1)
+    assert Image.open(io.BytesIO(short)).load() is not None  # Pillow alone decodes it without a word
+    (tmp_path / "full.png").write_bytes(full)
+    (tmp_path / "short.png").write_bytes(short)
+    out, _ = run_step(tmp_path, [row("full", str(tmp_path / "full.png")), row("short", str(tmp_path / "short.png"))])
+    assert reasons(out) == {"short": "image_truncated"}
+    assert np.asarray(kept_image(out)).min() > 240  # the complete one is all white
+
+
+def test_png_with_a_black_last_row_is_checked_and_kept(tmp_path):
+    """A real black bottom row triggers the exact count, which finds every byte there."""
+    img = Image.new("RGB", (30, 20), "white")
+    img.paste((0, 0, 0), (0, 19, 30, 20))
+    (tmp_path / "a.png").write_bytes(encode(img, "PNG"))
+    short = _png(30, 20, (b"\x00" + b"\xff" * 90) * 12)  # 12 of 20 rows, complete zlib stream
+    (tmp_path / "b.png").write_bytes(short)
+    out, _ = run_step(tmp_path, [row("a", str(tmp_path / "a.png")), row("b", str(tmp_path / "b.png"))])
+    assert out.kept.column("key").to_pylist() == ["a"]
+    assert reasons(out) == {"b": "image_truncated"}
+    assert "holds 1092 of the 1820 bytes" in out.rejects.column("detail")[0].as_py()

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from datagen.records import PAIR_SCHEMA, make_key, reject, rejects_table, to_json
 from datagen.sources.config import CocoSource
-from datagen.sources.errors import InputFileError
+from datagen.sources.errors import InputFileError, brief
 from datagen.steps import RunContext, StepOutput
 
 _CHUNK = 50_000
@@ -50,7 +50,7 @@ def _json_items(path: Path, prefix: str) -> Iterator[dict]:
                 yield item
                 n += 1
     except ijson.JSONError as e:
-        raise InputFileError(path, f"invalid JSON after {n} item(s) of '{section}' ({e})", _JSON_FIX) from None
+        raise InputFileError(path, f"invalid JSON after {n} item(s) of '{section}' ({brief(e)})", _JSON_FIX) from None
 
 
 def _stream_to_parquet(path: Path, prefix: str, fields: dict[str, pa.DataType], out: Path) -> int:

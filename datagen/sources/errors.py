@@ -19,3 +19,8 @@ class InputFileError(ValueError):
 
     def __reduce__(self):  # keeps the message when it crosses a process boundary
         return (InputFileError, (self.path, self.problem, self.fix, self.where))
+
+
+def brief(e: BaseException) -> str:
+    """The first line of a library's error message (ijson's carry an ASCII-art pointer below it)."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]

@@ -8,8 +8,8 @@ Why each choice:
   picture. Rows that never arrive stay zero, so the last scanline in stream
   order (the last row, or the last row of the last Adam7 pass) is blank; only
   then is the IDAT inflated a second time and counted against what the header
-  promises (a full second inflate of every PNG cost about a quarter of its
-  processing time). A JPEG must end with its end-of-image marker after its
+  promises (a second inflate of every PNG would add 0.25-0.4 of its
+  processing time: bench/bench_fetch.py). A JPEG must end with its end-of-image marker after its
   last scan.
 - The header size is checked against ``max_pixels`` before any pixel is decoded,
   so a decompression bomb costs nothing.

@@ -444,6 +444,9 @@ class ClipScoreStep(Step):
             self._record_model()
         return self._loaded
 
+    def setup(self) -> None:
+        self.load()
+
     @property
     def applies_threshold(self) -> bool:
         return self.config.min_score is not None and not self.load().untrained_fallback
@@ -470,6 +473,8 @@ class ClipScoreStep(Step):
         if missing:
             raise ValueError(f"clip step: input table lacks column(s) {missing}; has {table.column_names}")
         lc = self.load()
+        if "model" not in self.ctx.stat(self.name):  # statistics are scoped per shard task
+            self._record_model()
         meta = table.select([c for c in ("key", "source", "url") if c in table.column_names]).to_pylist()
         captions = table.column("caption").to_pylist()
         images = table.column("image")

@@ -7,6 +7,7 @@ no test opens a connection to them, and names resolve from a table
 from __future__ import annotations
 
 import ipaddress
+import json
 import io
 
 import httpcore
@@ -274,3 +275,15 @@ def test_robots_rules_apply_to_redirect_hops_and_to_our_own_group(tmp_path):
     assert reasons(out) == {"k0": "robots_disallowed"} and out.kept.column("key").to_pylist() == ["k1"]
     assert stats["robots_fetched"] == 2
     assert reasons(other) == {"k0": "robots_disallowed"}  # for somebot the * group disallows everything
+
+
+def test_the_policy_survives_merging_stats_of_many_parts(tmp_path):
+    from datagen.core.executor import merge_stats
+
+    step = FetchStep(FetchConfig(allow_networks=["10.1.2.0/24"]), RunContext(run_dir=tmp_path, recipe_dir=tmp_path))
+    part = {"rows_in": 3, "policy": {"allow_networks": ["10.1.2.0/24"], "allow_loopback": False}}
+    merged: dict = {}
+    for _ in range(3):
+        merge_stats(merged, json.loads(json.dumps(part)))
+    step.derive_stats(merged)
+    assert merged["rows_in"] == 9 and merged["policy"]["allow_networks"] == ["10.1.2.0/24"]

@@ -234,6 +234,10 @@ class FetchStep(Step):
         self._count(len(results), len(kept_idx), stats, rejects, counters)
         return StepOutput(kept=kept, rejects=rejects_table(rejects))
 
+    def derive_stats(self, stats: dict[str, Any]) -> None:
+        """The policy is the run's, not a sum over parts (merging would concatenate allow_networks)."""
+        stats["policy"] = policy_summary(self.config)
+
     def _count(self, n_in: int, n_ok: int, stats: Counter, rejects: list[dict], counters) -> None:
         st = self.ctx.stat(self.name)
         add = {

@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     from datagen.core.lock import FolderInUse
     from datagen.filters.clip import ClipWeightsUnavailable
     from datagen.recipe import RecipeError
+    from datagen.sources.errors import InputFileError
     from datagen.translate.errors import BackendConfigError, QuotaExhausted
 
     try:
@@ -165,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     except QuotaExhausted as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 4
-    except (RecipeError, FileNotFoundError, ClipWeightsUnavailable, BackendConfigError, FolderInUse) as e:
+    except (RecipeError, FileNotFoundError, InputFileError, ClipWeightsUnavailable, BackendConfigError,
+            FolderInUse) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

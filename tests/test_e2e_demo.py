@@ -46,6 +46,12 @@ def test_manifest_reconciles_and_matches_schema(demo):
     assert {"file_not_found", "image_truncated", "not_an_image", "caption_empty", "duplicate_of", "malformed_row",
             "image_too_small", "aspect_ratio"} <= reasons
     assert all(r["reason"] and r["step"] for r in rejects.to_pylist())
+    # The demo opts in to its bundled files, and the manifest says which safety policy the run used.
+    policy = next(s for s in manifest["steps"] if s["name"] == "fetch")["stats"]["policy"]
+    assert policy["allow_local_files"] is True and policy["allow_loopback"] is False and policy["allow_networks"] == []
+    # Rejects never quote what a "server" sent: the non-image's text is not in rejects.parquet.
+    planted = (ROOT / "datagen/assets/demo/images/not_an_image.jpg").read_bytes()[:12].decode()
+    assert not any(planted in (r["detail"] or "") for r in rejects.to_pylist())
     # Offline there are no CLIP weights: the run must say so in plain words.
     assert any("UNTRAINED" in w and "mean nothing" in w for w in manifest["warnings"])
     assert "mean nothing" in (demo / "README.md").read_text()

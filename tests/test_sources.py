@@ -149,3 +149,16 @@ def test_instructions_alpaca_and_sharegpt(tmp_path, ctx):
     turns = kept.to_pylist()[0]["conversations"][0]["turns"]
     assert [t["role"] for t in turns] == ["user", "assistant"]
     assert rejects.column("reason").to_pylist() == ["too_few_turns"]
+
+
+def test_instruction_files_that_break_off_name_the_file_and_item(tmp_path, ctx):
+    from datagen.sources.errors import InputFileError
+
+    items = [{"instruction": f"say {i}", "output": f"{i}"} for i in range(30)]
+    text = json.dumps(items)
+    (tmp_path / "cut.json").write_text(text[: len(text) // 2])
+    with pytest.raises(InputFileError, match=r"cut\.json: invalid JSON after item 1[0-9] .*download it again"):
+        list(read_instructions(InstructionSource(name="t", kind="instructions", path="cut.json"), ctx))
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"instruction": "a", "output": "b"}\n{"instruction": "caf\xe9"}\n')
+    with pytest.raises(InputFileError, match=r"latin1\.jsonl:2: not UTF-8 .*Convert the file to UTF-8"):
+        list(read_instructions(InstructionSource(name="t", kind="instructions", path="latin1.jsonl"), ctx))

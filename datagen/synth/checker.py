@@ -163,7 +163,7 @@ class Truth:
             c = " ".join(str(c).split())
             if c:
                 c = c[0].upper() + c[1:]
-                norm.append(c if c[-1] in ".!?" else c + ".")
+                norm.append(c if c[-1] in ".!?。！？" else c + ("。" if "\u4e00" <= c[-1] <= "\u9fff" else "."))
         return cls(float(row.get("width") or 0), float(row.get("height") or 0), present, counts, crowd, boxes, attrs, ocr, norm,
                    isinstance(row.get("ocr"), list))
 

@@ -218,8 +218,8 @@ def _clean_captions(row: dict[str, Any]) -> list[str]:
         if not c or "<image" in c:  # a placeholder in a caption would break the image contract
             continue
         c = c[0].upper() + c[1:]
-        if c[-1] not in ".!?":
-            c += "."
+        if c[-1] not in ".!?。！？":
+            c += "。" if "\u4e00" <= c[-1] <= "\u9fff" else "."
         if c.lower() not in seen:
             seen.add(c.lower())
             out.append(c)

@@ -328,7 +328,7 @@ class Planner:
         return items
 
 
-def fit_existence_weights(stats: LabelStats, rows: list[dict], config: SynthConfig, rounds: int = 10) -> dict[str, float]:
+def fit_existence_weights(stats: LabelStats, rows: list[dict], config: SynthConfig, rounds: int = 6) -> dict[str, float]:
     """Per-label weights for the positive existence pick and for the absent-label pick, fitted so
     that every label is answered "yes" about as often as "no". Negatives follow POPE's samplers
     (popular ones favour frequent labels), so with uniform picks "Is there a person?" would be
@@ -359,8 +359,8 @@ def fit_existence_weights(stats: LabelStats, rows: list[dict], config: SynthConf
                     (yes if it.polarity == "positive" else no)[it.facts["label"]] += 1
         for lab in set(yes) | set(no):
             ratio = (no[lab] + 1.0) / (yes[lab] + 1.0)
-            weights[lab] = round(min(100.0, max(0.01, weights.get(lab, 1.0) * ratio ** 0.6)), 4)
-            neg_weights[lab] = round(min(100.0, max(0.01, neg_weights.get(lab, 1.0) / ratio ** 0.6)), 4)
+            weights[lab] = round(min(100.0, max(0.01, weights.get(lab, 1.0) * ratio ** 0.8)), 4)
+            neg_weights[lab] = round(min(100.0, max(0.01, neg_weights.get(lab, 1.0) / ratio ** 0.8)), 4)
     stats.existence_weights = dict(sorted(weights.items()))
     stats.negative_weights = dict(sorted(neg_weights.items()))
     return stats.existence_weights

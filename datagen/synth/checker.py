@@ -216,9 +216,11 @@ class Checker:
         self.min_object_share = min_object_share
         self.min_object_side = min_object_side
         self.ocr_min_height = ocr_min_height
-        # Its own edit-distance measure, with some slack below the generator's difflib threshold:
-        # it flags text the captions clearly do not support.
-        self.ocr_caption_match = max(0.0, ocr_caption_match - 0.15)
+        # Its own edit-distance measure, with slack below the generator's difflib threshold (a
+        # difflib ratio of 0.8 implies an edit similarity of at least about 0.67 when one string
+        # only adds letters): it flags text the captions clearly do not support ("YAMANS" against
+        # "Yamaha": 0.67).
+        self.ocr_caption_match = max(0.0, ocr_caption_match - 0.1)
 
     @classmethod
     def from_config(cls, cfg) -> "Checker":
@@ -681,6 +683,41 @@ class Checker:
                         # Text the checker cannot read back is a disagreement, never a pass.
                         probs = [f"unreadable: {type(e).__name__}: {e}"]
                     out.extend(Disagreement(row["key"], conv["id"], i, u["task"], p, u["content"], ans["content"]) for p in probs)
+        return out
+
+    def yes_shares(self, conv_rows: Iterable[dict], top_labels: int = 10) -> dict[str, dict[str, float]]:
+        """Share of "yes" among yes/no answers, read from the text alone: per task, and per
+        category for the ``top_labels`` categories most asked about in existence questions.
+        A yes/no answer opens with its verdict (Yes/No; 是/不是, 有/没有, 能/不能); refusals of a
+        false premise ("There is no...") are not yes/no answers and do not count."""
+        yes: dict[tuple[str, str], int] = {}
+        total: dict[tuple[str, str], int] = {}
+        for row in conv_rows:
+            for conv in row["conversations"]:
+                lang, turns = conv["lang"], conv["turns"]
+                for i in range(0, len(turns) - 1, 2):
+                    q, a, task = turns[i]["content"], turns[i + 1]["content"].strip(), turns[i]["task"]
+                    if turns[i].get("generator") != "template":
+                        continue
+                    if lang == "en":
+                        v = True if re.match(r"yes\b", a, re.I) else False if re.match(r"no\b", a, re.I) else None
+                    else:
+                        v = False if a.startswith(("不是", "没有", "不能")) else True if a.startswith(("是", "有", "能")) else None
+                    if v is None:
+                        continue
+                    keys = [("family", task)]
+                    if task == "existence":
+                        cats = en_categories(q) if lang == "en" else zh_categories(q)
+                        if len(set(cats)) == 1:
+                            keys.append(("label", cats[0]))
+                    for k in keys:
+                        total[k] = total.get(k, 0) + 1
+                        yes[k] = yes.get(k, 0) + int(v)
+        labels = sorted((n for kind, n in total if kind == "label"), key=lambda n: (-total[("label", n)], n))[:top_labels]
+        out: dict[str, dict[str, float]] = {"family": {}, "label": {}}
+        for (kind, name), n in sorted(total.items()):
+            if kind == "family" or name in labels:
+                out[kind][name] = round(yes[(kind, name)] / n, 4)
         return out
 
     def check_tables(self, pairs: pa.Table, conversations: pa.Table) -> list[Disagreement]:

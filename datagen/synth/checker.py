@@ -46,6 +46,12 @@ EN_REL_RE = re.compile(r"(to the left of|to the right of|\babove\b|\bbelow\b)", 
 ZH_REL_RE = re.compile("(左边|右边|上方|下方)")
 
 
+def _templated(turn: dict) -> bool:
+    """Template output ("template", or "template:caption" for caption descriptions a recipe may translate)."""
+    g = turn.get("generator") or ""
+    return g == "template" or g.startswith("template:")
+
+
 def _en_num(word: str) -> int:
     w = word.lower()
     return int(w) if w.isdigit() else EN_NUMBER_WORDS[w]
@@ -669,7 +675,7 @@ class Checker:
                 turns = conv["turns"]
                 for i in range(0, len(turns) - 1, 2):
                     u, ans = turns[i], turns[i + 1]
-                    if u.get("generator") != "template" or ans.get("generator") != "template":
+                    if not _templated(u) or not _templated(ans):
                         continue  # LLM-written and translated turns are checked elsewhere
                     if u["role"] != "user" or ans["role"] != "assistant" or u["task"] != ans["task"]:
                         out.append(Disagreement(row["key"], conv["id"], i, u["task"], "turns out of order", u["content"], ans["content"]))
@@ -697,7 +703,7 @@ class Checker:
                 lang, turns = conv["lang"], conv["turns"]
                 for i in range(0, len(turns) - 1, 2):
                     q, a, task = turns[i]["content"], turns[i + 1]["content"].strip(), turns[i]["task"]
-                    if turns[i].get("generator") != "template":
+                    if not _templated(turns[i]):
                         continue
                     if lang == "en":
                         v = True if re.match(r"yes\b", a, re.I) else False if re.match(r"no\b", a, re.I) else None

@@ -102,13 +102,12 @@ def _which_images(idxs: list[int], lang: str) -> str:
     return "和".join(f"图{i}" for i in idxs)
 
 
-def cross_image_items(facts: list[ImageFacts], n_neg: int, rng) -> dict[str, Any]:
-    """Plan the questions of one cross-image sample; ``n_neg`` (0-2) of its three polar items
-    ("which image shows X", "does image k show X") ask about an absent category."""
+def cross_image_items(facts: list[ImageFacts], neg_slots: set[str], rng) -> dict[str, Any]:
+    """Plan the questions of one cross-image sample; the polar items named in ``neg_slots``
+    ("which": which image shows X, "exists": does image k show X) ask about an absent category."""
     present = sorted(set().union(*(f.present for f in facts)))
     seen = sorted(set().union(*(f.visible for f in facts)))  # ask only about what one can make out
     absent = sorted(set(LEXICON) - set().union(*(f.not_absent() for f in facts)))
-    neg_slots = set(rng.sample(["which", "exists"], min(n_neg, 2)))
     which_label = rng.choice(absent if "which" in neg_slots else seen)
     k = rng.randrange(len(facts))
     exists_label = rng.choice(sorted(set(absent) - {which_label}) if "exists" in neg_slots else sorted(facts[k].visible))
@@ -197,7 +196,7 @@ def render_cross(items: dict, facts: list[ImageFacts], lang: str, rng) -> list[d
              if diff else f"Nothing: every kind of object in image {i} also appears in image {j}.")
     else:
         q = rng.choice(DIFF_Q_ZH).format(i=i, j=j)
-        a = (f"图{i}里有{_zh_join([term(d).zh for d in diff])}，图{j}里没有。" if diff else f"没有：图{i}里的每类物体在图{j}里都有。")
+        a = (f"图{i}里有{_zh_join([term(d).zh for d in diff])}，图{j}里没有。" if diff else f"图{i}里的每类物体在图{j}里也都有。")
     # A comparison, not a yes/no claim: neutral, so it does not tilt the polarity ratio.
     turns.append(("multi_image_difference", "neutral", q, a))
     out = []
@@ -229,7 +228,7 @@ def few_shot_sample(facts: list[ImageFacts], lang: str, rng, query_negative: boo
         countable = sorted(lab for lab in f.counts if lab not in f.crowd and lab not in f.hidden)
         if negative:
             lab, n, yes = rng.choice(sorted(set(LEXICON) - f.not_absent())), None, False
-        elif countable and rng.random() < 0.5:
+        elif countable and not last and rng.random() < 0.5:  # the query stays yes/no: its yes share is the target's
             lab = rng.choice(countable)
             n, yes = f.counts[lab], True
         else:
@@ -295,10 +294,10 @@ def compose_multi_image(usable: list[tuple[dict, ImageFacts]], cfg, ctx, counter
                 smp = few_shot_sample(group, lang, ctx.rng("synthesize", cfg.seed, mkey, "shots"), query_negative)
                 convs.append({"id": f"{mkey}-c0-{lang}", "lang": lang, "parent_id": None, "turns": smp.turns})
         else:
-            has_count = any(all(lab not in f.crowd and lab not in f.hidden for f in group) for lab in set().union(*(f.present for f in group)))
-            n_polar = 3 if has_count else 2
-            n_neg = min(2, math.floor(n_polar * target_neg + srng.random()))
-            items = cross_image_items(group, n_neg, srng)
+            # Each yes/no slot is negative with the target share on its own, so each family's yes
+            # share is the target's complement (the count question is always positive).
+            neg_slots = {slot for slot in ("which", "exists") if srng.random() < target_neg}
+            items = cross_image_items(group, neg_slots, srng)
             for lang in cfg.languages:
                 turns = render_cross(items, group, lang, ctx.rng("synthesize", cfg.seed, mkey, lang))
                 convs.append({"id": f"{mkey}-c0-{lang}", "lang": lang, "parent_id": None, "turns": turns})

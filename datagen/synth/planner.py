@@ -133,7 +133,7 @@ class Planner:
             if polarity == "positive":
                 # Weighted draw without replacement (keys u^(1/w)): labels that negatives ask about
                 # often are asked about positively as often (LabelStats.balance_existence).
-                keyed = sorted(f.visible, key=lambda lab: -rng.random() ** (1.0 / self.stats.existence_weight(lab)))
+                keyed = sorted(sorted(f.visible), key=lambda lab: -rng.random() ** (1.0 / self.stats.existence_weight(lab)))
                 for lab in keyed:
                     it = Item("existence", "positive", {"label": lab, "form": "yesno"})
                     if it.identity not in self.used:

@@ -123,7 +123,7 @@ def test_answers_come_short_full_and_with_a_reason(big):
 def test_yes_share_per_family_and_top_labels_between_04_and_06(big):
     cfg, _, rows, stats = big
     shares = Checker.from_config(cfg).yes_shares(rows)  # read from the text, independent of the planner
-    for fam in ("existence", "spatial", "relative_size", "attribute", "scene_text"):
+    for fam in ("existence", "spatial", "relative_size", "attribute", "scene_text", "multi_image_existence", "in_context"):
         assert 0.4 <= shares["family"][fam] <= 0.6, (fam, shares["family"])
     assert len(shares["label"]) == 10
     assert all(0.4 <= v <= 0.6 for v in shares["label"].values()), shares["label"]

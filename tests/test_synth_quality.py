@@ -18,8 +18,8 @@ from datagen.steps import RunContext
 from datagen.synth.checker import Checker, en_categories, zh_categories, zh_question_verb
 from datagen.synth.config import MultiImageConfig, SynthConfig
 from datagen.synth.fakecoco import fake_coco_pairs, pairs_from_coco_files
-from datagen.synth.items import COLOURS
-from datagen.synth.lexicon import LEXICON, EN_NUMBER_WORDS
+from datagen.synth.lexicon import LEXICON
+from datagen.synth.quality import activity_questions, detailed_lengths, mask_question, phrasing_counts
 from datagen.synth.step import SynthesizeStep
 
 ANIMATE = {lab for lab, t in LEXICON.items() if t.supercategory in ("person", "animal")}
@@ -67,41 +67,11 @@ def big(tmp_path_factory):
 
 # ------------------------------------------------------------------------------- diversity
 
-_EN_CAT = "|".join(re.escape(f) for f in sorted({f for t in LEXICON.values() for f in (t.en, t.en_plural)}, key=len, reverse=True))
-_ZH_CAT = "|".join(re.escape(t.zh) for t in sorted(LEXICON.values(), key=lambda t: -len(t.zh)))
-_MEASURES = "".join({t.zh_measure for t in LEXICON.values()})
-
-
-def mask(text: str, lang: str) -> str:
-    """The phrasing of a question with names, numbers, colours, relations and quoted text masked."""
-    text = text.split("\n")[-1]
-    text = re.sub(r'"[^"]*"|“[^”]*”', "<T>", text)
-    if lang == "en":
-        text = re.sub(rf"\b(an?|the) ({_EN_CAT})\b", r"\1 <X>", text, flags=re.I)
-        text = re.sub(rf"\b({_EN_CAT})\b", "<X>", text, flags=re.I)
-        text = re.sub(r"\b(" + "|".join(EN_NUMBER_WORDS) + r"|\d+)\b", "<N>", text, flags=re.I)
-        text = re.sub(r"\b(" + "|".join(COLOURS) + r")\b", "<C>", text, flags=re.I)
-        text = re.sub(r"to the left of|to the right of|\babove\b|\bbelow\b", "<R>", text)
-        text = re.sub(r"\b(bigger|larger|smaller)\b", "<S>", text)
-        text = re.sub(r"\ban? <", "a <", text)
-    else:
-        text = re.sub(rf"[零一二两三四五六七八九十\d]+(?=[{_MEASURES}])", "<N>", text)
-        text = re.sub(r"图\d+", "图<N>", text)
-        text = re.sub(_ZH_CAT, "<X>", text)
-        text = re.sub("|".join(sorted(set(COLOURS.values()))), "<C>", text)
-        text = re.sub("左边|右边|上方|下方", "<R>", text)
-        text = re.sub(r"更大|更小", "更<S>", text)
-        text = re.sub(r"(<X>)(大|小)(吗|？)", r"\1<S>\3", text)
-    return text
-
-
 @pytest.mark.parametrize("lang", ["en", "zh"])
 def test_at_least_15_phrasings_per_family_and_6_per_multi_image_family(big, lang):
     _, _, rows, _ = big
-    phrasings = defaultdict(set)
-    for _, _, q, _, task in turns(rows, lang):
-        phrasings[task].add(mask(q, lang))
-    counts = {task: len(phrasings[task]) for task in SINGLE + MULTI}
+    found = phrasing_counts(rows)[lang]
+    counts = {task: found.get(task, 0) for task in SINGLE + MULTI}
     assert all(counts[t] >= 15 for t in SINGLE), counts
     assert all(counts[t] >= 6 for t in MULTI), counts
 
@@ -110,7 +80,7 @@ def test_answers_come_short_full_and_with_a_reason(big):
     _, _, rows, _ = big
     by_task = defaultdict(set)
     for _, _, _, a, task in turns(rows, "en"):
-        by_task[task].add(mask(a, "en"))
+        by_task[task].add(mask_question(a, "en"))
     assert {"Yes.", "No."} <= by_task["existence"]
     assert any(a.startswith("No, ") for a in by_task["existence"]) and any(a.startswith("Yes, ") for a in by_task["existence"])
     assert "<N>." in by_task["counting"] and any(len(a.split()) >= 4 for a in by_task["counting"])
@@ -166,7 +136,8 @@ def _overlap_of_smaller(a, b):
 def _spatial_claims(rows):
     """(row key, conversation id, a, relation, b) for every relation stated in English."""
     rel_words = {"to the left of": "left", "to the right of": "right", "above": "above", "below": "below"}
-    one = rf"(?:[Tt]he) ({_EN_CAT}) is (to the left of|to the right of|above|below) the ({_EN_CAT})"
+    cat = "|".join(re.escape(f) for f in sorted({f for t in LEXICON.values() for f in (t.en, t.en_plural)}, key=len, reverse=True))
+    one = rf"(?:[Tt]he) ({cat}) is (to the left of|to the right of|above|below) the ({cat})"
     for r, c, q, a, task in turns(rows, "en"):
         if task == "spatial":
             cats = en_categories(q)
@@ -253,6 +224,10 @@ def test_tiny_objects_get_no_questions_but_are_never_called_absent(tmp_path):
     t = Truth.from_row(rows[0])
     assert Checker().check_turn(t, "counting", "en", "How many people are there?", "One.")  # the checker agrees
     assert Checker().check_turn(t, "existence", "en", "Is there a bottle in the image?", "No.")  # present, however small
+    # the shuttle photo: a 20x64 px sleeve on the border of a 200x300 picture is a person cut to a sliver
+    shuttle = [row("s", [obj("person", (0, 236, 20, 64))], captions=["A model of the space shuttle on a stand."], width=200, height=300)]
+    _, out, _ = synth(tmp_path / "shuttle", shuttle, cfg)
+    assert not [q for *_, q, a, _ in turns(out.kept.to_pylist(), "en") if "person" in en_categories(q) + en_categories(a)]
 
 
 # ---------------------------------------------------------------------------- wording
@@ -274,6 +249,7 @@ def test_no_activity_questions_about_objects_and_no_colour_questions_about_peopl
             if (re.search(r"\bcolou?r\b", q, re.I) if lang == "en" else "颜色" in q):
                 assert "person" not in cats[:1] or task == "false_premise" and len(cats) > 1, q
     assert n_activity > 50  # people and animals still get them
+    assert activity_questions(rows) == {"fitting": n_activity, "unfitting": 0}
 
 
 def test_checker_flags_unnatural_wording():
@@ -359,8 +335,8 @@ def test_demo_every_captioned_image_speaks_chinese_and_chinese_descriptions_are_
     captioned = {r["key"] for r in table.to_pylist() if r["captions"]}
     with_zh = {r["images"][0] for r in rows if len(r["images"]) == 1 for c in r["conversations"] if c["lang"] == "zh"}
     assert captioned and captioned <= with_zh
-    en_words = [len(a.split()) for *_, a, _ in turns(rows, "en", "detailed_description")]
-    zh_chars = [len(a) for *_, a, _ in turns(rows, "zh", "detailed_description")]
+    lengths = detailed_lengths(rows)
+    en_words, zh_chars = lengths["en"], lengths["zh"]
     assert en_words and zh_chars and statistics.median(zh_chars) >= statistics.median(en_words)
     for *_, a, _ in turns(rows, None, "detailed_description"):
         assert not re.search(r"in total|altogether|一共", a, re.I), a

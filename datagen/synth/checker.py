@@ -183,16 +183,21 @@ class Truth:
     def area(self, lab: str) -> float:
         return self.boxes[lab][0][2] * self.boxes[lab][0][3]
 
-    def box_visible(self, box: list[float], min_share: float, min_side: float) -> bool:
-        _, _, w, h = box
-        return w * h >= min_share * self.width * self.height and w >= min_side * self.width and h >= min_side * self.height
+    def box_visible(self, box: list[float], min_share: float, min_side: float, min_edge: float) -> bool:
+        x, y, w, h = box
+        if w * h < min_share * self.width * self.height or w < min_side * self.width or h < min_side * self.height:
+            return False
+        # a thin strip along the frame: the object is mostly outside the picture
+        if (x <= 1 or x + w >= self.width - 1) and w < min_edge * self.width:
+            return False
+        return not ((y <= 1 or y + h >= self.height - 1) and h < min_edge * self.height)
 
     def named_in_captions(self, lab: str) -> bool:
-        """The category's own English or Chinese name occurs in a caption (a weaker test than the
-        generator's synonym list: every label it flags the generator also avoids)."""
-        t = LEXICON[lab]
-        text = " ".join(self.captions).lower()
-        return any(re.search(rf"\b{re.escape(w.lower())}\b", text) for w in (t.en, t.en_plural)) or t.zh in text
+        """The category's own English or Chinese name occurs in a caption, read longest-first (网球拍
+        is a tennis racket, not a 球): a weaker test than the generator's synonym list, so every
+        label it flags the generator also avoids."""
+        text = " ".join(self.captions)
+        return lab in set(en_categories(text)) | set(zh_categories(text))
 
 
 @dataclass
@@ -210,7 +215,7 @@ class Checker:
     def __init__(self, spatial_margin: float = 0.1, size_margin: float = 2.0, ocr_min_score: float = 0.7, max_count: int = 10,
                  spatial_dominance: float = 2.0, spatial_max_overlap: float = 0.5, stuff_labels: Iterable[str] = ("dining table", "bed", "couch"),
                  stuff_share: float = 0.6, min_object_share: float = 0.005, min_object_side: float = 0.02,
-                 ocr_min_height: float = 12.0, ocr_caption_match: float = 0.8):
+                 ocr_min_height: float = 12.0, ocr_caption_match: float = 0.8, min_edge_side: float = 0.12):
         self.spatial_margin = spatial_margin
         self.size_margin = size_margin
         self.ocr_min_score = ocr_min_score
@@ -221,6 +226,7 @@ class Checker:
         self.stuff_share = stuff_share
         self.min_object_share = min_object_share
         self.min_object_side = min_object_side
+        self.min_edge_side = min_edge_side
         self.ocr_min_height = ocr_min_height
         # Its own edit-distance measure, with slack below the generator's difflib threshold (a
         # difflib ratio of 0.8 implies an edit similarity of at least about 0.67 when one string
@@ -232,17 +238,17 @@ class Checker:
     def from_config(cls, cfg) -> "Checker":
         return cls(cfg.spatial_margin, cfg.size_margin, cfg.ocr_min_score, cfg.max_count, cfg.spatial_dominance,
                    cfg.spatial_max_overlap, cfg.stuff_labels, cfg.stuff_share, cfg.min_object_share, cfg.min_object_side,
-                   cfg.ocr_min_height, cfg.ocr_caption_match)
+                   cfg.ocr_min_height, cfg.ocr_caption_match, cfg.min_edge_side)
 
     # ------------------------------------------------------------------- visibility
 
     def visible(self, t: Truth, lab: str) -> bool:
         """At least one instance big enough to ask about (a crowd region counts as visible)."""
-        return lab in t.crowd or any(t.box_visible(b, self.min_object_share, self.min_object_side) for b in t.boxes.get(lab, []))
+        return lab in t.crowd or any(t.box_visible(b, self.min_object_share, self.min_object_side, self.min_edge_side) for b in t.boxes.get(lab, []))
 
     def fully_visible(self, t: Truth, lab: str) -> bool:
         """Every instance big enough: only then is a count something one can see."""
-        return all(t.box_visible(b, self.min_object_share, self.min_object_side) for b in t.boxes.get(lab, []))
+        return all(t.box_visible(b, self.min_object_share, self.min_object_side, self.min_edge_side) for b in t.boxes.get(lab, []))
 
     def trusted_text(self, t: Truth, text: str) -> bool:
         """An OCR line with this text passes score and size, and agrees with the captions if any."""

@@ -75,6 +75,7 @@ class SynthConfig(BaseModel):
     stuff_share: float = Field(0.6, ge=0, le=1, description="Share of the image a stuff_labels box must cover to count as background.")
     min_object_share: float = Field(0.005, ge=0, le=1, description="Objects under this share of the image area get no questions (they still count as present).")
     min_object_side: float = Field(0.02, ge=0, le=1, description="Objects thinner than this share of the image width/height (slivers) get no questions.")
+    min_edge_side: float = Field(0.12, ge=0, le=1, description="Objects on the image border thinner than this share of the image side (cut to a sliver by the frame) get no questions.")
     popular_top_k: int = Field(5, ge=1, description="Popular and adversarial negatives are drawn uniformly from the top k absent categories (POPE).")
     size_margin: float = Field(2.0, ge=1, description="Area ratio two boxes must exceed to call one bigger.")
     attribute_skip_labels: list[str] = Field(["person"], description="No colour questions about these: a person's colours are their clothes', not theirs.")

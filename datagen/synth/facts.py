@@ -61,19 +61,25 @@ class Geometry:
     stuff_share: float = 0.6  # a stuff box covering this share of the image is the background
     min_object_share: float = 0.005  # box area / image area below this: too small to ask about
     min_object_side: float = 0.02  # box width/W or height/H below this: a sliver
+    min_edge_side: float = 0.12  # a box on the image border thinner than this share: cut to a sliver
 
     @classmethod
     def from_config(cls, cfg) -> "Geometry":
         return cls(cfg.spatial_margin, cfg.spatial_dominance, cfg.spatial_max_overlap, tuple(cfg.stuff_labels),
-                   cfg.stuff_share, cfg.min_object_share, cfg.min_object_side)
+                   cfg.stuff_share, cfg.min_object_share, cfg.min_object_side, cfg.min_edge_side)
 
 
 def visible(o: Obj, width: float, height: float, geo: Geometry) -> bool:
-    """Big enough to ask about: area and thinner side above the recipe's shares."""
+    """Big enough to ask about: area and thinner side above the recipe's shares, and not a thin
+    strip on the image border (a sleeve at the edge is a person cut to a sliver)."""
     x, y, w, h = o.bbox
     if width <= 0 or height <= 0:
         return False
-    return (w * h) / (width * height) >= geo.min_object_share and min(w / width, h / height) >= geo.min_object_side
+    if (w * h) / (width * height) < geo.min_object_share or min(w / width, h / height) < geo.min_object_side:
+        return False
+    at_x_edge = x <= 1 or x + w >= width - 1
+    at_y_edge = y <= 1 or y + h >= height - 1
+    return not ((at_x_edge and w / width < geo.min_edge_side) or (at_y_edge and h / height < geo.min_edge_side))
 
 
 def overlap_of_smaller(a: Obj, b: Obj) -> float:
@@ -164,24 +170,27 @@ CAPTION_SYNONYMS: dict[str, tuple[str, ...]] = {
 }
 
 
-def mentioned_labels(captions: list[str]) -> set[str]:
-    """Categories named in the captions, by their lexicon forms (EN and ZH) and the synonyms above."""
+def _mention_patterns():
     import re
 
-    words = {w for c in captions for w in re.findall(r"[a-z]+", c.lower())}
-    text = " ".join(c.lower() for c in captions)
-    out = set()
+    forms: dict[str, str] = {}
     for lab, t in LEXICON.items():
-        forms = {t.en.lower(), t.en_plural.lower(), lab} | set(CAPTION_SYNONYMS.get(lab, ()))
-        for form in forms:
-            if any("\u4e00" <= ch <= "\u9fff" for ch in form):
-                if form in text:
-                    out.add(lab)
-            elif (" " in form and re.search(rf"\b{re.escape(form)}\b", text)) or form in words:
-                out.add(lab)
-        if t.zh in text:
-            out.add(lab)
-    return out
+        for form in {t.en.lower(), t.en_plural.lower(), lab, t.zh, *CAPTION_SYNONYMS.get(lab, ())}:
+            forms.setdefault(form, lab)
+    latin = sorted((f for f in forms if f.isascii()), key=len, reverse=True)
+    cjk = sorted((f for f in forms if not f.isascii()), key=len, reverse=True)
+    # Longest first, so "hot dog" is a hot dog and not a dog, 斑马 a zebra and not a horse (马).
+    return (forms, re.compile(r"\b(" + "|".join(re.escape(f) for f in latin) + r")\b"),
+            re.compile("(" + "|".join(re.escape(f) for f in cjk) + ")"))
+
+
+_MENTION_FORMS, _MENTION_LATIN, _MENTION_CJK = _mention_patterns()
+
+
+def mentioned_labels(captions: list[str]) -> set[str]:
+    """Categories named in the captions, by their lexicon forms (EN and ZH) and the synonyms above."""
+    text = " ".join(c.lower() for c in captions)
+    return {_MENTION_FORMS[m.group(1)] for pat in (_MENTION_LATIN, _MENTION_CJK) for m in pat.finditer(text)}
 
 
 def spatial_relation(a: Obj, b: Obj, width: float, height: float, geo: Geometry) -> str | None:

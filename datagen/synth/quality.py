@@ -40,7 +40,7 @@ def mask_question(text: str, lang: str) -> str:
         text = re.sub(rf"[零一二两三四五六七八九十\d]+(?=[{_MEASURES}])", "<N>", text)
         text = re.sub(r"图\d+", "图<N>", text)
         text = re.sub(_ZH_CAT, "<X>", text)
-        text = re.sub(rf"([几多少这那])[{_MEASURES}]", r"\1<M>", text)  # 几只/几辆: the classifier follows the noun
+        text = re.sub(rf"([几多少这那]|<N>)[{_MEASURES}]", r"\1<M>", text)  # 几只/三辆: the classifier follows the noun
         text = re.sub("|".join(sorted(set(COLOURS.values()))), "<C>", text)
         text = re.sub("左边|右边|上方|下方", "<R>", text)
         text = re.sub(r"更大|更小", "更<S>", text)

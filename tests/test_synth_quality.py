@@ -357,3 +357,32 @@ def test_checker_stays_independent_of_generation_on_the_big_set(big):
                     n += 1
     found = Checker.from_config(cfg).check_rows(table.to_pylist(), bad)
     assert n > 20 and len({(d.conversation, d.turn) for d in found}) == n
+
+
+def test_caption_descriptions_without_chinese_go_to_the_translation_backend_a_recipe_names(tmp_path, monkeypatch):
+    """No Chinese caption: the English caption description is its own conversation (template:caption),
+    and translate.by_generator routes exactly those to DeepL; native template turns stay native."""
+    from servers import LocalServer
+    from test_translate_support import FakeDeepL
+
+    from datagen.translate.config import TranslateConfig
+    from datagen.translate.step import TranslateStep
+
+    rows = [row("k1", [obj("dog", (100, 100, 200, 150))], captions=["A brown dog lies on the grass."])]
+    cfg = SynthConfig(items_per_image=2, neutral_items_per_image=1, family_weights={f: 0.0 for f in SINGLE} | {"existence": 1.0, "brief_description": 1.0})
+    _, out, _ = synth(tmp_path, rows, cfg)
+    convs = out.kept.to_pylist()[0]["conversations"]
+    caption_conv = [c for c in convs if c["id"] == "k1-d0-en"]
+    assert caption_conv and caption_conv[0]["turns"][1]["content"] == "A brown dog lies on the grass."
+    monkeypatch.setenv("TEST_DEEPL_KEY", "fake-key:fx")
+    with LocalServer() as srv:
+        fake = FakeDeepL(srv, "fake-key:fx")
+        tcfg = TranslateConfig(share=1.0, by_generator={"template": "native", "template:caption": "deepl"},
+                               deepl={"server_url": srv.url(""), "auth_key_env": "TEST_DEEPL_KEY"})
+        step = TranslateStep(tcfg, RunContext(run_dir=tmp_path / "t", recipe_dir=tmp_path, seed=0))
+        step.process(out.kept)
+        step.close()
+    sent = " ".join(fake.texts)
+    assert "A brown dog lies on the grass." in sent
+    natives = [t["content"] for c in convs if c["id"] != "k1-d0-en" for t in c["turns"]]
+    assert natives and not any(t.removeprefix("<image>\n") in sent for t in natives)

@@ -25,7 +25,7 @@ from datagen.synth.step import SynthesizeStep
 ANIMATE = {lab for lab, t in LEXICON.items() if t.supercategory in ("person", "animal")}
 SINGLE = ["existence", "counting", "wrong_count", "spatial", "relative_size", "false_premise", "attribute",
           "scene_text", "brief_description", "detailed_description"]
-MULTI = ["multi_image_which", "multi_image_existence", "multi_image_count", "multi_image_difference"]
+MULTI = ["multi_image_which", "multi_image_existence", "multi_image_count", "multi_image_difference", "in_context"]
 
 
 def obj(label, bbox, attrs=(), crowd=False):

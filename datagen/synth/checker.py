@@ -670,6 +670,8 @@ class Checker:
                         probs.append(f"example {s_i}: count {ans!r} for {qc[0]}, truth {t.counts.get(qc[0], 0)}")
                 elif verdict(ans, lang) != (qc[0] in t.present):
                     probs.append(f"example {s_i}: existence answer {ans!r} for {qc[0]}")
+                elif lang == "zh":
+                    probs += [f"example {s_i}: {p}" for p in zh_verb_problems(body.rsplit("问题：", 1)[-1], ans.strip())]
             return probs
         return [f"unknown task {task!r}"]
 

@@ -216,6 +216,17 @@ def _en_join(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
+# In-context questions (MMICL prompt format); counting ones say "how many"/"几", which the checker reads.
+SHOT_COUNT_EN = ["how many {xs} are in image 0?", "how many {xs} does image 0 show?", "how many {xs} can you count in image 0?",
+                 "how many {xs} appear in image 0?", "in image 0, how many {xs} are there?", "how many {xs} are visible in image 0?"]
+SHOT_EXISTS_EN = ["is there {ax} in image 0?", "does image 0 show {ax}?", "can you see {ax} in image 0?",
+                  "is {ax} visible in image 0?", "does image 0 contain {ax}?", "does {ax} appear in image 0?"]
+SHOT_COUNT_ZH = ["图0中有几{m}{x}？", "图0里一共有几{m}{x}？", "图0中能数出几{m}{x}？", "请问图0中有几{m}{x}？",
+                 "数一数，图0里有几{m}{x}？", "图0中的{x}有几{m}？"]
+SHOT_EXISTS_ZH = [("图0中有{x}吗？", "有"), ("图0里有没有{x}？", "有"), ("图0中是否有{x}？", "有"),
+                  ("图0里能看到{x}吗？", "能"), ("在图0中能找到{x}吗？", "能"), ("请看图0：里面有{x}吗？", "有")]
+
+
 def few_shot_sample(facts: list[ImageFacts], lang: str, rng, query_negative: bool) -> Sample:
     """k solved examples, then a query image, each written as its own one-image sample and merged
     (so each example's <image> is renumbered to its position). Examples mix counting and yes/no
@@ -236,18 +247,19 @@ def few_shot_sample(facts: list[ImageFacts], lang: str, rng, query_negative: boo
         t = term(lab)
         if lang == "en":
             if n is not None:
-                q = f"Image 0 is <image>. Question: how many {t.en_plural} are in image 0? Answer:"
+                q = "Image 0 is <image>. Question: " + rng.choice(SHOT_COUNT_EN).format(xs=t.en_plural) + " Answer:"
                 a = f"{en_number(n).capitalize()}."
             else:
-                q = f"Image 0 is <image>. Question: is there {en_with_article(lab)} in image 0? Answer:"
+                q = "Image 0 is <image>. Question: " + rng.choice(SHOT_EXISTS_EN).format(ax=en_with_article(lab)) + " Answer:"
                 a = "Yes." if yes else "No."
         else:
             if n is not None:
-                q = f"图0是<image>。问题：图0中有几{t.zh_measure}{t.zh}？回答："
+                q = "图0是<image>。问题：" + rng.choice(SHOT_COUNT_ZH).format(m=t.zh_measure, x=t.zh) + "回答："
                 a = f"{zh_number(n)}{t.zh_measure}。"
             else:
-                q = f"图0是<image>。问题：图0中有{t.zh}吗？回答："
-                a = "有。" if yes else "没有。"
+                q, verb = rng.choice(SHOT_EXISTS_ZH)
+                q = "图0是<image>。问题：" + q.format(x=t.zh) + "回答："
+                a = ("有。" if yes else "没有。") if verb == "有" else ("能。" if yes else "不能。")
         pol = "negative" if negative else "positive"
         if last:
             turns = [{"role": "user", "content": q, "task": "in_context", "polarity": pol, "generator": "template"},

@@ -23,12 +23,9 @@ from datagen.synth.lexicon import LEXICON
 from datagen.synth.stats import LabelStats
 
 
-# Families whose items can be yes/no questions. A negative yes/no item is planned together with a
-# positive yes/no item of the same family, so that each family's answers are about half "yes".
-YESNO_FAMILIES = ("existence", "spatial", "relative_size", "attribute", "scene_text")
-
-
 def is_yesno(item: Item) -> bool:
+    """A yes/no question. A negative one is planned together with a positive one of the same
+    family, so that each family's answers are about half "yes"."""
     return item.facts.get("form") == "yesno"
 
 

@@ -100,7 +100,7 @@ class LabelStats:
 SAMPLE_COLUMNS = ("key", "width", "height", "objects", "captions", "caption")
 
 
-def label_stats_from_tables(tables: Iterable[pa.Table], sample: list[dict] | None = None, sample_size: int = 1000) -> LabelStats:
+def label_stats_from_tables(tables: Iterable[pa.Table], sample: list[dict] | None = None, sample_size: int = 2000) -> LabelStats:
     """One pass over pair tables; reads only the ``objects`` column's labels (and, when a
     ``sample`` list is given, fills it with a reservoir sample of up to ``sample_size`` annotated
     rows, deterministic for a given input order, for fitting the existence weights)."""

@@ -325,39 +325,49 @@ class Planner:
         return items
 
 
-def fit_existence_weights(stats: LabelStats, rows: list[dict], config: SynthConfig, rounds: int = 6) -> dict[str, float]:
+def fit_existence_weights(stats: LabelStats, rows: list[dict], config: SynthConfig, rng_for=None, rounds: int = 8) -> dict[str, float]:
     """Per-label weights for the positive existence pick and for the absent-label pick, fitted so
     that every label is answered "yes" about as often as "no". Negatives follow POPE's samplers
     (popular ones favour frequent labels), so with uniform picks "Is there a person?" would be
     mostly "no". Each round plans a sample of images with the current weights and moves every
-    label's two weights apart by its observed no/yes ratio. Stored in ``stats`` (and so in the
-    label stats file every worker reads)."""
+    label's two weights apart by its observed no/yes ratio; the round with the smallest worst
+    deviation among labels asked about at least 20 times is kept. ``rng_for(key)`` gives the
+    planner's own random stream for an image (the step passes the one ``process`` uses), so on
+    the sampled images the real run makes exactly the choices of the kept round. Stored in
+    ``stats`` (and so in the label stats file every worker reads)."""
     from collections import Counter
 
-    from datagen.synth.facts import BadAnnotation, Geometry, facts_from_row
+    from datagen.synth.facts import BadAnnotation, Geometry, OcrRules, facts_from_row
 
-    geo = Geometry.from_config(config)
+    geo, ocr = Geometry.from_config(config), OcrRules.from_config(config)
+    rng_for = rng_for or (lambda key: random.Random(f"fit:{config.seed}:{key}"))
     facts = []
     for r in rows:
         try:
-            facts.append(facts_from_row(r, None, geo))
+            facts.append(facts_from_row(r, ocr, geo))
         except BadAnnotation:
             continue
     weights: dict[str, float] = {}
     neg_weights: dict[str, float] = {}
-    for rnd in range(rounds):
+    best: tuple[float, dict, dict] | None = None
+    for _ in range(rounds):
         stats.existence_weights = dict(weights)
         stats.negative_weights = dict(neg_weights)
         yes: Counter = Counter()
         no: Counter = Counter()
-        for i, f in enumerate(facts):
-            for it in Planner(f, config, stats, random.Random(f"fit:{config.seed}:{rnd}:{i}")).plan():
+        for f in facts:
+            for it in Planner(f, config, stats, rng_for(f.key)).plan():
                 if it.family == "existence":
                     (yes if it.polarity == "positive" else no)[it.facts["label"]] += 1
+        asked = [lab for lab in set(yes) | set(no) if yes[lab] + no[lab] >= 20]
+        worst = max((abs(yes[lab] / (yes[lab] + no[lab]) - 0.5) for lab in asked), default=0.0)
+        if best is None or worst < best[0]:
+            best = (worst, dict(weights), dict(neg_weights))
         for lab in set(yes) | set(no):
             ratio = (no[lab] + 1.0) / (yes[lab] + 1.0)
             weights[lab] = round(min(100.0, max(0.01, weights.get(lab, 1.0) * ratio ** 0.8)), 4)
             neg_weights[lab] = round(min(100.0, max(0.01, neg_weights.get(lab, 1.0) / ratio ** 0.8)), 4)
+    _, weights, neg_weights = best if best else (0.0, {}, {})
     stats.existence_weights = dict(sorted(weights.items()))
     stats.negative_weights = dict(sorted(neg_weights.items()))
     return stats.existence_weights

@@ -97,7 +97,7 @@ class LabelStats:
             raise ValueError(f"{path}: not a label stats file written by SynthesizeStep.prepare ({e})") from e
 
 
-SAMPLE_COLUMNS = ("key", "width", "height", "objects", "captions", "caption")
+SAMPLE_COLUMNS = ("key", "width", "height", "objects", "captions", "caption", "ocr")
 
 
 def label_stats_from_tables(tables: Iterable[pa.Table], sample: list[dict] | None = None, sample_size: int = 2000) -> LabelStats:

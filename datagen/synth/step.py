@@ -59,7 +59,7 @@ class SynthesizeStep(Step):
         """Count label frequency and co-occurrence over the whole input once; returns the JSON path."""
         sample: list[dict] = []
         self._stats = label_stats_from_tables(tables, sample)
-        fit_existence_weights(self._stats, sample, self.config)
+        fit_existence_weights(self._stats, sample, self.config, self._plan_rng)
         path = self._stats.save(self.ctx.run_dir / "synthesize" / "label_stats.json" if not self.config.label_stats_path else self.stats_path)
         st = self.ctx.stat(self.name)
         st["label_stats"] = "prepared"
@@ -77,9 +77,13 @@ class SynthesizeStep(Step):
         self.ctx.stat(self.name)["label_stats"] = "batch_fallback"
         self.ctx.warn("synthesize: no prepared label statistics; popular/adversarial negatives counted within each batch")
         sample: list[dict] = []
-        stats = label_stats_from_tables([pa.Table.from_pylist([{k: r.get(k) for k in ("key", "width", "height", "objects", "captions")} for r in rows])], sample)
-        fit_existence_weights(stats, sample, self.config)
+        stats = label_stats_from_tables([pa.Table.from_pylist([{k: r.get(k) for k in ("key", "width", "height", "objects", "captions", "ocr")} for r in rows])], sample)
+        fit_existence_weights(stats, sample, self.config, self._plan_rng)
         return stats
+
+    def _plan_rng(self, key: str):
+        """The planner's random stream for one image (the same in prepare's fit and in process)."""
+        return self.ctx.rng(self.name, self.config.seed, key, "plan")
 
     # ---------------------------------------------------------------------- process
 
@@ -105,7 +109,7 @@ class SynthesizeStep(Step):
             if not facts.objects and not facts.captions and not facts.ocr_texts:
                 rejects.append(reject(row, self.name, "no_annotations", "no objects, captions or OCR text to ask about"))
                 continue
-            planner = Planner(facts, cfg, stats, self.ctx.rng(self.name, cfg.seed, facts.key, "plan"))
+            planner = Planner(facts, cfg, stats, self._plan_rng(facts.key))
             items = planner.plan()
             convs = self.render_conversations(facts.key, items, counters)
             if not convs:

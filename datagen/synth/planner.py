@@ -8,6 +8,15 @@ exact per image, so the sum over thousands of items stays within a fraction
 of a point, and the result depends only on the image and the seed. When an
 image has fewer distinct positive questions than its quota asks for, ``k``
 shrinks so that the negatives shrink with it (same expected share).
+
+Why twins: the quota balances the output as a whole, but a family whose
+negatives are easier to make than its positives (any absent label makes an
+existence negative) would still lean to "no", and "Is the bus white?" would
+lean to "yes" if only positives had a yes/no form. So each negative yes/no
+question is planned together with a positive yes/no question of the same
+family (or not at all), and the remaining positives prefer open forms. Which
+label a yes/no existence question names is weighted per label (fitted once
+over the input, ``fit_existence_weights``) so that balance holds per label too.
 """
 
 from __future__ import annotations

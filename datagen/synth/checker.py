@@ -362,7 +362,7 @@ class Checker:
                 rest = rest[len(cap):].lstrip()
                 continue
             if lang == "en":
-                m = re.match(r"(?:I can make out|Among other things, the picture shows|Visible in the image are|The image shows) ([^.]+)\.\s*", rest)
+                m = re.match(r"(?:I can make out|Among other things, the picture shows|In the picture I can see|The image shows) ([^.]+)\.\s*", rest)
                 if m:
                     probs += self.inventory_problems(t, m.group(1), "en")
                     rest = rest[m.end():]

@@ -170,7 +170,7 @@ DETAILED_Q = [
     "Describe the scene in this image, with details.", "Paint a picture in words of this photo.", "Explain in detail what the image shows.",
     "Describe everything important in this picture.", "Can you describe this image in a few sentences?", "Write a careful description of the photo.",
 ]
-INVENTORY_LEAD = ["I can make out {inv}.", "Among other things, the picture shows {inv}.", "Visible in the image are {inv}."]
+INVENTORY_LEAD = ["I can make out {inv}.", "Among other things, the picture shows {inv}.", "In the picture I can see {inv}."]
 
 
 def render(item: Item, rng: random.Random, full: bool) -> tuple[str, str] | None:

@@ -150,3 +150,44 @@ def test_multi_image_samples_with_a_held_out_image_stay_out_of_training(shards, 
     trained = {k for b in build_dataset(s) for k in b["keys"]}
     assert trained and not {m["key"] for m in leaky} & trained
     assert not any(in_holdout(k, frac) for k in trained)
+
+
+def _wide_image_with_object_at_the_left_edge():
+    """300x100 black picture, a red box in the leftmost 40 columns: a centre crop to a square
+    (the middle 100 columns) would cut the object out entirely."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (300, 100), (0, 0, 0))
+    ImageDraw.Draw(img).rectangle([0, 20, 39, 79], fill=(255, 0, 0))
+    return img
+
+
+def test_squash_keeps_every_object_and_matches_mplug_owl_preprocessing():
+    import torchvision.transforms as T
+
+    from datagen.train.data import ImageTransform
+
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    img = _wide_image_with_object_at_the_left_edge()
+    x = ImageTransform(48, mean, std, "squash")(img)
+    # mPLUG-Owl's own pipeline: Resize((224, 224), BICUBIC), ToTensor, Normalize
+    ref = T.Compose([T.Resize((48, 48), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(),
+                     T.Normalize(mean, std)])(img)
+    assert x.shape == (3, 48, 48)
+    assert torch.allclose(x, ref, atol=1e-5)
+    red = x[0] * std[0] + mean[0]  # back to [0, 1]
+    assert red[16:32, :4].mean() > 0.9  # the box is still in the picture (left 40/300 of the width)
+    assert red[:, 10:].max() < 0.2  # and squashed into the left columns only
+
+
+def test_pad_keeps_the_aspect_ratio_with_mean_colour_bands():
+    from datagen.train.data import ImageTransform
+
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.2, 0.2)
+    x = ImageTransform(30, mean, std, "pad")(_wide_image_with_object_at_the_left_edge())
+    assert x.shape == (3, 30, 30)
+    assert x[:, :8].abs().max() < 0.1 and x[:, -8:].abs().max() < 0.1  # mean colour -> 0 after normalising
+    red = x[0] * std[0] + mean[0]
+    assert red[13:17, :3].mean() > 0.9  # the object kept at the left edge, box 60/300 high -> rows 12..17
+    with pytest.raises(ValueError, match="squash' or 'pad"):
+        ImageTransform(30, mean, std, "crop")

@@ -29,6 +29,12 @@ class VisionConfig(_Strict):
     name: str | None = Field("ViT-L-14", description="open_clip model name or hf-hub:/local-dir: id.")
     pretrained: str | None = Field("openai", description="open_clip pretrained tag or checkpoint file.")
     config: dict[str, Any] | None = Field(None, description="open_clip vision_cfg for a random-weight ViT.")
+    resize: Literal["squash", "pad"] = Field(
+        "squash",
+        description="How an image becomes the ViT's square input. 'squash': resize to size x size, as "
+        "mPLUG-Owl does; 'pad': pad to a square with the mean colour, then resize. Never a crop, which "
+        "can cut annotated objects out of the picture the conversation talks about.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self):

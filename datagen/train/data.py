@@ -81,6 +81,7 @@ class DataSpec:
     image_size: int
     mean: tuple[float, ...] = (0.48145466, 0.4578275, 0.40821073)
     std: tuple[float, ...] = (0.26862954, 0.26130258, 0.27577711)
+    resize: str = "squash"  # squash | pad (see ImageTransform)
     max_len: int = 512
     batch_size: int = 8
     text_ratio: float = 0.0
@@ -210,14 +211,43 @@ def raw_examples(spec: DataSpec, epoch: int, skip_batches: int, num_workers: int
 # ----------------------------------------------------------------- examples -> tensors
 
 
+class ImageTransform:
+    """Image -> normalised [3, size, size] tensor, as mPLUG-Owl preprocesses: the whole picture,
+    never a crop (a centre crop can remove the very object a conversation asks about).
+
+    ``squash`` resizes to size x size (bicubic), changing the aspect ratio, like mPLUG-Owl's
+    ``Resize((224, 224))``. ``pad`` first pads the shorter side with the mean colour (LLaVA's
+    expand-to-square), keeping the aspect ratio. One class for training, eval and chat."""
+
+    def __init__(self, size: int, mean, std, resize: str = "squash"):
+        if resize not in ("squash", "pad"):
+            raise ValueError(f"image resize must be 'squash' or 'pad', got {resize!r}")
+        self.size, self.resize = int(size), resize
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        import numpy as np
+
+        img = img.convert("RGB")
+        if self.resize == "pad" and img.width != img.height:
+            side = max(img.width, img.height)
+            fill = tuple(int(round(255 * m)) for m in self.mean.flatten().tolist())
+            square = Image.new("RGB", (side, side), fill)
+            square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+            img = square
+        if img.size != (self.size, self.size):
+            img = img.resize((self.size, self.size), Image.BICUBIC)
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
+        return (x - self.mean) / self.std
+
+
 class Encoder:
     """Decode images and tokenise text for one example (runs in the loader worker)."""
 
     def __init__(self, spec: DataSpec):
-        import open_clip  # heavy import; workers inherit it
-
         self.spec = spec
-        self.transform = open_clip.image_transform(spec.image_size, is_train=False, mean=spec.mean, std=spec.std)
+        self.transform = ImageTransform(spec.image_size, spec.mean, spec.std, spec.resize)
 
     def render(self, ex: dict):
         tok = self.spec.tokenizer

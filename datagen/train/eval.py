@@ -198,7 +198,7 @@ def evaluate(checkpoint: str | Path, data_dir: str, *, split: str | None = None,
     spec = DataSpec(
         data_dir=str(data_dir), stage=1 if split == "stage1" else 2, tokenizer=tokenizer,
         template=meta.get("template", "mplug_owl"), tokens_per_image=mc.abstractor.tokens_per_image,
-        image_size=pre["image_size"], mean=tuple(pre["mean"]), std=tuple(pre["std"]),
+        image_size=pre["image_size"], mean=tuple(pre["mean"]), std=tuple(pre["std"]), resize=pre["resize"],
         max_len=int((cfg.get("data") or {}).get("max_seq_len", 512)), batch_size=batch_size,
         shuffle_buffer=0, holdout_fraction=holdout_fraction, holdout="only" if holdout_fraction > 0 else "all",
         resampled=False, seed=seed,

@@ -120,7 +120,7 @@ def data_spec(cfg: TrainConfig, built: Built, **overrides) -> DataSpec:
     fields = dict(
         data_dir=d.dir, stage=cfg.stage, tokenizer=built.tokenizer, template=cfg.template,
         tokens_per_image=built.model_cfg.abstractor.tokens_per_image, image_size=built.pre["image_size"],
-        mean=tuple(built.pre["mean"]), std=tuple(built.pre["std"]), max_len=d.max_seq_len,
+        mean=tuple(built.pre["mean"]), std=tuple(built.pre["std"]), resize=built.pre["resize"], max_len=d.max_seq_len,
         batch_size=d.batch_size, text_ratio=d.text_ratio, shuffle_buffer=d.shuffle_buffer,
         holdout_fraction=d.holdout_fraction, holdout="exclude", resampled=d.resampled, seed=cfg.seed,
     )

@@ -116,6 +116,7 @@ def build_vision(cfg: VisionConfig) -> tuple[nn.Module, dict]:
     visual.prune_intermediate_layers(indices=1, prune_norm=False, prune_head=True)
     visual.attn_pool = None
     pre["image_size"] = int(visual.image_size[0])
+    pre["resize"] = cfg.resize
     pre["width"] = int(visual.conv1.out_channels)
     return visual, pre
 

@@ -234,8 +234,8 @@ def test_train_cli_reports_config_errors(capsys):
 
 
 def test_pope_scoring_matches_next_token_probabilities(stage2, shards):
-    """score_yes_no against a direct computation: one forward over the prompt, then compare
-    p(first token of "Yes") and p(first token of "No") at the reply position."""
+    """score_yes_no against a direct computation: one forward over the generation prompt plus the
+    reply tokens "Yes" and "No" share, then compare p(Yes's next token) and p(No's next token)."""
     from datagen.train.data import DataSpec, Encoder
     from datagen.train.eval import _stage1_annotations, existence_question, load_for_eval, score_yes_no
     from datagen.train.template import IMAGE_TOKEN_ID, encode, render_mplug
@@ -249,17 +249,23 @@ def test_pope_scoring_matches_next_token_probabilities(stage2, shards):
     qs = [{"key": im["key"], "image": im["image"], "question": existence_question(lbl)}
           for im in images for lbl in sorted(im["labels"])[:1] + ["car"]]
     got = score_yes_no(model, encoder, qs, batch_size=3, device=torch.device("cpu"))
-    yes, no = tok("Yes", add_special_tokens=False)["input_ids"][0], tok("No", add_special_tokens=False)["input_ids"][0]
+
+    def ids(turns, gen=False):
+        return encode(render_mplug(turns, tok.eos_token, add_generation_prompt=gen), tok, num_images=1,
+                      tokens_per_image=tpi, max_len=10_000).input_ids
+
     for q, decided in zip(qs, got):
-        turns = [{"role": "user", "content": "<image>\n" + q["question"]}, {"role": "assistant", "content": "Yes"}]
-        enc = encode(render_mplug(turns, tok.eos_token), tok, num_images=1, tokens_per_image=tpi, max_len=10_000)
-        reply_at = next(i for i, lab in enumerate(enc.labels) if lab != -100)
-        ids = torch.tensor([enc.input_ids[:reply_at]])
-        assert (ids == IMAGE_TOKEN_ID).sum() == tpi
-        pixels = encoder({"key": q["key"], "images": [q["image"]], "turns": turns})["pixel_values"]
+        user = {"role": "user", "content": "<image>\n" + q["question"]}
+        prompt = ids([user], gen=True)
+        yes = ids([user, {"role": "assistant", "content": "Yes"}])[len(prompt):]
+        no = ids([user, {"role": "assistant", "content": "No"}])[len(prompt):]
+        c = next(i for i, (a, b) in enumerate(zip(yes, no)) if a != b)
+        x = torch.tensor([prompt + yes[:c]])
+        assert (x == IMAGE_TOKEN_ID).sum() == tpi
+        pixels = encoder({"key": q["key"], "images": [q["image"]], "turns": [user, {"role": "assistant", "content": "Yes"}]})["pixel_values"]
         with torch.no_grad():
-            probs = torch.softmax(model(ids, torch.ones_like(ids), pixels)[0, -1], -1)
-        assert decided == bool(probs[yes] > probs[no])
+            probs = torch.softmax(model(x, torch.ones_like(x), pixels)[0, -1], -1)
+        assert decided == bool(probs[yes[c]] > probs[no[c]])
 
 
 def test_rerun_resumes_or_starts_over(shards, tmp_path, capsys):

@@ -5,8 +5,9 @@ about annotated objects (answer yes) and half about absent ones (answer no),
 with POPE's three ways to pick absent objects: random, popular (most frequent
 overall) and adversarial (co-occurring most with what is present), in English
 and (for COCO labels, through the project's lexicon) in Chinese. The model's
-answer is whichever of "Yes"/"No" (有/没有) it makes more likely as the first
-reply token: a closed-form choice that needs no generation and no answer parsing.
+answer is whichever of "Yes"/"No" (有/没有) it makes more likely at the first reply
+token where the two differ: a closed-form choice that needs no generation and no
+answer parsing.
 Reported: accuracy, precision, recall, F1 (yes = positive) and the yes-ratio
 (a model that says yes to everything has yes-ratio 1 and F1 0.67 on balanced data).
 """
@@ -156,26 +157,31 @@ def heldout_loss(model: MplugOwl, spec: DataSpec, max_batches: int, device) -> d
 @torch.no_grad()
 def score_yes_no(model: MplugOwl, encoder: Encoder, questions: list[dict], batch_size: int, device,
                  lang: str = "en") -> list[bool]:
-    """For each question: is p(first token of "Yes") > p(first token of "No") as the reply?
+    """For each question: does the model make the "Yes" reply more likely than the "No" reply,
+    judged at the first reply token where the two differ?
 
-    The first token only: summed log-probabilities would favour whichever answer
-    tokenises shorter (有 vs 没有), which is not what the model believes."""
+    One token only: summed log-probabilities would favour whichever answer tokenises
+    shorter (有 vs 没有), which is not what the model believes. Tokens the two replies share
+    (a leading space token, say) have the same probability under both and decide nothing."""
     examples = []
     for q in questions:
-        for answer in ANSWERS[lang]:
-            ex = encoder({"key": q["key"], "images": [q["image"]],
-                          "turns": [{"role": "user", "content": "<image>\n" + q["question"]},
-                                    {"role": "assistant", "content": answer}]})
-            labels = ex["labels"]
-            idx = (labels != IGNORE).nonzero().flatten()
-            labels[idx[1:]] = IGNORE
+        pair = [encoder({"key": q["key"], "images": [q["image"]],
+                         "turns": [{"role": "user", "content": "<image>\n" + q["question"]},
+                                   {"role": "assistant", "content": answer}]})
+                for answer in ANSWERS[lang]]
+        (yes, no) = pair
+        n = min(len(yes["input_ids"]), len(no["input_ids"]))
+        differ = (yes["input_ids"][:n] != no["input_ids"][:n]).nonzero().flatten()
+        if not len(differ) or yes["labels"][differ[0]] == IGNORE:
+            raise ValueError(f"{ANSWERS[lang]}: the two replies do not differ in a trained token; cannot score")
+        k = int(differ[0])
+        for ex in pair:
+            keep = ex["labels"][k].clone()
+            ex["labels"].fill_(IGNORE)
+            ex["labels"][k] = keep
             examples.append(ex)
-    tok = encoder.spec.tokenizer
+    pad = encoder.spec.tokenizer.pad_token_id
     scores = []
-    pad = tok.pad_token_id
-    first = {a: tok(a, add_special_tokens=False)["input_ids"][:1] for a in ANSWERS[lang]}
-    if first[ANSWERS[lang][0]] == first[ANSWERS[lang][1]]:
-        raise ValueError(f"the tokenizer starts {ANSWERS[lang]} with the same token; cannot score yes/no")
     for i in range(0, len(examples), batch_size):
         b = collate(examples[i:i + batch_size], pad)
         logits = model(b["input_ids"].to(device), b["attention_mask"].to(device), b["pixel_values"].to(device))

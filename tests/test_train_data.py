@@ -105,18 +105,23 @@ def test_stream_is_deterministic_and_epochs_differ(shards, tok):
     assert a == b and a != c
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resume_position_reproduces_the_rest_of_the_stream(shards, tok, workers):
-    """Skipping k consumed batches (odd k, so worker roles rotate) and crossing an epoch boundary."""
+@pytest.mark.parametrize("workers, group", [(0, 0), (2, 0), (0, 2), (2, 3)])
+def test_resume_position_reproduces_the_rest_of_the_stream(shards, tok, workers, group):
+    """Skipping k consumed batches (odd k, so worker roles rotate) and crossing an epoch boundary,
+    with and without length grouping (a resume inside a window)."""
     torch.set_num_threads(1)
-    s = spec(shards, tok, text_ratio=0.2)
+    s = spec(shards, tok, text_ratio=0.2, group_by_length=group)
     full_pos = StreamPosition()
-    full = [(b["keys"], b["input_ids"]) for b in islice(training_batches(s, full_pos, num_workers=workers, epoch_batches=4), 7)]
+    full = [(b["keys"], b["input_ids"]) for b in islice(training_batches(s, full_pos, num_workers=workers, epoch_batches=8), 11)]
     assert full_pos.epoch == 1 and full_pos.batch == 3
+    pos = StreamPosition(epoch=0, batch=5)
+    rest = [(b["keys"], b["input_ids"]) for b in islice(training_batches(s, pos, num_workers=workers, epoch_batches=8), 6)]
+    assert [k for k, _ in rest] == [k for k, _ in full[5:]]
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(rest, full[5:]))
     pos = StreamPosition(epoch=0, batch=3)
-    rest = [(b["keys"], b["input_ids"]) for b in islice(training_batches(s, pos, num_workers=workers, epoch_batches=4), 4)]
-    assert [k for k, _ in rest] == [k for k, _ in full[3:]]
-    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(rest, full[3:]))
+    rest = [(b["keys"], b["input_ids"]) for b in islice(training_batches(s, pos, num_workers=workers, epoch_batches=8), 4)]
+    assert [k for k, _ in rest] == [k for k, _ in full[3:7]]
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(rest, full[3:7]))
     assert Counter(k for keys, _ in full for k in keys)  # non-empty
 
 
@@ -191,3 +196,20 @@ def test_pad_keeps_the_aspect_ratio_with_mean_colour_bands():
     assert red[13:17, :3].mean() > 0.9  # the object kept at the left edge, box 60/300 high -> rows 12..17
     with pytest.raises(ValueError, match="squash' or 'pad"):
         ImageTransform(30, mean, std, "crop")
+
+
+def _padding(batches) -> float:
+    cells = sum(b["attention_mask"].numel() for b in batches)
+    return 1 - sum(int(b["attention_mask"].sum()) for b in batches) / cells
+
+
+def test_length_grouping_cuts_padding_and_keeps_every_example(shards, tok):
+    """Same examples (a finite pass over the shards), batched plainly and length-grouped."""
+    base = dict(resampled=False, shuffle_buffer=0, text_ratio=0.0, batch_size=3)
+    plain = list(build_dataset(spec(shards, tok, **base)))
+    grouped = list(build_dataset(spec(shards, tok, group_by_length=4, **base)))
+    keys = lambda bs: Counter(k for b in bs for k in b["keys"])  # noqa: E731
+    assert keys(grouped) == keys(plain) and sum(keys(plain).values()) > 20
+    assert _padding(grouped) < 0.5 * _padding(plain)
+    for b in grouped:  # padding stays consistent: labels never on a padded cell
+        assert ((b["labels"] != -100) & (b["attention_mask"] == 0)).sum() == 0

@@ -25,7 +25,7 @@ import torch
 from datagen.train.checkpoint import load_weights, resolve_checkpoint
 from datagen.train.config import LoraSpec, ModelConfig
 from datagen.train.data import DataSpec, Encoder, build_dataset, collate, in_holdout, shard_urls
-from datagen.train.model import MplugOwl, add_lora, build_model, per_example_logprob, token_loss_sum
+from datagen.train.model import MplugOwl, add_lora, build_model, per_example_logprob
 from datagen.train.template import IGNORE
 
 # Plural-only nouns outside the COCO lexicon: "Are there any jeans in the image?".
@@ -147,9 +147,7 @@ def _stage1_annotations(data_dir: str, holdout_fraction: float, max_images: int)
 def heldout_loss(model: MplugOwl, spec: DataSpec, max_batches: int, device) -> dict:
     total, tokens, batches = 0.0, 0, 0
     for batch in islice(build_dataset(spec), max_batches):
-        logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                       batch["pixel_values"].to(device))
-        s, n = token_loss_sum(logits, batch["labels"].to(device))
+        s, n = model(*(batch[k].to(device) for k in ("input_ids", "attention_mask", "pixel_values", "labels")))
         total, tokens, batches = total + float(s), tokens + n, batches + 1
     return {"loss": total / tokens if tokens else None, "tokens": tokens, "batches": batches}
 

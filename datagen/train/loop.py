@@ -33,7 +33,7 @@ from datagen.train.checkpoint import (
 )
 from datagen.train.config import ModelConfig, LoraSpec, TrainConfig
 from datagen.train.data import DataSpec, StreamPosition, training_batches
-from datagen.train.model import MplugOwl, add_lora, build_model, count_params, set_trainable, token_loss_sum
+from datagen.train.model import MplugOwl, add_lora, build_model, count_params, param_groups, set_trainable
 from datagen.train.template import IGNORE, MPLUG_SYSTEM
 from datagen.train.tokenizer import load_tokenizer, shard_texts, train_bpe_tokenizer
 
@@ -107,11 +107,12 @@ def build_for_stage(cfg: TrainConfig, rank: int = 0) -> Built:
         lora = None
         full_parts = [p for p, built_from_config in (("vision", model_cfg.vision.config), ("llm", model_cfg.llm.config))
                       if built_from_config is not None]
-    full_parts = sorted(set(full_parts) | {"abstractor"} | ({"vision"} if cfg.stage == 1 else set()))
+    full_parts = sorted(set(full_parts) | {"abstractor"} | ({"vision"} if cfg.stage == 1 else set())
+                        | ({"llm"} if cfg.train_llm else set()))
     if cfg.stage == 2 and cfg.lora is not None and lora is None:
         lora = cfg.lora
         add_lora(model, lora)
-    set_trainable(model, cfg.stage)
+    set_trainable(model, cfg.stage, cfg.train_llm)
     return Built(model, tokenizer, pre, model_cfg, lora, full_parts, init_keys)
 
 
@@ -123,6 +124,7 @@ def data_spec(cfg: TrainConfig, built: Built, **overrides) -> DataSpec:
         mean=tuple(built.pre["mean"]), std=tuple(built.pre["std"]), resize=built.pre["resize"], max_len=d.max_seq_len,
         batch_size=d.batch_size, text_ratio=d.text_ratio, shuffle_buffer=d.shuffle_buffer,
         holdout_fraction=d.holdout_fraction, holdout="exclude", resampled=d.resampled, seed=cfg.seed,
+        group_by_length=d.group_by_length,
     )
     fields.update(overrides)
     return DataSpec(**fields)
@@ -191,7 +193,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, quiet:
         model.llm.compile()  # in place: parameter names (and so checkpoints) stay the same
     params = [p for p in model.parameters() if p.requires_grad]
     oc = cfg.optim
-    optimizer = torch.optim.AdamW(params, lr=oc.lr, betas=oc.betas, weight_decay=oc.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, oc.weight_decay), lr=oc.lr, betas=oc.betas,
+                                  fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lambda(oc.warmup_steps, cfg.max_steps, oc.min_lr_ratio))
 
     step, position = 0, StreamPosition()
@@ -214,7 +217,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, quiet:
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused
         )
     spec = data_spec(cfg, built)
-    batches = training_batches(spec, position, num_workers=cfg.data.num_workers, epoch_batches=cfg.data.epoch_batches)
+    batches = training_batches(spec, position, num_workers=cfg.data.num_workers, epoch_batches=cfg.data.epoch_batches,
+                               pin_memory=device.type == "cuda")
 
     counts = count_params(model)
     stop = min(cfg.stop_at_step or cfg.max_steps, cfg.max_steps)
@@ -247,9 +251,10 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, quiet:
             ctx = runner.no_sync() if not sync else nullcontext()
             with ctx:
                 with _autocast(cfg, device):
-                    logits = runner(b["input_ids"].to(device), b["attention_mask"].to(device),
-                                    b["pixel_values"].to(device))
-                loss_sum, _ = token_loss_sum(logits, b["labels"].to(device))
+                    loss_sum, _ = runner(*(b[k].to(device, non_blocking=True)
+                                           for k in ("input_ids", "attention_mask", "pixel_values", "labels")))
+                # DDP averages gradients over processes; the loss is already normalised by the
+                # global token count, so undo the average: the update of one big batch
                 (loss_sum * world / max(step_tokens, 1.0)).backward()
             loss_sum_local += float(loss_sum.detach())
             tokens_seen += int(b["attention_mask"].sum())

@@ -214,7 +214,8 @@ def test_eval_reports_heldout_loss_and_pope(stage2, shards, tmp_path, capsys):
     out2, _ = stage2
     report_path = tmp_path / "report.json"
     rc = eval_main([str(out2), "--data", str(shards), "--max-batches", "2", "--batch-size", "4",
-                    "--pope-per-image", "1", "--holdout-fraction", "0.5", "--out", str(report_path)])
+                    "--pope-per-image", "1", "--holdout-fraction", "0.5", "--max-new-tokens", "4",
+                    "--out", str(report_path)])
     assert rc == 0
     report = json.loads(report_path.read_text())
     assert report["split"] == "stage2" and report["heldout"]["tokens"] > 0
@@ -224,6 +225,8 @@ def test_eval_reports_heldout_loss_and_pope(stage2, shards, tmp_path, capsys):
         assert pope["images"] > 0 and pope["n"] == 2 * pope["images"] and pope["skipped_no_translation"] == 0
         for k in ("accuracy", "f1", "yes_ratio"):
             assert 0.0 <= pope[k] <= 1.0
+        gen = report["pope_generate"][lang]  # the same questions, answered by generation
+        assert gen["n"] == pope["n"] and 0 <= gen["unparsed"] <= gen["n"] and gen["examples"]
     assert '"pope"' in capsys.readouterr().out
 
 
@@ -237,12 +240,13 @@ def test_pope_scoring_matches_next_token_probabilities(stage2, shards):
     """score_yes_no against a direct computation: one forward over the generation prompt plus the
     reply tokens "Yes" and "No" share, then compare p(Yes's next token) and p(No's next token)."""
     from datagen.train.data import DataSpec, Encoder
-    from datagen.train.eval import _stage1_annotations, existence_question, load_for_eval, score_yes_no
+    from datagen.train.eval import _stage1_annotations, existence_question, score_yes_no
+    from datagen.train.inference import load_model
     from datagen.train.template import IMAGE_TOKEN_ID, encode, render_mplug
 
     out2, _ = stage2
-    model, tok, pre, meta = load_for_eval(out2, torch.device("cpu"))
-    tpi = meta["model"]["abstractor"]["num_queries"] + 1
+    loaded = load_model(out2, torch.device("cpu"))
+    model, tok, pre, tpi = loaded.model, loaded.tokenizer, loaded.pre, loaded.tokens_per_image
     encoder = Encoder(DataSpec(data_dir=str(shards), stage=2, tokenizer=tok, template="mplug_owl",
                                tokens_per_image=tpi, image_size=pre["image_size"], max_len=10_000))
     images, _ = _stage1_annotations(str(shards), 0.0, 3)

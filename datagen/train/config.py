@@ -29,6 +29,9 @@ class VisionConfig(_Strict):
     name: str | None = Field("ViT-L-14", description="open_clip model name or hf-hub:/local-dir: id.")
     pretrained: str | None = Field("openai", description="open_clip pretrained tag or checkpoint file.")
     config: dict[str, Any] | None = Field(None, description="open_clip vision_cfg for a random-weight ViT.")
+    quick_gelu: bool | None = Field(
+        None, description="QuickGELU activations (OpenAI CLIP weights); null: as the pretrained tag says."
+    )
     resize: Literal["squash", "pad"] = Field(
         "squash",
         description="How an image becomes the ViT's square input. 'squash': resize to size x size, as "

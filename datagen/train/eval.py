@@ -14,18 +14,20 @@ Reported: accuracy, precision, recall, F1 (yes = positive) and the yes-ratio
 
 from __future__ import annotations
 
+import io
 import json
 import random
+import re
 from collections import Counter
 from itertools import combinations, islice
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
-from datagen.train.checkpoint import load_weights, resolve_checkpoint
-from datagen.train.config import LoraSpec, ModelConfig
 from datagen.train.data import DataSpec, Encoder, build_dataset, collate, in_holdout, shard_urls
-from datagen.train.model import MplugOwl, add_lora, build_model, per_example_logprob
+from datagen.train.inference import Loaded, load_model, reply
+from datagen.train.model import MplugOwl, per_example_logprob
 from datagen.train.template import IGNORE
 
 # Plural-only nouns outside the COCO lexicon: "Are there any jeans in the image?".
@@ -103,24 +105,6 @@ def pope_metrics(truth: list[bool], pred: list[bool]) -> dict:
             "f1": f1, "yes_ratio": (tp + fp) / n if n else 0.0}
 
 
-def load_for_eval(checkpoint: str | Path, device: torch.device) -> tuple[MplugOwl, object, dict, dict]:
-    """Rebuild the model a checkpoint describes and load its weights. Returns (model, tokenizer, pre, meta)."""
-    from transformers import AutoTokenizer
-
-    ckpt = resolve_checkpoint(checkpoint)
-    meta = json.loads((ckpt / "meta.json").read_text())
-    mc = ModelConfig.model_validate(meta["model"])
-    tokenizer = AutoTokenizer.from_pretrained(ckpt / "tokenizer")
-    model, pre = build_model(mc.vision, mc.abstractor, mc.llm, vocab_size=len(tokenizer))
-    if meta.get("lora"):
-        add_lora(model, LoraSpec.model_validate(meta["lora"]))
-    parts = set(meta["full_parts"])
-    required = [k for k in model.state_dict() if k.split(".", 1)[0] in parts or "lora_" in k]
-    load_weights(model, ckpt, required=required)  # nothing the run trained may stay random
-    model.to(device).eval()
-    return model, tokenizer, pre, meta
-
-
 def _stage1_annotations(data_dir: str, holdout_fraction: float, max_images: int) -> tuple[list[dict], list[set]]:
     """Held-out annotated images (at most ``max_images``) and the label sets of all images."""
     import webdataset as wds
@@ -187,37 +171,100 @@ def score_yes_no(model: MplugOwl, encoder: Encoder, questions: list[dict], batch
     return [scores[2 * j] > scores[2 * j + 1] for j in range(len(questions))]
 
 
+_NO_EN = re.compile(r"\b(no|not|none|nope|never)\b|n't\b")
+_YES_EN = re.compile(r"\b(yes|yeah|yep|there (is|are))\b")
+
+
+def parse_yes_no(text: str, lang: str = "en") -> bool | None:
+    """A generated reply -> yes (True), no (False) or None when it says neither.
+
+    POPE's rule on the first sentence: a negation word means no; English 'yes'/'there is',
+    Chinese 有/是/对 at the start mean yes."""
+    first = re.split(r"[.!?\n。！？]", text.strip(), maxsplit=1)[0].strip().lower()
+    if lang == "zh":
+        if first.startswith(("没有", "没", "不", "否", "无")):
+            return False
+        if first.startswith(("有", "是", "对")):
+            return True
+        return None
+    if _NO_EN.search(first):
+        return False
+    return True if _YES_EN.search(first) else None
+
+
+@torch.no_grad()
+def generate_yes_no(loaded: Loaded, questions: list[dict], lang: str = "en",
+                    max_new_tokens: int = 16) -> tuple[list[bool], list[str], int]:
+    """POPE by generation: the greedy reply to each question, parsed. Unparsed replies count
+    as yes (POPE's convention: anything that does not deny) and are counted apart."""
+    from PIL import Image
+
+    preds, replies, unparsed = [], [], 0
+    for q in questions:
+        turns = [{"role": "user", "content": "<image>\n" + q["question"]}]
+        text = reply(loaded, turns, [Image.open(io.BytesIO(q["image"]))], max_new_tokens=max_new_tokens)
+        said = parse_yes_no(text, lang)
+        unparsed += said is None
+        preds.append(said is not False)
+        replies.append(text)
+    return preds, replies, unparsed
+
+
 def evaluate(checkpoint: str | Path, data_dir: str, *, split: str | None = None,
              holdout_fraction: float | None = None, max_batches: int = 50, batch_size: int = 8,
              pope_sampling: str = "random", pope_per_image: int = 3, max_images: int = 100,
-             device: str = "auto", seed: int = 0, langs: tuple[str, ...] = ("en", "zh")) -> dict:
-    """Held-out loss on ``split`` and POPE metrics per language ("zh" asks COCO labels in Chinese)."""
+             device: str = "auto", seed: int = 0, langs: tuple[str, ...] = ("en", "zh"),
+             generate: bool = True, max_new_tokens: int = 16) -> dict:
+    """Held-out loss on ``split`` and POPE metrics per language ("zh" asks COCO labels in Chinese):
+    ``pope`` by first differing reply token, ``pope_generate`` by parsing generated replies.
+    ``checkpoint``: a checkpoint, run folder or ``datagen export-model`` folder."""
     dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
-    model, tokenizer, pre, meta = load_for_eval(checkpoint, dev)
+    loaded = load_model(checkpoint, dev)
+    meta = loaded.meta
     cfg = meta.get("config") or {}
     if holdout_fraction is None:
         holdout_fraction = float((cfg.get("data") or {}).get("holdout_fraction", 0.0))
-    split = split or f"stage{meta['stage']}"
-    mc = ModelConfig.model_validate(meta["model"])
-    spec = DataSpec(
-        data_dir=str(data_dir), stage=1 if split == "stage1" else 2, tokenizer=tokenizer,
-        template=meta.get("template", "mplug_owl"), tokens_per_image=mc.abstractor.tokens_per_image,
+    split = split or f"stage{meta.get('stage', 2)}"
+    spec = eval_spec(loaded, data_dir, split, holdout_fraction, batch_size, seed,
+                     max_len=int((cfg.get("data") or {}).get("max_seq_len", 512)))
+    report = {"checkpoint": loaded.source, "data": str(data_dir), "split": split,
+              "holdout_fraction": holdout_fraction, "heldout": heldout_loss(loaded.model, spec, max_batches, dev)}
+    report.update(pope_report(loaded, spec, data_dir, holdout_fraction, sampling=pope_sampling,
+                              per_image=pope_per_image, max_images=max_images, seed=seed, langs=langs,
+                              batch_size=batch_size, device=dev, generate=generate,
+                              max_new_tokens=max_new_tokens))
+    return report
+
+
+def eval_spec(loaded: Loaded, data_dir, split: str, holdout_fraction: float, batch_size: int, seed: int,
+              max_len: int) -> DataSpec:
+    pre = loaded.pre
+    return DataSpec(
+        data_dir=str(data_dir), stage=1 if split == "stage1" else 2, tokenizer=loaded.tokenizer,
+        template=loaded.template, tokens_per_image=loaded.tokens_per_image,
         image_size=pre["image_size"], mean=tuple(pre["mean"]), std=tuple(pre["std"]), resize=pre["resize"],
-        max_len=int((cfg.get("data") or {}).get("max_seq_len", 512)), batch_size=batch_size,
-        shuffle_buffer=0, holdout_fraction=holdout_fraction, holdout="only" if holdout_fraction > 0 else "all",
-        resampled=False, seed=seed,
+        max_len=max_len, batch_size=batch_size, shuffle_buffer=0, holdout_fraction=holdout_fraction,
+        holdout="only" if holdout_fraction > 0 else "all", resampled=False, seed=seed,
     )
-    report = {"checkpoint": str(resolve_checkpoint(checkpoint)), "data": str(data_dir), "split": split,
-              "holdout_fraction": holdout_fraction, "heldout": heldout_loss(model, spec, max_batches, dev)}
+
+
+def pope_report(loaded: Loaded, spec: DataSpec, data_dir, holdout_fraction: float, *, sampling: str,
+                per_image: int, max_images: int, seed: int, langs: Sequence[str], batch_size: int, device,
+                generate: bool, max_new_tokens: int = 16) -> dict:
     images, stats = _stage1_annotations(str(data_dir), holdout_fraction, max_images)
-    questions = pope_questions(images, sampling=pope_sampling, per_image=pope_per_image, seed=seed, stats=stats)
+    questions = pope_questions(images, sampling=sampling, per_image=per_image, seed=seed, stats=stats)
     encoder = Encoder(spec)
-    report["pope"] = {}
+    out: dict = {"pope": {}, **({"pope_generate": {}} if generate else {})}
     for lang in langs:
         asked = [{**q, "question": existence_question(q["label"], lang)} for q in questions]
         asked = [q for q in asked if q["question"]]
-        pred = score_yes_no(model, encoder, asked, batch_size, dev, lang) if asked else []
-        report["pope"][lang] = {"sampling": pope_sampling, "images": len(images),
-                                "skipped_no_translation": len(questions) - len(asked),
-                                **pope_metrics([q["answer"] for q in asked], pred)}
-    return report
+        truth = [q["answer"] for q in asked]
+        head = {"sampling": sampling, "images": len(images), "skipped_no_translation": len(questions) - len(asked)}
+        pred = score_yes_no(loaded.model, encoder, asked, batch_size, device, lang) if asked else []
+        out["pope"][lang] = {**head, **pope_metrics(truth, pred)}
+        if generate:
+            gpred, replies, unparsed = generate_yes_no(loaded, asked, lang, max_new_tokens) if asked else ([], [], 0)
+            out["pope_generate"][lang] = {**head, **pope_metrics(truth, gpred), "unparsed": unparsed,
+                                          "examples": [{"question": q["question"], "reply": r}
+                                                       for q, r in list(zip(asked, replies))[:3]]}
+    return out

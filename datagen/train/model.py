@@ -99,12 +99,13 @@ def build_vision(cfg: VisionConfig) -> tuple[nn.Module, dict]:
         model = open_clip.CLIP(embed_dim=vision_cfg.pop("embed_dim", 32), vision_cfg=vision_cfg, text_cfg=_TINY_TEXT_CFG)
         visual = model.visual
         pre = {"mean": open_clip.OPENAI_DATASET_MEAN, "std": open_clip.OPENAI_DATASET_STD}
+        quick = False
     else:
         check_open_clip(cfg.name, cfg.pretrained)
         tag = open_clip.get_pretrained_cfg(cfg.name, cfg.pretrained) if cfg.pretrained else {}
         # OpenAI weights were trained with QuickGELU; the plain name builds nn.GELU
-        model = open_clip.create_model(cfg.name, pretrained=cfg.pretrained,
-                                       force_quick_gelu=bool((tag or {}).get("quick_gelu", False)))
+        quick = cfg.quick_gelu if cfg.quick_gelu is not None else bool((tag or {}).get("quick_gelu", False))
+        model = open_clip.create_model(cfg.name, pretrained=cfg.pretrained, force_quick_gelu=quick)
         visual = model.visual
         pc = getattr(visual, "preprocess_cfg", {}) or {}
         pre = {"mean": tuple(pc.get("mean", open_clip.OPENAI_DATASET_MEAN)),
@@ -117,6 +118,7 @@ def build_vision(cfg: VisionConfig) -> tuple[nn.Module, dict]:
     visual.attn_pool = None
     pre["image_size"] = int(visual.image_size[0])
     pre["resize"] = cfg.resize
+    pre["quick_gelu"] = quick  # an export rebuilds the architecture without the pretrained tag
     pre["width"] = int(visual.conv1.out_channels)
     return visual, pre
 

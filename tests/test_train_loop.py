@@ -102,15 +102,17 @@ def test_exact_resume_n_steps_equals_half_resume_half(shards, stage1, tmp_path):
     boundary inside the second half: the weights must be bit-identical."""
     base = [f"data.dir={shards}", f"init_from={stage1[0]}", "max_steps=6", "data.epoch_batches=4",
             "data.num_workers=2", "data.batch_size=3", "data.max_seq_len=128", "data.text_ratio=0.3",
-            "optim.warmup_steps=2", "log_every=100"]
+            "optim.warmup_steps=2", "log_every=100", "data.group_by_length=2",
+            "eval_every=2", "eval_batches=1", "eval_pope_images=2", "data.holdout_fraction=0.3"]
     full = train(load_config(RECIPES / "stage2_tiny.yaml", base + [f"out={tmp_path / 'full'}"]), quiet=True)
     first = train(load_config(RECIPES / "stage2_tiny.yaml", base + [f"out={tmp_path / 'split'}", "stop_at_step=3"]),
                   quiet=True)
     second = train(load_config(RECIPES / "stage2_tiny.yaml", base + [f"out={tmp_path / 'split'}"]), quiet=True)
     assert first["step"] == 3 and second["step"] == 6 and len(second["losses"]) == 3
     assert first["losses"] + second["losses"] == full["losses"]
-    log = [json.loads(line)["step"] for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
-    assert log == [1, 2, 3, 4, 5, 6]
+    log = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in log if "eval" in r] == [2, 3, 4, 6]  # every 2 steps and at each stop
     a, b = _state(full["checkpoint"]), _state(second["checkpoint"])
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -282,3 +284,26 @@ def test_rerun_resumes_or_starts_over(shards, tmp_path, capsys):
     assert "done: 2 steps" in capsys.readouterr().out
     steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2]  # the fresh run replaced the old log
+
+
+def test_evaluation_during_training_logs_heldout_loss_and_pope_to_tensorboard(shards, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = load_config(RECIPES / "stage1_tiny.yaml", [
+        f"data.dir={shards}", f"out={tmp_path}", "max_steps=4", *FAST, "eval_every=2", "eval_batches=2",
+        "eval_pope_images=3", "data.holdout_fraction=0.4"])
+    train(cfg, quiet=True)
+    evals = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if "eval" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    for r in evals:
+        assert r["eval"]["heldout"]["tokens"] > 0 and r["eval"]["heldout"]["loss"] > 0
+        assert r["eval"]["pope"]["en"]["n"] > 0 and r["eval"]["pope"]["en"]["sampling"] == "adversarial"
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "eval/loss", "eval/pope_en_f1"} <= tags
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert [e.value for e in acc.Scalars("eval/loss")] == pytest.approx([r["eval"]["heldout"]["loss"] for r in evals])
+    with pytest.raises(ValueError, match="holdout_fraction"):
+        load_config(RECIPES / "stage1_tiny.yaml", ["eval_every=2", "data.holdout_fraction=0"])

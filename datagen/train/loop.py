@@ -235,6 +235,11 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, quiet:
             "full_parts": built.full_parts, "config": cfg.model_dump(mode="json")}
     last_ckpt = None
     t0, tokens_seen, empty_examples, warned = time.perf_counter(), 0, 0, False
+    writer = None
+    if rank == 0 and cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1)  # a resume drops later events
     runner.train()
     while step < stop:
         micro = [next(batches) for _ in range(oc.grad_accum)]
@@ -273,6 +278,22 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, quiet:
                    "tokens": step_tokens}
             with log_path.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
+            if writer is not None:
+                for k in ("loss", "lr", "grad_norm", "tokens"):
+                    writer.add_scalar(f"train/{k}", rec[k], step)
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == stop):
+            if rank == 0:
+                report = evaluate_during_training(cfg, built, model, device)
+                with log_path.open("a") as f:
+                    f.write(json.dumps({"step": step, "eval": report}) + "\n")
+                if writer is not None:
+                    for k, v in flat_metrics(report).items():
+                        writer.add_scalar(f"eval/{k}", v, step)
+                if not quiet:
+                    print(f"[stage {cfg.stage}] eval  {step:5d}  " + "  ".join(
+                        f"{k} {v:.4f}" for k, v in flat_metrics(report).items()), flush=True)
+            _barrier()
+            runner.train()
         if not quiet and (step % cfg.log_every == 0 or step == stop or step == 1):
             dt = time.perf_counter() - t0
             print(f"[stage {cfg.stage}] step {step:5d}/{cfg.max_steps}  loss {loss:.4f}  "
@@ -282,11 +303,43 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, quiet:
             positions = _gather_positions(position, world)
             last_ckpt = save_checkpoint(out, step, model, {**meta, "position": positions}, built.tokenizer,
                                         optimizer, scheduler, rank, world, _barrier)
+    if writer is not None:
+        writer.close()
     if last_ckpt is None and (out / "latest.txt").exists():
         last_ckpt = resolve_checkpoint(out)
     return {"losses": losses, "step": step, "checkpoint": str(last_ckpt) if last_ckpt else None, "model": model,
             "params": counts, "seconds": time.perf_counter() - t0,
             "examples_without_targets": empty_examples}
+
+
+def evaluate_during_training(cfg: TrainConfig, built: Built, model: MplugOwl, device: torch.device) -> dict:
+    """Loss on the held-out keys (``data.holdout_fraction``) and the POPE first-token probe on
+    held-out annotated images. Run by rank 0 on the unwrapped model, under the global RNG's fork:
+    training continues exactly as without it."""
+    from datagen.train.eval import heldout_loss, pope_report
+    from datagen.train.inference import Loaded
+
+    spec = data_spec(cfg, built, holdout="only", resampled=False, shuffle_buffer=0, text_ratio=0.0)
+    model.eval()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _autocast(cfg, device):
+        report = {"heldout": heldout_loss(model, spec, cfg.eval_batches, device)}
+        if cfg.eval_pope_images:
+            loaded = Loaded(model, built.tokenizer, built.pre, built.model_cfg, cfg.template, {}, cfg.out)
+            report.update(pope_report(loaded, spec, cfg.data.dir, cfg.data.holdout_fraction, sampling="adversarial",
+                                      per_image=3, max_images=cfg.eval_pope_images, seed=cfg.seed, langs=("en",),
+                                      batch_size=cfg.data.batch_size, device=device, generate=False))
+    return report
+
+
+def flat_metrics(report: dict) -> dict[str, float]:
+    """The scalar numbers of an evaluation report, as 'loss', 'pope_en_f1', ..."""
+    out = {}
+    if report["heldout"]["loss"] is not None:
+        out["loss"] = report["heldout"]["loss"]
+    for lang, m in (report.get("pope") or {}).items():
+        if m.get("n"):
+            out.update({f"pope_{lang}_{k}": m[k] for k in ("accuracy", "f1", "yes_ratio")})
+    return out
 
 
 def _gather_positions(position: StreamPosition, world: int) -> dict[str, dict]:

@@ -20,7 +20,9 @@ from datagen.train.template import IMAGE_TOKEN_ID
 
 torch.set_num_threads(2)
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "train"
-FAST = ["data.num_workers=0", "data.batch_size=4", "data.max_seq_len=128", "log_every=100", "max_steps=2"]
+FAST = ["data.num_workers=0", "data.batch_size=4", "data.max_seq_len=128", "log_every=100", "max_steps=2",
+        "eval_every=null"]
+LORA = ["train_llm=false", "lora={r: 8, alpha: 32, dropout: 0.05, target_modules: [q_proj, v_proj]}"]
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +31,7 @@ def run(tmp_path_factory):
     shards = write_synthetic_shards(root / "shards", n_images=8, n_multi=2, n_text=4, per_shard=8)
     train(load_config(RECIPES / "stage1_tiny.yaml", [f"data.dir={shards}", f"out={root / 's1'}", *FAST]), quiet=True)
     res = train(load_config(RECIPES / "stage2_tiny.yaml", [f"data.dir={shards}", f"out={root / 's2'}",
-                                                           f"init_from={root / 's1'}", *FAST]), quiet=True)
+                                                           f"init_from={root / 's1'}", *FAST, *LORA]), quiet=True)
     model = res["model"]
     with torch.no_grad():  # LoRA B starts at zero and two steps barely move it: make the adapter matter
         for n, p in model.llm.named_parameters():

@@ -140,14 +140,18 @@ def test_recipes_load_and_overrides_keep_types():
     cfg = load_config(RECIPES / "stage1_tiny.yaml", ["optim.lr=3e-4", "data.num_workers=0", "max_steps=7"])
     assert cfg.optim.lr == 3e-4 and cfg.data.num_workers == 0 and cfg.max_steps == 7 and cfg.stage == 1
     cfg2 = load_config(RECIPES / "stage2_tiny.yaml")
-    assert cfg2.stage == 2 and cfg2.lora.r == 8 and cfg2.lora.alpha == 32 and cfg2.lora.target_modules == ["q_proj", "v_proj"]
+    assert cfg2.stage == 2 and cfg2.train_llm and cfg2.lora is None  # the tiny LLM trains whole
     assert cfg2.init_from and cfg2.model is None
-    assert load_config(RECIPES / "stage2_tiny.yaml", ["lora.target_modules=[q_proj, k_proj]"]).lora.target_modules == [
-        "q_proj", "k_proj"]
+    with pytest.raises(ValueError, match="without 'lora'"):
+        load_config(RECIPES / "stage2_tiny.yaml", ["lora={r: 8}"])
     real1 = load_config(RECIPES / "stage1_mplug_owl.yaml")
     assert real1.model.vision.name == "ViT-L-14" and real1.model.abstractor.tokens_per_image == 65
     real2 = load_config(RECIPES / "stage2_mplug_owl.yaml")
-    assert real2.optim.lr == 2e-5 and real2.lora.target_modules == ["q_proj", "v_proj"]
+    assert real2.optim.lr == 2e-5 and real2.lora.r == 8 and real2.lora.alpha == 32
+    assert real2.lora.target_modules == ["q_proj", "v_proj"] and not real2.train_llm
+    assert load_config(RECIPES / "stage2_mplug_owl.yaml", ["lora.target_modules=[q_proj, k_proj]"]).lora.target_modules == [
+        "q_proj", "k_proj"]
+    assert real2.grad_checkpointing and not real1.grad_checkpointing  # stage 1's ~100-token sequences fit
 
 
 def test_config_errors_name_file_and_key_path(tmp_path):

@@ -39,8 +39,8 @@ def train_main(argv: list[str]) -> int:
         print(f"[stage {cfg.stage}] nothing to train: {cfg.out} is already at step {result['step']} "
               f"(raise max_steps, or --no-resume to start over)", flush=True)
     else:
-        print(f"[stage {cfg.stage}] done: {len(losses)} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}; "
-              f"checkpoint {result['checkpoint']}", flush=True)
+        print(f"[stage {cfg.stage}] done: {len(losses)} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f} "
+              f"(uniform guess {result['uniform_loss']:.4f}); checkpoint {result['checkpoint']}", flush=True)
     return 0
 
 

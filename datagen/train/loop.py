@@ -224,7 +224,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, quiet:
     stop = min(cfg.stop_at_step or cfg.max_steps, cfg.max_steps)
     if not quiet:
         print(f"[stage {cfg.stage}] params {counts['total']:,} (trainable {counts['trainable']:,}); "
-              f"steps {step}->{stop} of {cfg.max_steps}; world {world}; device {device}", flush=True)
+              f"steps {step}->{stop} of {cfg.max_steps}; world {world}; device {device}; "
+              f"uniform-guess loss ln(vocab) = {uniform_loss(built.tokenizer):.3f}", flush=True)
     log_path = out / "log.jsonl"
     if rank == 0 and log_path.exists():  # keep the log in step with the weights: drop steps past the resume point
         kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
@@ -307,7 +308,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, quiet:
         writer.close()
     if last_ckpt is None and (out / "latest.txt").exists():
         last_ckpt = resolve_checkpoint(out)
-    return {"losses": losses, "step": step, "checkpoint": str(last_ckpt) if last_ckpt else None, "model": model,
+    return {"losses": losses, "step": step, "uniform_loss": uniform_loss(built.tokenizer), "checkpoint": str(last_ckpt) if last_ckpt else None, "model": model,
             "params": counts, "seconds": time.perf_counter() - t0,
             "examples_without_targets": empty_examples}
 
@@ -340,6 +341,11 @@ def flat_metrics(report: dict) -> dict[str, float]:
         if m.get("n"):
             out.update({f"pope_{lang}_{k}": m[k] for k in ("accuracy", "f1", "yes_ratio")})
     return out
+
+
+def uniform_loss(tokenizer) -> float:
+    """The loss of a model that guesses uniformly over the vocabulary: learning is loss below it."""
+    return math.log(len(tokenizer))
 
 
 def _gather_positions(position: StreamPosition, world: int) -> dict[str, dict]:

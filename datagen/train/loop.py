@@ -180,6 +180,9 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> dict:
 
 
 def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, quiet: bool) -> dict:
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # the loader workers have cores of their own; oversubscribed OpenMP threads spin (10x slower)
+        torch.set_num_threads(max(1, ((os.cpu_count() or 1) - cfg.data.num_workers) // world))
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)

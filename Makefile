@@ -33,8 +33,8 @@ train: $(STAMP)
 	@test -f out/demo/manifest.json || $(MAKE) dataset
 	$(BIN)/datagen train recipes/train/stage1_tiny.yaml --no-resume
 	$(BIN)/datagen train recipes/train/stage2_tiny.yaml --no-resume
-	$(BIN)/datagen chat out/train/stage2_tiny --image datagen/assets/demo/images/motorcycle_left.jpg \
-		--max-new-tokens 40 "Is there a motorcycle in this photo?"
+	$(BIN)/datagen chat out/train/stage2_tiny --image datagen/assets/demo/images/motorcycle_shelf.jpg \
+		--max-new-tokens 40 "How many motorcycles does the photo show?"
 
 ## make bench: throughput benchmarks, each printing a ratio against a baseline measured in the same run
 bench: $(STAMP)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -240,7 +241,7 @@ def main(argv=None) -> int:
     name = args.preset or ("1b" if device.type == "cuda" else "tiny")
     preset = PRESETS[name]
     if device.type == "cpu":
-        torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+        torch.set_num_threads(max(1, min(4, (os.cpu_count() or 2) - 1)))  # a core for everything else
     dev_name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
     peak = args.peak_tflops * 1e12 if args.peak_tflops else next((v for k, v in PEAK_BF16.items() if k in dev_name), None)
     results = {"device": dev_name, "preset": name}

@@ -10,6 +10,8 @@ token where the two differ: a closed-form choice that needs no generation and no
 answer parsing.
 Reported: accuracy, precision, recall, F1 (yes = positive) and the yes-ratio
 (a model that says yes to everything has yes-ratio 1 and F1 0.67 on balanced data).
+``pope_generate`` asks the same questions by generation and parses yes/no from the
+reply (POPE's rule), counting the replies that say neither.
 """
 
 from __future__ import annotations

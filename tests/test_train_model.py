@@ -159,3 +159,21 @@ def test_trainable_split_per_stage(model):
     set_trainable(model, 2, train_llm=True)
     assert all(p.requires_grad for p in model.llm.parameters())
     assert not any(p.requires_grad for p in model.vision.parameters())
+
+
+def test_attention_implementation_is_configurable():
+    import importlib.util
+
+    from datagen.train.model import build_llm
+
+    torch.manual_seed(0)
+    sdpa = build_llm(LLM)
+    torch.manual_seed(0)
+    eager = build_llm(LLMConfig(config=LLM.config, attn_implementation="eager"))
+    assert sdpa.config._attn_implementation == "sdpa" and eager.config._attn_implementation == "eager"
+    ids = torch.randint(0, 64, (2, 9))
+    with torch.no_grad():
+        torch.testing.assert_close(sdpa(ids).logits, eager(ids).logits, rtol=1e-4, atol=1e-5)
+    if importlib.util.find_spec("flash_attn") is None:  # the error names the package to install
+        with pytest.raises(ValueError, match="flash-attn"):
+            build_llm(LLMConfig(config=LLM.config, attn_implementation="flash_attention_2"))

@@ -56,6 +56,17 @@ def test_generation_is_greedy_decoding_of_the_model(run):
     loaded = load_model(run["ckpt"])
     inputs = _inputs(loaded, run["image"])
     assert (inputs["input_ids"] == IMAGE_TOKEN_ID).sum() == loaded.tokens_per_image
+    # the image goes through the training pipeline's transform (squash, the checkpoint's mean/std)
+    from datagen.train.data import DataSpec, Encoder
+
+    pre = loaded.pre
+    encoder = Encoder(DataSpec(data_dir="", stage=2, tokenizer=loaded.tokenizer, template="mplug_owl",
+                               tokens_per_image=loaded.tokens_per_image, image_size=pre["image_size"],
+                               mean=tuple(pre["mean"]), std=tuple(pre["std"]), resize=pre["resize"]))
+    trained = encoder({"key": "k", "images": [Path(run["image"]).read_bytes()],
+                       "turns": [{"role": "user", "content": "<image>\nIs there a cat in the image?"},
+                                 {"role": "assistant", "content": "Yes"}]})
+    assert pre["resize"] == "squash" and torch.equal(trained["pixel_values"], inputs["pixel_values"])
     got = generate_ids(loaded, inputs, max_new_tokens=6)
     # reference: full recompute, argmax, stop at eos
     ids, pixels, ref = inputs["input_ids"], inputs["pixel_values"], []

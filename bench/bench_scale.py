@@ -231,26 +231,24 @@ def main() -> None:
     root = Path(args.keep or tempfile.mkdtemp(prefix="bench_scale-"))
     root.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if args.stage2_only:
+    try:
+        if not args.stage2_only:
+            small = run_size(root, args.rows // 10, args.workers)
+            print(f"scale {small['rows']:>9} rows: {json.dumps(small)}", flush=True)
+            large = run_size(root, args.rows, args.workers)
+            print(f"scale {large['rows']:>9} rows: {json.dumps(large)}", flush=True)
+            ratio = small["rows_per_s_per_core"] / large["rows_per_s_per_core"]
+            print(f"rows/s per core, {small['rows']} over {large['rows']}: {ratio:.2f}x (bar: <= 1.3x)")
+            print(f"peak RSS at {large['rows']} rows: {large['peak_rss_gb']} GB (bar at 1M: < 2 GB)")
+            print(f"_run/ over shard bytes: {large['run_dir_over_shards']} (bar: <= 1.5)")
         s2 = stage2_bench(root, args.stage2, args.baseline_lookups, args.stage2_kb)
         print(f"stage-2 writing: {json.dumps(s2)}")
         print(f"stage-2 bucket join vs random lookups: {s2['speedup']}x faster (bar: >= 20x)")
-        return
-    small = run_size(root, args.rows // 10, args.workers)
-    print(f"scale {small['rows']:>9} rows: {json.dumps(small)}", flush=True)
-    large = run_size(root, args.rows, args.workers)
-    print(f"scale {large['rows']:>9} rows: {json.dumps(large)}", flush=True)
-    ratio = small["rows_per_s_per_core"] / large["rows_per_s_per_core"]
-    print(f"rows/s per core, {small['rows']} over {large['rows']}: {ratio:.2f}x (bar: <= 1.3x)")
-    print(f"peak RSS at {large['rows']} rows: {large['peak_rss_gb']} GB (bar at 1M: < 2 GB)")
-    print(f"_run/ over shard bytes: {large['run_dir_over_shards']} (bar: <= 1.5)")
-    s2 = stage2_bench(root, args.stage2, args.baseline_lookups, args.stage2_kb)
-    print(f"stage-2 writing: {json.dumps(s2)}")
-    print(f"stage-2 bucket join vs random lookups: {s2['speedup']}x faster (bar: >= 20x)")
-    if not args.keep:
-        import shutil
+    finally:
+        if not args.keep:
+            import shutil
 
-        shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

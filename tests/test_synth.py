@@ -466,7 +466,7 @@ def _corrupt(task, lang, q, a):
         if a.startswith("图中没有"):
             return "是的。"
     if task == "spatial":
-        return re.sub("left|right|above|below|左边|右边|上方|下方", lambda m: _SWAP_REL[m.group(0)], a, count=1)
+        return re.sub("left|right|above|below|左边|右边|上方|下方", lambda m: _SWAP_REL[m.group(0).lower()], a, count=1, flags=re.I)
     if task == "relative_size":  # a choice answer: name the other object
         cats = (en_categories if lang == "en" else zh_categories)(q)
         win = (en_categories if lang == "en" else zh_categories)(a)[0]

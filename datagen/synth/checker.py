@@ -20,6 +20,7 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 
+from datagen.synth import scene_checker
 from datagen.synth.items import COLOURS
 from datagen.synth.lexicon import EN_NUMBER_WORDS, LEXICON, parse_zh_number
 
@@ -98,6 +99,7 @@ class Truth:
     attrs: dict[str, set[str]]
     ocr: set[str]
     captions: list[str]
+    raw: dict | None = None  # the pair row itself, for the scene families (scene_checker)
 
     @classmethod
     def from_row(cls, row: dict[str, Any], ocr_min_score: float) -> "Truth":
@@ -119,7 +121,8 @@ class Truth:
             if c:
                 c = c[0].upper() + c[1:]
                 norm.append(c if c[-1] in ".!?" else c + ".")
-        return cls(float(row.get("width") or 0), float(row.get("height") or 0), present, counts, crowd, boxes, attrs, ocr, norm)
+        present |= scene_checker.implied_present(row)  # open vocabulary: no "animal" absent next to a dog
+        return cls(float(row.get("width") or 0), float(row.get("height") or 0), present, counts, crowd, boxes, attrs, ocr, norm, row)
 
     def unique(self, lab: str) -> bool:
         return self.counts.get(lab) == 1 and lab not in self.crowd
@@ -250,6 +253,8 @@ class Checker:
     def check_turn(self, t: Truth, task: str, lang: str, q: str, a: str) -> list[str]:
         cats = en_categories if lang == "en" else zh_categories
         q = q.removeprefix("<image>\n")
+        if task in scene_checker.TASKS:
+            return scene_checker.check(t.raw or {}, task, lang, q, a)
         if task == "existence":
             qc = cats(q)
             if len(set(qc)) != 1:
@@ -483,5 +488,5 @@ class Checker:
         return out
 
     def check_tables(self, pairs: pa.Table, conversations: pa.Table) -> list[Disagreement]:
-        cols = [c for c in ("key", "width", "height", "objects", "captions", "caption", "ocr") if c in pairs.column_names]
+        cols = [c for c in ("key", "width", "height", "objects", "captions", "caption", "ocr", "meta") if c in pairs.column_names]
         return self.check_rows(pairs.select(cols).to_pylist(), conversations.to_pylist())

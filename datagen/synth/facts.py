@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from datagen.synth.lexicon import LEXICON
+from datagen.synth.scene import scene_from_row
 
 
 class BadAnnotation(ValueError):
@@ -52,6 +53,7 @@ class ImageFacts:
     present: set[str] = field(default_factory=set)  # any annotation, crowd included
     counts: dict[str, int] = field(default_factory=dict)  # non-crowd instances
     crowd: set[str] = field(default_factory=set)
+    scene: Any = None  # datagen.synth.scene.Scene: relations, quantifiers, grounding, open vocabulary
 
     def __post_init__(self) -> None:
         for o in self.objects:
@@ -141,7 +143,10 @@ def facts_from_row(row: dict[str, Any], ocr_min_score: float = 0.5) -> ImageFact
         raise BadAnnotation("missing_key", f"pair row without a key (source {row.get('source')!r})")
     width, height = row.get("width"), row.get("height")
     objs = []
-    for i, o in enumerate(row.get("objects") or []):
+    # Open-vocabulary rows (Visual Genome: objects carry synsets) feed only the scene families;
+    # the COCO families below would read their names as COCO categories.
+    open_vocab = any(o and o.get("synsets") is not None for o in row.get("objects") or [])
+    for i, o in enumerate([] if open_vocab else row.get("objects") or []):
         label = o.get("label")
         if label not in LEXICON:
             raise BadAnnotation("unknown_label", f"row {key!r} objects[{i}].label={label!r} is not a COCO category name")
@@ -151,6 +156,8 @@ def facts_from_row(row: dict[str, Any], ocr_min_score: float = 0.5) -> ImageFact
         objs.append(Obj(label, tuple(float(v) for v in bbox), tuple(a.lower() for a in (o.get("attributes") or [])), bool(o.get("iscrowd"))))
     if objs and (not width or not height or width <= 0 or height <= 0):
         raise BadAnnotation("bad_size", f"row {key!r} has objects but width={width!r} height={height!r}")
+    if open_vocab and (not width or not height or width <= 0 or height <= 0):
+        raise BadAnnotation("bad_size", f"row {key!r} has objects but width={width!r} height={height!r}")
     return ImageFacts(
         key=key,
         width=float(width or 0),
@@ -158,4 +165,5 @@ def facts_from_row(row: dict[str, Any], ocr_min_score: float = 0.5) -> ImageFact
         objects=objs,
         captions=_clean_captions(row),
         ocr_texts=_clean_ocr(row, ocr_min_score),
+        scene=scene_from_row(row),
     )

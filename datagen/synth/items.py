@@ -54,6 +54,9 @@ class Item:
             "scene_text": (),
             "brief_description": (),
             "detailed_description": (),
+            "relation": ("s", "p", "o"),
+            "universal": ("label",),
+            "grounding": ("form", "label"),
         }[self.family]
         return (self.family, *(f[k] for k in keys))
 

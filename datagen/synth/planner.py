@@ -19,6 +19,7 @@ from itertools import permutations
 from datagen.synth.config import NEGATIVE_FAMILIES, NEGATIVE_MODES, NEUTRAL_FAMILIES, POSITIVE_FAMILIES, SynthConfig
 from datagen.synth.facts import OPPOSITE, ImageFacts, Obj, horizontal_relation, vertical_relation
 from datagen.synth.items import COLOURS, WRONG_COLOUR_CHOICES, Item, inventory
+from datagen.synth import scene
 from datagen.synth.lexicon import LEXICON
 from datagen.synth.stats import LabelStats
 
@@ -73,6 +74,7 @@ class Planner:
             "relative_size": len(self._size_pairs()),
             "attribute": len(self._coloured()),
             "scene_text": 1 if f.ocr_texts else 0,
+            **scene.positive_candidates(f.scene, self.cfg.box_format, set(self.cfg.attribute_skip_labels)),
         }
 
     # ------------------------------------------------------------------ absent labels
@@ -80,7 +82,14 @@ class Planner:
     def absent_label(self, mode: str) -> str | None:
         """An absent category not used yet in this image, sampled the POPE way ``mode``."""
         present = self.f.present
-        if mode == "random":
+        if self.f.scene is not None and self.f.scene.open_vocab:
+            # Open vocabulary: only COCO names no present synset relates to (no "animal" next to a dog).
+            pool = [lab for lab in self.f.scene.absent_names() if lab in LEXICON and lab not in self.used_absent]
+            if not pool:
+                return None
+            lab = self.rng.choice(pool)
+            mode = "random"
+        elif mode == "random":
             pool = sorted(lab for lab in LEXICON if lab not in present and lab not in self.used_absent)
             if not pool:
                 return None
@@ -159,6 +168,10 @@ class Planner:
                     wrong = [c for c in WRONG_COLOUR_CHOICES if COLOURS[c] not in true_zh]
                     form = rng.choice(["yesno", "premise"])
                     tries.append(Item("attribute", "negative", {"label": o.label, "asked": rng.choice(wrong), "true": true, "form": form}))
+        elif family in scene.FAMILIES:
+            tries = scene.scene_items(f.scene, family, polarity, rng, cfg.box_format, self.used_absent, set(cfg.attribute_skip_labels))
+            if family == "grounding" and polarity == "negative":
+                self.used_absent.update(it.facts["label"] for it in tries)
         elif family == "scene_text":
             if f.ocr_texts:
                 tries = [Item("scene_text", "positive", {"texts": f.ocr_texts[:3]})]
@@ -204,7 +217,7 @@ class Planner:
     def plan(self) -> list[Item]:
         cfg, rng = self.cfg, self.rng
         items: list[Item] = []
-        if self.f.objects:
+        if self.f.objects or self.f.scene is not None:
             target_neg = 1.0 - cfg.positive_ratio
             k = cfg.items_per_image
             pos_cap = sum(self.positive_candidates().values())

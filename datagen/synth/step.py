@@ -34,7 +34,7 @@ from datagen.synth.stats import LabelStats, label_stats_from_tables
 
 IMAGE = "<image>\n"
 RENDERERS = {"en": templates_en.render, "zh": templates_zh.render}
-_COLUMNS = ("key", "source", "url", "caption", "captions", "objects", "width", "height", "ocr")
+_COLUMNS = ("key", "source", "url", "caption", "captions", "objects", "width", "height", "ocr", "meta")
 
 
 class SynthesizeStep(Step):
@@ -99,7 +99,7 @@ class SynthesizeStep(Step):
             except BadAnnotation as e:
                 rejects.append(reject(row, self.name, e.reason, e.detail))
                 continue
-            if not facts.objects and not facts.captions and not facts.ocr_texts:
+            if not facts.objects and not facts.captions and not facts.ocr_texts and facts.scene is None:
                 rejects.append(reject(row, self.name, "no_annotations", "no objects, captions or OCR text to ask about"))
                 continue
             planner = Planner(facts, cfg, stats, self.ctx.rng(self.name, cfg.seed, facts.key, "plan"))

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import random
 
+from datagen.synth import scene_templates
 from datagen.synth.items import COLOURS, Item
+from datagen.synth.scene import FAMILIES as SCENE_FAMILIES
 from datagen.synth.lexicon import term, zh_count_phrase, zh_number
 
 REL = {"left": "左边", "right": "右边", "above": "上方", "below": "下方"}
@@ -41,6 +43,8 @@ def render(item: Item, rng: random.Random, full: bool) -> tuple[str, str] | None
     f = item.facts
     fam = item.family
     pick = rng.choice
+    if fam in SCENE_FAMILIES:
+        return scene_templates.render_zh(item, rng, full)
     if fam == "existence":
         x = _n(f["label"])
         q = pick([f"图中有{x}吗？", f"这张图片里能看到{x}吗？", f"图片中是否有{x}？", f"你能在图中看到{x}吗？", f"照片里有没有{x}？", f"画面中出现了{x}吗？"])

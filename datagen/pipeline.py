@@ -312,11 +312,10 @@ def _expand(factory: StepFactory, pairs: Path, bs: int, ctx: RunContext, workers
 
 def _check_templates(cfg, pairs: Path, stage: ckpt.Checkpoint, ctx: RunContext) -> None:
     """Re-derive every template answer from the annotations with the independent checker."""
-    from datagen.synth.checker import Checker
+    from datagen.synth.checker import PAIR_COLUMNS, Checker
 
-    cols = ["key", "width", "height", "objects", "captions", "caption"]
     have = pq.ParquetFile(pairs).schema_arrow.names
-    pair_table = pq.read_table(pairs, columns=[c for c in cols + ["ocr"] if c in have])
+    pair_table = pq.read_table(pairs, columns=[c for c in PAIR_COLUMNS if c in have])
     found = Checker.from_config(cfg).check_tables(pair_table, pq.read_table(stage.data))
     stats = ctx.stat("synthesize")
     stats["checker_disagreements"] = len(found)

@@ -161,3 +161,20 @@ def test_report_view_and_other_exports(demo, capsys):
     assert main(["export", str(demo), "--format", "hf", "--dest", str(demo / "x")]) == 0
     ds = datasets.load_from_disk(str(demo / "x" / "hf"))
     assert len(ds) == len(sharegpt) > 0 and set(ds["lang"]) == {"en", "zh"}
+
+
+def test_demo_has_every_scene_family_in_both_polarities_and_languages(demo):
+    """Visual Genome-style annotations give relation, universal and grounding items; Wukong feeds stage 1."""
+    seen = Counter()
+    for s in read_split(demo, "stage2"):
+        for conv in json.loads(s["json"])["conversations"]:
+            for t in conv["turns"]:
+                if t["role"] == "assistant":
+                    seen[(t["task"], t["polarity"], conv["lang"])] += 1
+    for task in ("relation", "universal", "grounding"):
+        for pol in ("positive", "negative"):
+            for lang in ("en", "zh"):
+                assert seen[(task, pol, lang)] > 0, (task, pol, lang)
+    wukong = [json.loads(s["json"]) for s in read_split(demo, "stage1") if json.loads(s["json"])["source"] == "wukong"]
+    assert len(wukong) >= 10 and all(r["meta"]["lang"] == "zh" for r in wukong)
+    assert all(any("\u4e00" <= ch <= "\u9fff" for ch in r["caption"]) for r in wukong)

@@ -135,6 +135,10 @@ class Truth:
         return self.boxes[lab][0][2] * self.boxes[lab][0][3]
 
 
+# The pair-row columns the checker reads (meta: Visual Genome relationships and regions).
+PAIR_COLUMNS = ("key", "width", "height", "objects", "captions", "caption", "ocr", "meta")
+
+
 @dataclass
 class Disagreement:
     key: str
@@ -488,5 +492,5 @@ class Checker:
         return out
 
     def check_tables(self, pairs: pa.Table, conversations: pa.Table) -> list[Disagreement]:
-        cols = [c for c in ("key", "width", "height", "objects", "captions", "caption", "ocr", "meta") if c in pairs.column_names]
+        cols = [c for c in PAIR_COLUMNS if c in pairs.column_names]
         return self.check_rows(pairs.select(cols).to_pylist(), conversations.to_pylist())

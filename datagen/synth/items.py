@@ -55,7 +55,7 @@ class Item:
             "brief_description": (),
             "detailed_description": (),
             "relation": ("s", "p", "o"),
-            "universal": ("label",),
+            "universal": ("label", "asked"),
             "grounding": ("form", "label"),
         }[self.family]
         return (self.family, *(f[k] for k in keys))

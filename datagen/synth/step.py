@@ -40,7 +40,7 @@ _COLUMNS = ("key", "source", "url", "caption", "captions", "objects", "width", "
 class SynthesizeStep(Step):
     name = "synthesize"
     kind = "expand"
-    version = 1
+    version = 2  # 2: scene families (relation, universal, grounding) and open-vocabulary rows
 
     def __init__(self, config: SynthConfig | None, ctx: RunContext):
         super().__init__(config or SynthConfig(), ctx)

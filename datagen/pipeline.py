@@ -170,7 +170,7 @@ def _source_files(cfg, ctx: RunContext) -> list[Path]:
     from datagen.sources.tables import source_files
 
     if cfg.kind == "coco":
-        return [ctx.resolve(p) for p in (cfg.captions, cfg.instances) if p]
+        return [ctx.resolve(p) for p in (cfg.captions, cfg.instances, cfg.zh_captions) if p]
     if cfg.kind == "visual_genome":
         from datagen.sources.visual_genome import vg_files
         return vg_files(cfg, ctx)

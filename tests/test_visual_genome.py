@@ -6,7 +6,7 @@ import pytest
 from datagen.records import PAIR_SCHEMA
 from datagen.sources.config import VisualGenomeSource
 from datagen.sources.visual_genome import read_visual_genome
-from tests.vg_fixture import write_vg
+from vg_fixture import write_vg
 
 
 def vg_cfg(**kw):

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from datagen.records import PAIR_SCHEMA, make_key, to_json
 from datagen.sources.config import CocoSource
+from datagen.sources.zh_captions import read_zh_captions
 from datagen.steps import RunContext, StepOutput
 
 _CHUNK = 50_000
@@ -56,7 +57,7 @@ def read_coco(cfg: CocoSource, ctx: RunContext) -> Iterator[StepOutput]:
     captions_path = ctx.resolve(cfg.captions)
     instances_path = ctx.resolve(cfg.instances) if cfg.instances else None
     image_dir = ctx.resolve(cfg.images)
-    for p in [captions_path, instances_path]:
+    for p in [captions_path, instances_path, ctx.resolve(cfg.zh_captions) if cfg.zh_captions else None]:
         if p is not None and not p.is_file():
             raise FileNotFoundError(f"source {cfg.name!r}: COCO file not found: {p}")
     if not image_dir.is_dir():
@@ -104,8 +105,12 @@ def read_coco(cfg: CocoSource, ctx: RunContext) -> Iterator[StepOutput]:
         if cfg.limit:
             joined = joined.head(cfg.limit)
         joined.sink_parquet(tmp / "joined.parquet")
+        zh = read_zh_captions(ctx.resolve(cfg.zh_captions)) if cfg.zh_captions else {}
         for batch in pq.ParquetFile(tmp / "joined.parquet").iter_batches(batch_size=cfg.batch_size):
-            yield StepOutput(_to_pairs(batch.to_pylist(), cfg, image_dir, has_instances=instances_path is not None))
+            rows = batch.to_pylist()
+            for r in rows:  # COCO-CN: Chinese captions after the English ones
+                r["captions"] = (r.get("captions") or []) + zh.get(r["id"], [])
+            yield StepOutput(_to_pairs(rows, cfg, image_dir, has_instances=instances_path is not None))
 
 
 def _to_pairs(rows: list[dict], cfg: CocoSource, image_dir: Path, has_instances: bool) -> pa.Table:

@@ -28,6 +28,9 @@ class CocoSource(_Source):
     captions: str = Field(..., description="captions_<split><year>.json")
     instances: str | None = Field(None, description="instances_<split><year>.json; boxes and categories")
     images: str = Field(..., description="Folder with the images named in the captions file (file_name).")
+    zh_captions: str | None = Field(
+        None, description="COCO-CN style Chinese captions ('<image>#<n><TAB><caption>' per line), joined by image id "
+        "onto `captions` after the English ones.")
 
 
 # Column presets: our field -> the source's column name.

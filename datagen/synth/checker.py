@@ -120,7 +120,7 @@ class Truth:
             c = " ".join(str(c).split())
             if c:
                 c = c[0].upper() + c[1:]
-                norm.append(c if c[-1] in ".!?" else c + ".")
+                norm.append(c if c[-1] in ".!?。！？" else c + ".")
         present |= scene_checker.implied_present(row)  # open vocabulary: no "animal" absent next to a dog
         return cls(float(row.get("width") or 0), float(row.get("height") or 0), present, counts, crowd, boxes, attrs, ocr, norm, row)
 

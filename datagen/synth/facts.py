@@ -110,7 +110,7 @@ def _clean_captions(row: dict[str, Any]) -> list[str]:
         if not c or "<image" in c:  # a placeholder in a caption would break the image contract
             continue
         c = c[0].upper() + c[1:]
-        if c[-1] not in ".!?":
+        if c[-1] not in ".!?。！？":  # Chinese captions (COCO-CN) end in 。
             c += "."
         if c.lower() not in seen:
             seen.add(c.lower())

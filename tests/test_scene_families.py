@@ -260,3 +260,14 @@ def test_vg_rows_skip_the_coco_families_but_keep_existence_negatives():
     assert cand["counting"] == 0 and cand["spatial"] == 0 and cand["relation"] == 3
     labs = {planner.absent_label("popular") for _ in range(20)} - {None}
     assert labs and not labs & {"person", "horse"}
+
+
+def test_no_colour_claims_about_people():
+    r = vg_row()
+    r["objects"][0]["attributes"] = ["black"]  # the man's coat, not the man
+    r["objects"] += [vobj("woman", (300, 300, 100, 200), ["red"]), vobj("woman", (450, 300, 100, 200), ["red"])]
+    _, _, out = generate([r], family_weights=only(universal=1.0, grounding=1.0))
+    g = list(turns(out, "grounding"))
+    text = " ".join(a + " " + q for _, c, _, _, q, a in list(turns(out, "universal")) + g)
+    assert "women" not in text and "black man" not in text and "黑色的男人" not in text
+    assert any(a == "A man." for _, c, _, _, q, a in g), "the man is still described, without a colour"

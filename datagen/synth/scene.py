@@ -182,6 +182,12 @@ def format_box(box01: list[float], fmt: str) -> str:
 
 # ------------------------------------------------------------------------ candidates
 
+def _colourless(name: str, skip: set[str]) -> bool:
+    """No colour claims about people (their colours are their clothes') or ``attribute_skip_labels``."""
+    c = vocab.concept(name)
+    return name in skip or (c is not None and (c.synset == "person.n.01" or "person.n.01" in vocab.ancestors(c.synset)))
+
+
 def _triples(sc: Scene) -> set[tuple[str, str, str]]:
     return {(sc.objects[s].name, p, sc.objects[o].name) for s, p, o in sc.relations
             if sc.objects[s].name and sc.objects[o].name}
@@ -210,7 +216,7 @@ def _relation_items(sc: Scene, polarity: str) -> list[Item]:
 def _universal_items(sc: Scene, polarity: str, rng: random.Random, skip: set[str]) -> list[Item]:
     out = []
     for name, n in sorted(sc.counts.items()):
-        if n < 2 or name in sc.crowd_names or name in skip or name in vocab.MASS_NOUNS:
+        if n < 2 or name in sc.crowd_names or _colourless(name, skip) or name in vocab.MASS_NOUNS:
             continue
         objs = [o for o in sc.objects if o.name == name and not o.crowd]
         cols = [o.colours for o in objs]
@@ -232,7 +238,8 @@ def _universal_items(sc: Scene, polarity: str, rng: random.Random, skip: set[str
     return out
 
 
-def _grounding_items(sc: Scene, polarity: str, rng: random.Random, box_format: str, used_absent: set[str]) -> list[Item]:
+def _grounding_items(sc: Scene, polarity: str, rng: random.Random, box_format: str, used_absent: set[str],
+                     skip: set[str]) -> list[Item]:
     out = []
     if polarity == "negative":
         pool = [n for n in sc.absent_names() if n not in used_absent]
@@ -244,7 +251,8 @@ def _grounding_items(sc: Scene, polarity: str, rng: random.Random, box_format: s
         if o.name and sc.unique(o.name) is o and sc.findable(o):
             box = format_box(sc.norm(o.bbox), box_format)
             out.append(Item("grounding", "positive", {"form": "find", "label": o.name, "box": box, "box_format": box_format}))
-            out.append(Item("grounding", "positive", {"form": "describe", "label": o.name, "colours": o.colours,
+            cols = [] if _colourless(o.name, skip) else o.colours
+            out.append(Item("grounding", "positive", {"form": "describe", "label": o.name, "colours": cols,
                                                        "box": box, "box_format": box_format}))
     for phrase, bbox in sc.regions[:8]:
         share = bbox[2] * bbox[3] / (sc.width * sc.height)
@@ -264,7 +272,7 @@ def scene_items(sc: Scene | None, family: str, polarity: str, rng: random.Random
     if family == "universal":
         return _universal_items(sc, polarity, rng, skip_labels or set())
     if family == "grounding":
-        return _grounding_items(sc, polarity, rng, box_format, used_absent or set())
+        return _grounding_items(sc, polarity, rng, box_format, used_absent or set(), skip_labels or set())
     raise ValueError(f"not a scene family: {family!r}")
 
 

@@ -271,3 +271,21 @@ def test_no_colour_claims_about_people():
     text = " ".join(a + " " + q for _, c, _, _, q, a in list(turns(out, "universal")) + g)
     assert "women" not in text and "black man" not in text and "黑色的男人" not in text
     assert any(a == "A man." for _, c, _, _, q, a in g), "the man is still described, without a colour"
+
+
+@pytest.mark.parametrize("fmt", ["qwen", "llava"])
+def test_translation_masking_keeps_grounding_boxes_intact(fmt):
+    """A translator sees placeholders instead of boxes; whatever it does to the words, the boxes come back."""
+    from datagen.translate.protect import mask, restore
+
+    _, _, out = generate([vg_row()], family_weights=only(grounding=1.0), box_format=fmt)
+    texts = [x for _, c, _, _, q, a in turns(out, "grounding") if c["lang"] == "en" for x in (q, a)
+             if scene_checker.boxes_in(x)]
+    assert texts
+    for text in texts:
+        m = mask(text)
+        assert not scene_checker.boxes_in(m.text), "no box reaches the translator"
+        placeholders = re.findall(r'<x id="\d+"/>', m.text)
+        fake_zh = "译文：" + "，".join(reversed(placeholders)) + "。"  # reordered, words all changed
+        assert sorted(map(tuple, scene_checker.boxes_in(restore(fake_zh, m.spans)))) == \
+            sorted(map(tuple, scene_checker.boxes_in(text)))

@@ -86,3 +86,16 @@ def test_vg_missing_file_is_clear(tmp_path, ctx):
     write_vg(tmp_path / "vg")
     with pytest.raises(FileNotFoundError, match="relationships file not found"):
         read(vg_cfg(relationships="vg/nope.json"), ctx)
+
+
+def test_vg_join_by_id_range_gives_the_same_rows(tmp_path, ctx, monkeypatch):
+    """Splitting the join into id ranges (one image each here) changes nothing in the output, limit included."""
+    import datagen.sources.visual_genome as vg
+
+    write_vg(tmp_path / "vg", with_images=True)
+    _, whole = read(vg_cfg(), ctx)
+    monkeypatch.setattr(vg, "IMAGES_PER_PART", 1)
+    outs, parted = read(vg_cfg(), ctx)
+    assert parted.to_pylist() == whole.to_pylist() and len(outs) == 3
+    _, limited = read(vg_cfg(limit=2), ctx)
+    assert limited.column("key").to_pylist() == ["vg_1", "vg_2"]

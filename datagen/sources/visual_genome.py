@@ -4,8 +4,9 @@ relationships + region descriptions + image folder -> pair rows.
 Every VG file is one JSON list with an entry per image (``objects.json`` of
 v1.4 is about 400 MB, ``relationships.json`` 700 MB), so none is ever loaded
 whole: ``ijson`` streams one image's entry at a time, flattens it into rows of
-small parquet files under the run directory, polars groups those per image
-lazily, and the joined rows come back in batches (the COCO reader's pattern).
+small parquet files under the run directory, split by image-id range
+(``IMAGES_PER_PART`` images each), and polars joins one range at a time, so
+memory follows the range and not the files (``bench/bench_vg.py``).
 
 What a pair row gets:
 - ``objects``: one per VG object (``object_id``), its first name as ``label``,
@@ -24,6 +25,7 @@ What a pair row gets:
 
 from __future__ import annotations
 
+import bisect
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -37,7 +39,8 @@ from datagen.records import PAIR_SCHEMA, make_key, to_json
 from datagen.sources.config import VisualGenomeSource
 from datagen.steps import RunContext, StepOutput
 
-_CHUNK = 20_000
+_CHUNK = 5_000  # rows buffered per part file before a write
+IMAGES_PER_PART = 5_000  # the per-image join runs one id range of about this many images at a time
 _BOX = [("x", pa.float64()), ("y", pa.float64()), ("w", pa.float64()), ("h", pa.float64())]
 _TABLES: dict[str, list[tuple[str, pa.DataType]]] = {
     "images": [("image_id", pa.int64()), ("url", pa.string()), ("width", pa.int64()), ("height", pa.int64()),
@@ -88,6 +91,24 @@ class _Writer:
         self.writer.close()
 
 
+class _Parts:
+    """One flattened table split by image-id range: part ``b`` holds ids in ``[bounds[b], bounds[b+1])``.
+
+    The join then holds one range at a time, so its memory follows IMAGES_PER_PART,
+    not the size of the files (a whole-set polars join needs about three times it)."""
+
+    def __init__(self, tmp: Path, table: str, bounds: list[int]):
+        self.bounds = bounds
+        self.parts = [_Writer(tmp / f"{table}-{b:05d}.parquet", _TABLES[table]) for b in range(len(bounds))]
+
+    def add(self, row: dict) -> None:
+        self.parts[max(0, bisect.bisect_right(self.bounds, row["image_id"]) - 1)].add(row)
+
+    def close(self) -> None:
+        for p in self.parts:
+            p.close()
+
+
 def _entries(path: Path, what: str) -> Iterator[tuple[int, dict]]:
     """(position, entry) of a VG per-image list, streamed; a clear error for anything else."""
     with open(path, "rb") as f:
@@ -129,24 +150,31 @@ def _add_object(w: _Writer, iid: int, obj: dict, path: Path, where: str, rank: i
     return int(oid)
 
 
-def _flatten(cfg: VisualGenomeSource, ctx: RunContext, tmp: Path) -> None:
-    """Stream every configured file into flat parquet tables under ``tmp``."""
-    w = _Writer(tmp / "images.parquet", _TABLES["images"])
+def _flatten(cfg: VisualGenomeSource, ctx: RunContext, tmp: Path) -> int:
+    """Stream every configured file into flat parquet tables under ``tmp``, split by id range; return the part count."""
+    w = _Writer(tmp / "image_data.parquet", _TABLES["images"])
     path = ctx.resolve(cfg.image_data)
     for i, e in _entries(path, "image_data"):
         iid = _image_id(e, path, i)
         w.add({"image_id": iid, "url": e.get("url"), "width": e.get("width"), "height": e.get("height"),
                "coco_id": e.get("coco_id"), "flickr_id": e.get("flickr_id")})
     w.close()
+    ids = sorted(pq.read_table(tmp / "image_data.parquet", columns=["image_id"]).column(0).to_pylist())
+    bounds = ids[::IMAGES_PER_PART] or [0]
+    images = _Parts(tmp, "images", bounds)
+    for batch in pq.ParquetFile(tmp / "image_data.parquet").iter_batches(batch_size=_CHUNK):
+        for row in batch.to_pylist():
+            images.add(row)
+    images.close()
 
-    objs = _Writer(tmp / "objects.parquet", _TABLES["objects"])
+    objs = _Parts(tmp, "objects", bounds)
     if cfg.objects:
         path = ctx.resolve(cfg.objects)
         for i, e in _entries(path, "objects"):
             iid = _image_id(e, path, i)
             for j, o in enumerate(e.get("objects") or []):
                 _add_object(objs, iid, o, path, f"image {iid} objects[{j}]", 0)
-    attrs = _Writer(tmp / "attributes.parquet", _TABLES["attributes"])
+    attrs = _Parts(tmp, "attributes", bounds)
     if cfg.attributes:
         path = ctx.resolve(cfg.attributes)
         for i, e in _entries(path, "attributes"):
@@ -155,7 +183,7 @@ def _flatten(cfg: VisualGenomeSource, ctx: RunContext, tmp: Path) -> None:
                 oid = _add_object(objs, iid, o, path, f"image {iid} attributes[{j}]", 1)
                 words = [" ".join(str(a).lower().split()) for a in (o.get("attributes") or []) if str(a).strip()]
                 attrs.add({"image_id": iid, "object_id": oid, "attributes": words})
-    rels = _Writer(tmp / "relationships.parquet", _TABLES["relationships"])
+    rels = _Parts(tmp, "relationships", bounds)
     if cfg.relationships:
         path = ctx.resolve(cfg.relationships)
         for i, e in _entries(path, "relationships"):
@@ -169,7 +197,7 @@ def _flatten(cfg: VisualGenomeSource, ctx: RunContext, tmp: Path) -> None:
                 rels.add({"image_id": iid, "relationship_id": r.get("relationship_id", r.get("id")),
                           "predicate": " ".join(str(r.get("predicate") or "").lower().split()),
                           "subject_id": sid, "object_id": oid})
-    regs = _Writer(tmp / "regions.parquet", _TABLES["regions"])
+    regs = _Parts(tmp, "regions", bounds)
     if cfg.region_descriptions:
         path = ctx.resolve(cfg.region_descriptions)
         for i, e in _entries(path, "region_descriptions"):
@@ -181,6 +209,7 @@ def _flatten(cfg: VisualGenomeSource, ctx: RunContext, tmp: Path) -> None:
                               "phrase": phrase, **_box(r, path, f"image {iid} regions[{j}]")})
     for x in (objs, attrs, rels, regs):
         x.close()
+    return len(bounds)
 
 
 def read_visual_genome(cfg: VisualGenomeSource, ctx: RunContext) -> Iterator[StepOutput]:
@@ -190,32 +219,43 @@ def read_visual_genome(cfg: VisualGenomeSource, ctx: RunContext) -> Iterator[Ste
         raise FileNotFoundError(f"source {cfg.name!r}: image folder not found: {image_dir}")
     with tempfile.TemporaryDirectory(dir=ctx.run_dir, prefix=f"vg-{cfg.name}-") as tmp:
         tmp = Path(tmp)
-        _flatten(cfg, ctx, tmp)
-        box = ["x", "y", "w", "h"]
-        # One row per object id: objects.json's copy first (rank 0), then attributes', then relationships'.
-        objects = (pl.scan_parquet(tmp / "objects.parquet").sort(["image_id", "object_id", "rank"])
-                   .unique(["image_id", "object_id"], keep="first", maintain_order=True))
-        attrs = (pl.scan_parquet(tmp / "attributes.parquet").explode("attributes").drop_nulls("attributes")
-                 .group_by(["image_id", "object_id"]).agg(pl.col("attributes").unique(maintain_order=True)))
-        objects = (objects.join(attrs, on=["image_id", "object_id"], how="left")
-                   .group_by("image_id", maintain_order=True)
-                   .agg(pl.struct(["object_id", "name", "synsets", *box, "attributes"]).alias("objects")))
-        rels = (pl.scan_parquet(tmp / "relationships.parquet").sort(["image_id", "relationship_id"])
-                .group_by("image_id", maintain_order=True)
-                .agg(pl.struct(["predicate", "subject_id", "object_id"]).alias("relationships")))
-        regions = (pl.scan_parquet(tmp / "regions.parquet").sort(["image_id", "region_id"])
-                   .group_by("image_id", maintain_order=True)
-                   .agg(pl.struct(["phrase", *box]).alias("regions")))
-        joined = (pl.scan_parquet(tmp / "images.parquet")
-                  .join(objects, on="image_id", how="left")
-                  .join(rels, on="image_id", how="left")
-                  .join(regions, on="image_id", how="left")
-                  .sort("image_id"))
-        if cfg.limit:
-            joined = joined.head(cfg.limit)
-        joined.sink_parquet(tmp / "joined.parquet")
-        for batch in pq.ParquetFile(tmp / "joined.parquet").iter_batches(batch_size=cfg.batch_size):
-            yield StepOutput(pa.Table.from_pylist([_pair(r, cfg, image_dir) for r in batch.to_pylist()], schema=PAIR_SCHEMA))
+        emitted = 0
+        for b in range(_flatten(cfg, ctx, tmp)):
+            joined = _join_part(tmp, b)
+            if cfg.limit:
+                joined = joined.head(cfg.limit - emitted)
+            joined.sink_parquet(tmp / "joined.parquet")
+            for batch in pq.ParquetFile(tmp / "joined.parquet").iter_batches(batch_size=cfg.batch_size):
+                emitted += batch.num_rows
+                yield StepOutput(pa.Table.from_pylist([_pair(r, cfg, image_dir) for r in batch.to_pylist()], schema=PAIR_SCHEMA))
+            if cfg.limit and emitted >= cfg.limit:
+                return
+
+
+def _join_part(tmp: Path, b: int) -> pl.LazyFrame:
+    """Images of id range ``b`` with their objects (attributes merged), relationships and regions."""
+    part = lambda table: pl.scan_parquet(tmp / f"{table}-{b:05d}.parquet")  # noqa: E731
+    box = ["x", "y", "w", "h"]
+    # One row per object id: objects.json's copy first (rank 0), then attributes', then relationships'.
+    objects = (part("objects").sort(["image_id", "object_id", "rank"])
+               .unique(["image_id", "object_id"], keep="first", maintain_order=True))
+    attrs = (part("attributes").explode("attributes").drop_nulls("attributes")
+             .group_by(["image_id", "object_id"]).agg(pl.col("attributes").unique(maintain_order=True)))
+    objects = (objects.join(attrs, on=["image_id", "object_id"], how="left")
+               .sort(["image_id", "object_id"])  # a join keeps no order; objects come in object_id order
+               .group_by("image_id", maintain_order=True)
+               .agg(pl.struct(["object_id", "name", "synsets", *box, "attributes"]).alias("objects")))
+    rels = (part("relationships").sort(["image_id", "relationship_id"])
+            .group_by("image_id", maintain_order=True)
+            .agg(pl.struct(["predicate", "subject_id", "object_id"]).alias("relationships")))
+    regions = (part("regions").sort(["image_id", "region_id"])
+               .group_by("image_id", maintain_order=True)
+               .agg(pl.struct(["phrase", *box]).alias("regions")))
+    return (part("images")
+            .join(objects, on="image_id", how="left")
+            .join(rels, on="image_id", how="left")
+            .join(regions, on="image_id", how="left")
+            .sort("image_id"))
 
 
 def _image_path(image_dir: Path, iid: int, url: str | None) -> Path:

@@ -19,20 +19,24 @@ from pathlib import Path
 
 
 def _run(args: argparse.Namespace) -> int:
-    from datagen.pipeline import clean_run_dir, run
+    from datagen.core.lock import RunLock
+    from datagen.pipeline import clean_run_dir, preflight, run
     from datagen.recipe import load_recipe
     from datagen.sinks.manifest import finish, summary
+    from datagen.steps import RunContext
 
     recipe, raw = load_recipe(args.recipe, args.set)
     out = Path(args.out or recipe.out or f"out/{recipe.name}")
-    if args.fresh:
-        clean_run_dir(out)
     recipe_path = Path(args.recipe)
-    state = run(recipe, recipe_path.resolve().parent, out, dry_run=args.dry_run)
-    if args.dry_run:
-        print("dry run: no shards written")
-        return 0
-    manifest = finish(state, raw | ({"_overrides": args.set} if args.set else {}), recipe_path)
+    preflight(recipe, RunContext(out / "_run", recipe_path.resolve().parent, recipe.seed))  # before any file
+    with RunLock(out):  # held from the first step to the last shard
+        if args.fresh:
+            clean_run_dir(out)
+        state = run(recipe, recipe_path.resolve().parent, out, dry_run=args.dry_run)
+        if args.dry_run:
+            print("dry run: no shards written")
+            return 0
+        manifest = finish(state, raw | ({"_overrides": args.set} if args.set else {}), recipe_path)
     print(summary(manifest))
     print(f"output: {out}/ (manifest.json, sizes.json, rejects.parquet, README.md)")
     return 0 if manifest["counts"]["pairs"]["reconciled"] else 3
@@ -150,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from datagen.core.lock import FolderInUse
     from datagen.filters.clip import ClipWeightsUnavailable
     from datagen.recipe import RecipeError
     from datagen.translate.errors import BackendConfigError, QuotaExhausted
@@ -159,11 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     except QuotaExhausted as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 4
-    except (RecipeError, FileNotFoundError, ClipWeightsUnavailable, BackendConfigError) as e:
+    except (RecipeError, FileNotFoundError, ClipWeightsUnavailable, BackendConfigError, FolderInUse) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished steps are checkpointed; rerun the same command to resume", file=sys.stderr)
+        print("interrupted: finished shards are kept; rerun the same command to resume", file=sys.stderr)
         return 130
 
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from datagen.dedup import DedupConfig
 from datagen.fetch.config import FetchConfig
-from datagen.filters.clip import ClipConfig
+from datagen.filters.clip_config import ClipConfig
 from datagen.filters.quality import QualityConfig
 from datagen.llm.config import LLMGenerateConfig
 from datagen.ocr import OcrConfig
@@ -46,11 +46,16 @@ class OutputConfig(_Strict):
     exports: list[Literal["llava", "mplug_owl", "sharegpt"]] = Field(
         default_factory=list, description="Extra formats written under <out>/export/ after the shards."
     )
+    keep_intermediate: bool = Field(
+        True, description="Keep the fetched images in <out>/_run/ after a successful run, so that editing a later "
+        "step reuses them; false deletes them (a later run fetches again).")
 
 
 class ExecutorConfig(_Strict):
-    workers: int = Field(1, ge=1, description="Processes for per-batch steps (1: run in this process).")
-    batch_size: int = Field(256, ge=1, description="Rows per batch handed to a step.")
+    workers: int = Field(1, ge=1, description="Processes that run shard tasks (1: run in this process).")
+    batch_size: int = Field(256, ge=1, description="Rows per batch handed through a shard task's fused steps.")
+    shard_rows: int = Field(10_000, ge=1, description="Rows per input shard: the unit of work, of resume "
+                            "(a killed run redoes only shards in flight) and of distribution.")
 
 
 class Recipe(_Strict):

@@ -1,24 +1,21 @@
-"""Global duplicate removal over the persisted pair rows.
+"""Duplicate removal across all sources: a barrier over the finished parts' metadata.
 
 Duplicates are found with polars lazy scans over the key columns only (never
 the image bytes), so memory grows with the number of rows, not their size.
 For each configured column in order (url, then image_sha256, then phash) the
 first row (in input order) of every group of equal values wins and the others
 are rejected as ``duplicate_of:<winner key>``. ``phash`` (a 64-bit perceptual
-hash from imagehash) is computed here when the column is missing.
+hash from imagehash) is computed by ``PhashStep`` in the fused per-row pass.
 """
 
 from __future__ import annotations
 
 import io
-from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import imagehash
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -63,34 +60,34 @@ def find_duplicates(frame: pl.LazyFrame, by: list[str], within: str) -> pl.DataF
     return pl.concat([f.collect() for f in found])
 
 
+class PhashStep(Step):
+    """Adds the ``phash`` column in the fused per-row pass, where the image bytes are at hand,
+    so the dedup barrier reads hashes only."""
+
+    name = "phash"
+    kind = "map"
+
+    def process(self, table: pa.Table) -> StepOutput:
+        hashes = pa.array([phash_hex(x) for x in table.column("image").to_pylist()], type=pa.string())
+        if "phash" in table.column_names:
+            return StepOutput(table.set_column(table.column_names.index("phash"), "phash", hashes))
+        return StepOutput(table.append_column("phash", hashes))
+
+
 class DedupStep(Step):
     name = "dedup"
-    kind = "global"
+    kind = "barrier"
     config: DedupConfig
 
-    def process_dataset(self, path: Path) -> Iterator[StepOutput]:
-        cols = ["key", "source", "url"] + [c for c in self.config.by if c not in ("key", "source", "url")]
-        pf = pq.ParquetFile(path)
-        have = set(pf.schema_arrow.names)
-        frame = pl.scan_parquet(path).select([c for c in cols if c in have and c != "phash"])
-        if "phash" in self.config.by:
-            hashes = []
-            for b in pf.iter_batches(batch_size=256, columns=["image"]):
-                hashes.extend(phash_hex(x) for x in b.column(0).to_pylist())
-            frame = frame.with_columns(pl.Series("phash", hashes, dtype=pl.String))
+    @property
+    def columns(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(c for c in self.config.by if c not in ("key", "source", "url"))
+
+    def decide(self, frame: pl.LazyFrame) -> pa.Table:
         dups = find_duplicates(frame, self.config.by, self.config.within)
-        self.ctx.stat(self.name)["duplicates_by"] = dups.group_by("column").len().to_dicts() if dups.height else []
-        rejects = rejects_table(
+        self.ctx.stat(self.name)["duplicates_by"] = dups.group_by("column").len().sort("column").to_dicts() if dups.height else []
+        return rejects_table(
             {"key": r["key"], "source": r["source"], "url": r["url"], "step": self.name,
              "reason": f"duplicate_of:{r['winner']}", "detail": f"same {r['column']} as {r['winner']}"}
             for r in dups.iter_rows(named=True)
         )
-        dup_keys = pa.array(dups["key"].to_list(), type=pa.string())
-        first = True
-        for b in pf.iter_batches(batch_size=256):
-            t = pa.Table.from_batches([b])
-            kept = t.filter(pc.invert(pc.is_in(t.column("key"), value_set=dup_keys)))
-            yield StepOutput(kept, rejects if first else rejects_table([]))
-            first = False
-        if first:
-            yield StepOutput(pf.schema_arrow.empty_table(), rejects)

@@ -1,37 +1,43 @@
-"""The local executor: runs a recipe's steps over persisted Arrow batches.
+"""A recipe as shard tasks and barriers (DESIGN.md section 4).
 
-    pair sources -> fetch -> quality -> [clip score -> clip threshold] -> dedup -> [ocr] -> [caption translation] -> pairs
-    pairs -> [synthesize] + [llm_generate] + text-only sources -> [translate] -> conversations
-    pairs -> stage1 shards;  conversations + pairs -> stage2 shards;  manifest, rejects, exports
+    sources --(cut into input shards of executor.shard_rows rows)--> _run/sources/<name>/<fp>/shard-N.parquet
+    each pair shard --(fused: fetch -> quality -> [clip score] -> [phash] -> [ocr] -> [caption translation])-->
+        _run/pairs/<fp>/<shard>/  (kept rows with image bytes, rejects, stats; once, atomically)
+    all pair parts' metadata --(barriers: [clip_threshold], [dedup])--> _run/barriers/*.parquet (key decisions)
+    each pair shard minus decisions --([synthesize] + [llm_generate] -> [translate])--> _run/convs/<fp>/<shard>/
+    text-only shards --([translate])--> _run/convs/<fp>/<shard>/
+    parts + decisions --(sinks: hash-ordered buckets)--> stage1 / stage2 / stage2_text shards
 
-Every step's output is a checkpoint (``datagen.checkpoint``) keyed by the chain
-of fingerprints up to it, so reruns reuse what did not change and a killed
-run resumes. Steps never see files or other steps: the executor hands them
-batches and collects (kept, rejects). With ``executor.workers > 1`` per-batch
-steps run in a process pool, one step instance per worker.
+Every pass folder is named by the fingerprint chain of what decides its output,
+so a rerun skips finished parts (a killed run redoes only the shards that were
+in flight) and editing a later step reuses everything before it. Only the pair
+pass holds image bytes; everything after it reads metadata columns.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import multiprocessing as mp
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
+import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
-from datagen import checkpoint as ckpt
 from datagen.config import Recipe
+from datagen.core.executor import ShardTask, StepFactory, execute, merge_parts
+from datagen.core.lock import RunLock
+from datagen.core.parts import Part, chain, columns_except, file_fingerprint, remove_temporaries, tmp_name, write_json_atomic
 from datagen.records import CONVERSATION_SCHEMA, PAIR_SCHEMA, REJECT_SCHEMA
-from datagen.steps import RunContext, Step, StepOutput
+from datagen.steps import RunContext
 
 log = logging.getLogger("datagen")
+
+PASS_DIRS = ("sources", "pairs", "barriers", "convs")
 
 
 @dataclass
@@ -48,112 +54,40 @@ class StepRecord:
 
 
 @dataclass
+class Shard:
+    id: str  # "<source>-<n>"
+    source: str
+    path: Path  # the input rows
+    rows: int
+
+
+@dataclass
 class RunState:
     recipe: Recipe
     out_dir: Path
     ctx: RunContext
     steps: list[StepRecord] = field(default_factory=list)
     reject_files: list[Path] = field(default_factory=list)
-    pairs: Path | None = None  # the final pair rows
-    conversations: list[Path] = field(default_factory=list)  # the final conversation rows
+    pair_parts: list[tuple[Shard, Part]] = field(default_factory=list)  # images live here, once
+    decisions: list[Path] = field(default_factory=list)  # barrier decisions: keys to drop
+    conversation_inputs: list[tuple[Shard, Path]] = field(default_factory=list)
+    used: set[Path] = field(default_factory=set)  # pass folders of this run (the rest is stale)
+    text_sources: set[str] = field(default_factory=set)
+    pairs_fp: str = ""
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out_dir / "_run"
+
+    def dropped(self) -> pl.LazyFrame | None:
+        """Keys the barriers decided away (columns ``key``, ``_shard``)."""
+        files = [p for p in self.decisions if pq.ParquetFile(p).metadata.num_rows]
+        if not files:
+            return None
+        return pl.concat([pl.scan_parquet(p).select("key", "_shard") for p in files])
 
 
-def merge_stats(dst: dict, src: dict) -> dict:
-    """Add numbers, recurse into dicts, keep the latest of anything else (stats from several workers)."""
-    for k, v in src.items():
-        if isinstance(v, dict):
-            merge_stats(dst.setdefault(k, {}), v)
-        elif isinstance(v, (int, float)) and not isinstance(v, bool) and isinstance(dst.get(k), (int, float)):
-            dst[k] += v
-        else:
-            dst[k] = v
-    return dst
-
-
-# ----------------------------------------------------------------------------- workers
-
-_WORKER: dict[str, Any] = {}
-
-
-def _worker_init(factory: Callable[[RunContext], Step], ctx: RunContext) -> None:
-    _WORKER["step"] = factory(ctx)
-    _WORKER["ctx"] = ctx
-
-
-def _worker_run(table: pa.Table) -> tuple[StepOutput, dict, list[str]]:
-    ctx: RunContext = _WORKER["ctx"]
-    out = _WORKER["step"].process(table)
-    stats, warnings = ctx.stats, list(ctx.warnings)
-    ctx.stats, ctx.warnings = {}, []
-    return out, stats, warnings
-
-
-def map_batches(factory: Callable[[RunContext], Step], batches: Iterator[pa.Table], ctx: RunContext, workers: int
-                ) -> Iterator[StepOutput]:
-    """Run a per-batch step over ``batches`` in order, here or in a pool of ``workers`` processes."""
-    if workers <= 1:
-        step = factory(ctx)
-        try:
-            for b in batches:
-                yield step.process(b)
-        finally:
-            step.close()
-        return
-    worker_ctx = RunContext(ctx.run_dir, ctx.recipe_dir, ctx.seed, ctx.dry_run)
-    probe = factory(ctx)
-    with mp.get_context("spawn").Pool(workers, initializer=_worker_init, initargs=(factory, worker_ctx)) as pool:
-        for out, stats, warnings in pool.imap(_worker_run, batches):
-            merge_stats(ctx.stats, stats)
-            probe.derive_stats(ctx.stat(probe.name))  # sums of ratios are not ratios
-            for w in warnings:
-                ctx.warn(w)
-            yield out
-
-
-# ----------------------------------------------------------------------------- steps
-
-
-class StepFactory:
-    """Picklable recipe for building a step in any process."""
-
-    def __init__(self, cls: type[Step], config: Any):
-        self.cls, self.config = cls, config
-
-    def __call__(self, ctx: RunContext) -> Step:
-        return self.cls(self.config, ctx)
-
-
-def _run_stage(state: RunState, index: int, name: str, fingerprint: str, empty: pa.Schema,
-               produce: Callable[[], Iterator[StepOutput]], rows_in: int, kind: str) -> ckpt.Checkpoint:
-    """Reuse the checkpoint for ``fingerprint`` or build it from ``produce()``."""
-    folder = state.out_dir / "_run" / "steps" / f"{index:02d}-{name}"
-    found = ckpt.load(folder, fingerprint)
-    if found is not None:
-        log.info("step %s: reusing checkpoint %s", name, folder)
-        state.ctx.stats[name] = found.stats
-        for w in found.warnings:
-            state.ctx.warn(w)
-    else:
-        t0 = time.time()
-        said_before = list(state.ctx.warnings)
-        writer = ckpt.CheckpointWriter(folder, fingerprint)
-        try:
-            with tqdm(total=rows_in or None, desc=name, unit="row", leave=False) as bar:
-                for out in produce():
-                    writer.write(out.kept, out.rejects)
-                    bar.update(out.kept.num_rows + out.rejects.num_rows if kind != "expand" else 1)
-        except BaseException:
-            writer.abort()
-            raise
-        counts = {"in": rows_in, "kept": writer.kept, "rejected": writer.rejected}
-        said = [w for w in state.ctx.warnings if w not in said_before]
-        found = writer.commit(counts, state.ctx.stats.get(name, {}), round(time.time() - t0, 3), empty, said)
-    state.steps.append(StepRecord(name, kind, found.counts.get("in", rows_in), found.counts.get("kept", 0),
-                                  found.counts.get("rejected", 0), found.seconds, found.reused, str(found.dir),
-                                  found.stats))
-    state.reject_files.append(found.rejects)
-    return found
-
+# ----------------------------------------------------------------------------- sources
 
 def _source_reader(cfg):
     from datagen.sources.coco import read_coco
@@ -177,29 +111,101 @@ def _source_files(cfg, ctx: RunContext) -> list[Path]:
     return source_files(cfg.path, ctx, cfg.name)
 
 
+def _rechunk(tables: Iterator[pa.Table], rows: int) -> Iterator[pa.Table]:
+    """Cut a stream of tables into tables of exactly ``rows`` rows (the last one shorter)."""
+    pending: list[pa.Table] = []
+    n = 0
+    for t in tables:
+        while t.num_rows:
+            take = min(rows - n, t.num_rows)
+            pending.append(t.slice(0, take))
+            n += take
+            t = t.slice(take)
+            if n == rows:
+                yield pa.concat_tables(pending)
+                pending, n = [], 0
+    if n:
+        yield pa.concat_tables(pending)
+
+
+def shard_source(state: RunState, src) -> tuple[str, list[Shard]]:
+    """Read one source once into input shards of ``executor.shard_rows`` rows (metadata only: urls,
+    captions, annotations). Shard ids are ``<source>-<n>``, stable for the same files and setting."""
+    ctx, rows = state.ctx, state.recipe.executor.shard_rows
+    is_text = src.kind == "instructions"
+    fp = chain("source", src.model_dump(mode="json"), file_fingerprint(_source_files(src, ctx)), rows)
+    folder = state.run_dir / "sources" / src.name / fp
+    state.used.add(folder)
+    done = folder / "done.json"
+    if done.is_file():
+        info = json.loads(done.read_text())
+        reused, seconds = True, info["seconds"]
+    else:
+        t0 = time.time()
+        tmp = tmp_name(folder)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        schema = CONVERSATION_SCHEMA if is_text else PAIR_SCHEMA
+        rejects_writer = pq.ParquetWriter(tmp / "rejects.parquet", REJECT_SCHEMA)
+        counts = {"kept": 0, "rejected": 0}
+        shards: list[int] = []
+
+        def kept_tables() -> Iterator[pa.Table]:
+            for out in _source_reader(src)(src, ctx):
+                if out.rejects.num_rows:
+                    rejects_writer.write_table(out.rejects.select(REJECT_SCHEMA.names).cast(REJECT_SCHEMA))
+                    counts["rejected"] += out.rejects.num_rows
+                if out.kept.num_rows:
+                    yield out.kept
+
+        try:
+            for i, table in enumerate(_rechunk(kept_tables(), rows)):
+                pq.write_table(table, tmp / f"shard-{i:06d}.parquet")
+                shards.append(table.num_rows)
+                counts["kept"] += table.num_rows
+        finally:
+            rejects_writer.close()
+        if not shards:  # an empty source still has one (empty) shard, so counts stay simple
+            pq.write_table(schema.empty_table(), tmp / "shard-000000.parquet")
+            shards.append(0)
+        seconds = round(time.time() - t0, 3)
+        info = {"fingerprint": fp, "shards": shards, **counts, "seconds": seconds}
+        (tmp / "done.json").write_text(json.dumps(info))
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(folder)
+        reused = False
+    shards = [Shard(f"{src.name}-{i:06d}", src.name, folder / f"shard-{i:06d}.parquet", n)
+              for i, n in enumerate(info["shards"])]
+    state.steps.append(StepRecord(f"source-{src.name}", "source", info["kept"] + info["rejected"], info["kept"],
+                                  info["rejected"], seconds, reused, str(folder), {"shards": len(shards)}))
+    state.reject_files.append(folder / "rejects.parquet")
+    return fp, shards
+
+
+# ----------------------------------------------------------------------------- steps
+
 def _clip_scorer(recipe: Recipe):
-    """The CLIP config for scoring only: the threshold is its own global step (``ClipThresholdStep``),
+    """The CLIP config for scoring only: the threshold is its own barrier (``ClipThresholdStep``),
     so editing it never recomputes scores."""
     return recipe.filters.clip.model_copy(update={"min_score": None, "top_fraction": None})
 
 
 def _pair_steps(recipe: Recipe) -> list[StepFactory]:
-    """The steps over pair rows, in order. Per-row steps run batch by batch; global ones
-    (``kind == "global"``) see the whole persisted input."""
+    """The fused per-row chain over pair shards: everything that needs the image bytes."""
     from datagen.fetch.step import FetchStep
     from datagen.filters.quality import QualityFilterStep
 
     steps = [StepFactory(FetchStep, recipe.fetch), StepFactory(QualityFilterStep, recipe.filters.quality)]
     if recipe.filters.clip is not None:
         from datagen.filters.clip import ClipScoreStep
-        from datagen.filters.threshold import ClipThresholdStep
 
-        steps += [StepFactory(ClipScoreStep, _clip_scorer(recipe)), StepFactory(ClipThresholdStep, recipe.filters.clip)]
-    if recipe.dedup is not None:
-        from datagen.dedup import DedupStep
+        steps.append(StepFactory(ClipScoreStep, _clip_scorer(recipe)))
+    if recipe.dedup is not None and "phash" in recipe.dedup.by:
+        from datagen.dedup import PhashStep
 
-        steps.append(StepFactory(DedupStep, recipe.dedup))
-    if recipe.ocr is not None:  # the costliest per-row step: only on rows that survived every filter
+        steps.append(StepFactory(PhashStep, None))
+    if recipe.ocr is not None:
         from datagen.ocr import OcrStep
 
         steps.append(StepFactory(OcrStep, recipe.ocr))
@@ -208,6 +214,40 @@ def _pair_steps(recipe: Recipe) -> list[StepFactory]:
 
         steps.append(StepFactory(TranslateStep, recipe.translate))
     return steps
+
+
+def _barriers(recipe: Recipe) -> list[StepFactory]:
+    out = []
+    if recipe.filters.clip is not None:
+        from datagen.filters.threshold import ClipThresholdStep
+
+        out.append(StepFactory(ClipThresholdStep, recipe.filters.clip))
+    if recipe.dedup is not None:
+        from datagen.dedup import DedupStep
+
+        out.append(StepFactory(DedupStep, recipe.dedup))
+    return out
+
+
+def _expand_steps(recipe: Recipe) -> list[StepFactory]:
+    out = []
+    if recipe.synthesize is not None:
+        from datagen.synth.step import SynthesizeStep
+
+        out.append(StepFactory(SynthesizeStep, recipe.synthesize))
+    if recipe.llm_generate is not None:
+        from datagen.llm.step import LLMGenerateStep
+
+        out.append(StepFactory(LLMGenerateStep, recipe.llm_generate))
+    return out
+
+
+def _conversation_translate(recipe: Recipe) -> list[StepFactory]:
+    if recipe.translate is not None and recipe.translate.mode == "conversations":
+        from datagen.translate.step import TranslateStep
+
+        return [StepFactory(TranslateStep, recipe.translate)]
+    return []
 
 
 def preflight(recipe: Recipe, ctx: RunContext) -> None:
@@ -219,128 +259,218 @@ def preflight(recipe: Recipe, ctx: RunContext) -> None:
         ClipScoreStep(_clip_scorer(recipe), ctx).load()  # cached per process; the step reuses it
 
 
+# ----------------------------------------------------------------------------- passes
+
+def _run_pass(state: RunState, name: str, folder: Path, items: list[tuple[Shard, ShardTask | None]],
+              factories: list[StepFactory], kinds: dict[str, str]) -> list[tuple[Shard, Part]]:
+    """Run the tasks whose part is missing, then record per-step totals over all parts."""
+    state.used.add(folder)
+    pending = [t for _, t in items if t is not None and not Part(t.out).done]
+    reused = not pending
+    t0 = time.time()
+    execute(pending, state.ctx, state.recipe.executor.workers, name)
+    parts = [(shard, Part(t.out)) for shard, t in items if t is not None]
+    merged = merge_parts((p.load_info() for _, p in parts), factories, state.ctx)
+    for f in factories:
+        m = merged.get(f.cls.name)
+        if m is None:
+            continue
+        state.ctx.stats[f.cls.name] = m["stats"]
+        state.steps.append(StepRecord(f.cls.name, kinds.get(f.cls.name, f.cls.kind), m["in"], m["kept"],
+                                      m["rejected"], round(m["seconds"], 3), reused, str(folder), m["stats"]))
+    log.info("%s: %d parts, %d run now in %.1fs", name, len(parts), len(pending), time.time() - t0)
+    state.reject_files.extend(p.rejects for _, p in parts)
+    return parts
+
+
+def _pair_pass(state: RunState, sources: list[tuple[Any, str, list[Shard]]]) -> None:
+    recipe = state.recipe
+    factories = _pair_steps(recipe)
+    probe_ctx = state.ctx
+    step_fps = [f(probe_ctx).fingerprint() for f in factories]
+    items = []
+    folders = []
+    for src, src_fp, shards in sources:
+        folder = state.run_dir / "pairs" / chain(src_fp, step_fps)
+        folders.append(folder)
+        for sh in shards:
+            items.append((sh, ShardTask(sh.id, sh.source, sh.path, folder / sh.id, factories, PAIR_SCHEMA,
+                                        sh.rows, batch_size=recipe.executor.batch_size)))
+    state.used.update(folders)
+    state.pair_parts = _run_pass(state, "pairs", folders[0] if folders else state.run_dir / "pairs", items,
+                                 factories, {})
+    state.pairs_fp = chain([f.name for f in folders])
+
+
+def _metadata(state: RunState, columns: set[str]) -> pl.LazyFrame | None:
+    """Metadata columns of every pair part, in input order, with ``_shard``; never the images."""
+    frames = []
+    for shard, part in state.pair_parts:
+        have = pq.ParquetFile(part.kept).schema_arrow.names
+        cols = [c for c in ("key", "source", "url", *sorted(columns)) if c in have]
+        frames.append(pl.scan_parquet(part.kept).select(cols).with_columns(pl.lit(shard.id).alias("_shard")))
+    return pl.concat(frames, how="diagonal_relaxed") if frames else None
+
+
+def _run_barriers(state: RunState) -> str:
+    """Each barrier sees the pairs the earlier ones kept and writes its decisions (rejects + ``_shard``)."""
+    fp = state.pairs_fp
+    if not state.pair_parts:  # text-only recipes
+        return fp
+    for factory in _barriers(state.recipe):
+        step = factory(state.ctx)
+        fp = chain(fp, step.fingerprint())
+        path = state.run_dir / "barriers" / f"{step.name}-{fp}.parquet"
+        stats_path = path.with_suffix(".json")
+        state.used.update({path, stats_path})
+        if path.is_file() and stats_path.is_file():
+            info = json.loads(stats_path.read_text())
+            reused = True
+        else:
+            t0 = time.time()
+            frame = _metadata(state, set(step.columns))
+            dropped = state.dropped()
+            if dropped is not None:
+                frame = frame.join(dropped.select("key"), on="key", how="anti", maintain_order="left")
+            n_in = frame.select(pl.len()).collect().item()
+            rejects = step.decide(frame)
+            shards = pl.from_arrow(rejects.select(["key"])).lazy().join(
+                frame.select("key", "_shard"), on="key", how="left").collect()
+            table = rejects.append_column("_shard", shards["_shard"].to_arrow().cast(pa.string()))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = tmp_name(path)
+            pq.write_table(table, tmp)
+            tmp.replace(path)
+            info = {"in": n_in, "rejected": table.num_rows, "seconds": round(time.time() - t0, 3),
+                    "stats": state.ctx.stats.get(step.name, {}), "warnings": []}
+            write_json_atomic(stats_path, info)
+            reused = False
+        state.ctx.stats[step.name] = info["stats"]
+        state.decisions.append(path)
+        state.reject_files.append(path)
+        state.steps.append(StepRecord(step.name, "barrier", info["in"], info["in"] - info["rejected"],
+                                      info["rejected"], info["seconds"], reused, str(path), info["stats"]))
+    return fp
+
+
+def _drop_lists(state: RunState) -> dict[str, list[str]]:
+    dropped = state.dropped()
+    if dropped is None:
+        return {}
+    out: dict[str, list[str]] = {}
+    for shard, keys in dropped.group_by("_shard").agg(pl.col("key")).collect().iter_rows():
+        out[shard] = keys
+    return out
+
+
+def _prepare_labels(state: RunState, factory: StepFactory, drops: dict[str, list[str]]) -> None:
+    """The label-statistics barrier for adversarial/popular negatives: reads only ``objects``."""
+    import pyarrow.compute as pc
+
+    sources = getattr(factory.config, "sources", None)
+
+    def tables() -> Iterator[pa.Table]:
+        for shard, part in state.pair_parts:
+            if sources is not None and shard.source not in sources:
+                continue
+            drop = pa.array(drops.get(shard.id, []), type=pa.string())
+            for b in pq.ParquetFile(part.kept).iter_batches(batch_size=4096, columns=["key", "objects"]) \
+                    if "objects" in pq.ParquetFile(part.kept).schema_arrow.names else []:
+                t = pa.Table.from_batches([b])
+                yield t.filter(pc.invert(pc.is_in(t.column("key"), value_set=drop))) if len(drop) else t
+
+    probe = factory(state.ctx)
+    probe.prepare(tables())
+
+
+def _conversation_pass(state: RunState, barrier_fp: str, text: list[tuple[Any, str, list[Shard]]]) -> None:
+    recipe, ctx = state.recipe, state.ctx
+    expands, translate = _expand_steps(recipe), _conversation_translate(recipe)
+    dry = "dry-run" if ctx.dry_run else ""  # a dry run's output must never be reused by a real run
+    drops = _drop_lists(state)
+    items: list[tuple[Shard, ShardTask | None]] = []
+    conv_fp = chain(barrier_fp, [f(ctx).fingerprint() for f in expands + translate], dry)
+    folder = state.run_dir / "convs" / conv_fp
+    bs = recipe.executor.batch_size
+    if expands:
+        for shard, part in state.pair_parts:
+            chosen = [f for f in expands
+                      if getattr(f.config, "sources", None) is None or shard.source in f.config.sources]
+            if not chosen:
+                continue
+            items.append((shard, ShardTask(shard.id, shard.source, part.kept, folder / shard.id, chosen + translate,
+                                           CONVERSATION_SCHEMA, part.rows(), drop=drops.get(shard.id, []),
+                                           columns=columns_except(part.kept, "image"), batch_size=bs)))
+    for _src, src_fp, shards in text:
+        tfolder = state.run_dir / "convs" / chain(src_fp, [f(ctx).fingerprint() for f in translate], dry)
+        for sh in shards:
+            if translate:
+                items.append((sh, ShardTask(sh.id, sh.source, sh.path, tfolder / sh.id, translate,
+                                            CONVERSATION_SCHEMA, sh.rows, batch_size=bs)))
+                state.used.add(tfolder)
+            else:
+                state.conversation_inputs.append((sh, sh.path))
+    if not items:
+        return
+    synth = next((f for f in expands if f.cls.name == "synthesize"), None)
+    if synth is not None and any(t is not None and not Part(t.out).done for _, t in items):
+        _prepare_labels(state, synth, drops)
+    parts = _run_pass(state, "conversations", folder, items, expands + translate,
+                      {f.cls.name: "expand" for f in expands})
+    if synth is not None and synth.config.check:
+        st = ctx.stats.setdefault("synthesize", {})
+        st.setdefault("checker_disagreements", 0)
+        if st["checker_disagreements"]:
+            ex = st.get("checker_examples", [{}])[0]
+            ctx.warn(f"synthesize: the independent checker disagrees with {st['checker_disagreements']} template "
+                     f"answers; first: {ex.get('key')} {ex.get('task')}: {ex.get('problem')}")
+    state.conversation_inputs.extend((shard, part.kept) for shard, part in parts)
+
+
+# ----------------------------------------------------------------------------- run
+
 def run(recipe: Recipe, recipe_dir: Path, out_dir: Path, dry_run: bool = False) -> RunState:
     ctx = RunContext(run_dir=out_dir / "_run", recipe_dir=recipe_dir, seed=recipe.seed, dry_run=dry_run)
     preflight(recipe, ctx)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "_run").mkdir(exist_ok=True)
-    state = RunState(recipe, out_dir, ctx)
-    bs, workers = recipe.executor.batch_size, recipe.executor.workers
-    idx = 0
-
-    # 1. Sources, each its own checkpoint (fingerprint: config + file identity).
-    pair_data, text_data = [], []
-    for src in recipe.sources:
-        fp = ckpt.chain("source", src.model_dump(mode="json"), ckpt.file_fingerprint(_source_files(src, ctx)))
-        is_text = src.kind == "instructions"
-        reader = _source_reader(src)
-        c = _run_stage(state, idx, f"source-{src.name}", fp, CONVERSATION_SCHEMA if is_text else PAIR_SCHEMA,
-                       lambda src=src, reader=reader: reader(src, ctx), 0, "source")
-        state.steps[-1].rows_in = c.counts.get("kept", 0) + c.counts.get("rejected", 0)
-        (text_data if is_text else pair_data).append((c.data, fp))
-        idx += 1
-
-    # 2. Pair steps over all pair sources together.
-    inputs = [p for p, _ in pair_data]
-    fp = ckpt.chain("pairs", [f for _, f in pair_data])
-    for factory in _pair_steps(recipe):
-        step = factory(ctx)
-        fp = ckpt.chain(fp, step.fingerprint())  # a step may add what else decides its output
-        if step.kind == "global":  # fetch, a per-row step, always comes first: one input file by now
-            produce = lambda s=step, p=inputs[0]: s.process_dataset(p)  # noqa: E731
-        else:
-            produce = lambda f=factory, ins=inputs: map_batches(f, ckpt.iter_batches(ins, bs), ctx, workers)  # noqa: E731
-        c = _run_stage(state, idx, step.name, fp, PAIR_SCHEMA, produce, ckpt.count_rows(inputs), step.kind)
-        inputs = [c.data]
-        idx += 1
-    pairs = inputs[0]
-    pairs_fp = fp
-
-    # 3. Conversations: template synthesis and LLM generation expand pairs; text-only sources join.
-    conversation_inputs: list[tuple[Path, str]] = []
-    for attr, module, cls_name in (("synthesize", "datagen.synth.step", "SynthesizeStep"),
-                                   ("llm_generate", "datagen.llm.step", "LLMGenerateStep")):
-        cfg = getattr(recipe, attr)
-        if cfg is None:
-            continue
-        cls = getattr(__import__(module, fromlist=[cls_name]), cls_name)
-        factory = StepFactory(cls, cfg)
-        # A dry run's output (prompts printed, nothing generated) must never be reused by a real run.
-        step_fp = ckpt.chain(pairs_fp, factory(ctx).fingerprint(), "dry-run" if ctx.dry_run else "")
-        c = _run_stage(state, idx, cls.name, step_fp, CONVERSATION_SCHEMA,
-                       lambda f=factory: _expand(f, pairs, bs, ctx, workers),
-                       _count_sources(pairs, getattr(cfg, "sources", None)), "expand")
-        conversation_inputs.append((c.data, step_fp))
-        idx += 1
-        if attr == "synthesize" and cfg.check:
-            _check_templates(cfg, pairs, c, ctx)
-    conversation_inputs.extend(text_data)
-
-    if recipe.translate is not None and recipe.translate.mode == "conversations" and conversation_inputs:
-        from datagen.translate.step import TranslateStep
-
-        factory = StepFactory(TranslateStep, recipe.translate)
-        ins = [p for p, _ in conversation_inputs]
-        tfp = ckpt.chain([f for _, f in conversation_inputs], factory(ctx).fingerprint(),
-                         "dry-run" if ctx.dry_run else "")
-        c = _run_stage(state, idx, "translate", tfp, CONVERSATION_SCHEMA,
-                       lambda: map_batches(factory, ckpt.iter_batches(ins, bs), ctx, workers),
-                       ckpt.count_rows(ins), "map")
-        conversation_inputs = [(c.data, tfp)]
-        idx += 1
-    state.pairs = pairs
-    state.conversations = [p for p, _ in conversation_inputs]
+    with RunLock(out_dir):
+        remove_temporaries(out_dir)  # what killed runs left half-written: shard folders, parts, spills
+        (out_dir / "_run").mkdir(parents=True, exist_ok=True)
+        state = RunState(recipe, out_dir, ctx)
+        pair_sources, text_sources = [], []
+        for src in recipe.sources:
+            fp, shards = shard_source(state, src)
+            (text_sources if src.kind == "instructions" else pair_sources).append((src, fp, shards))
+        state.text_sources = {s.name for s, _, _ in text_sources}
+        _pair_pass(state, pair_sources)
+        barrier_fp = _run_barriers(state)
+        _conversation_pass(state, barrier_fp, text_sources)
     return state
 
 
-def _expand(factory: StepFactory, pairs: Path, bs: int, ctx: RunContext, workers: int) -> Iterator[StepOutput]:
-    """Run an expand step over the pair rows of its selected sources. A step with a ``prepare``
-    method first sees that whole input once (e.g. label co-occurrence for adversarial negatives)
-    and persists what it learned under the run directory, where every worker finds it."""
-    sources = getattr(factory.config, "sources", None)
-
-    def batches() -> Iterator[pa.Table]:
-        for t in ckpt.iter_batches([pairs], bs):
-            yield t if sources is None else t.filter(pc.is_in(t.column("source"), value_set=pa.array(sources)))
-
-    probe = factory(ctx)
-    if hasattr(probe, "prepare"):
-        probe.prepare(batches())
-    probe.close()
-    return map_batches(factory, batches(), ctx, workers)
-
-
-def _check_templates(cfg, pairs: Path, stage: ckpt.Checkpoint, ctx: RunContext) -> None:
-    """Re-derive every template answer from the annotations with the independent checker."""
-    from datagen.synth.checker import PAIR_COLUMNS, Checker
-
-    have = pq.ParquetFile(pairs).schema_arrow.names
-    pair_table = pq.read_table(pairs, columns=[c for c in PAIR_COLUMNS if c in have])
-    found = Checker.from_config(cfg).check_tables(pair_table, pq.read_table(stage.data))
-    stats = ctx.stat("synthesize")
-    stats["checker_disagreements"] = len(found)
-    stats["checker_examples"] = [vars(d) for d in found[:5]]
-    stage.stats.update(stats)
-    if found:
-        ctx.warn(f"synthesize: the independent checker disagrees with {len(found)} template answers;"
-                 f" first: {found[0].key} {found[0].task}: {found[0].problem}")
+def prune_stale(state: RunState) -> list[Path]:
+    """Delete pass folders that this run did not use (older fingerprints), so ``_run/`` holds
+    one copy of the images; call after a successful run."""
+    gone = []
+    for name in PASS_DIRS:
+        root = state.run_dir / name
+        if not root.exists():
+            continue
+        candidates = [p for p in root.iterdir()] if name != "sources" else [p for d in root.iterdir() for p in d.iterdir()]
+        for p in candidates:
+            if p not in state.used:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+                gone.append(p)
+    return gone
 
 
-def _count_sources(path: Path, sources: list[str] | None) -> int:
-    if sources is None:
-        return ckpt.count_rows([path])
-    col = pq.read_table(path, columns=["source"]).column("source")
-    return pc.sum(pc.is_in(col, value_set=pa.array(sources))).as_py() or 0
-
-
-def collect_rejects(files: list[Path], dest: Path) -> pa.Table:
-    tables = [pq.read_table(f) for f in files if f.exists()]
-    table = pa.concat_tables(tables) if tables else REJECT_SCHEMA.empty_table()
-    pq.write_table(table, dest)
-    return table
+def drop_intermediate_images(state: RunState) -> None:
+    """``output.keep_intermediate: false``: after a successful run, the pair parts (the only copy of
+    the images in ``_run/``) go; a later run fetches again."""
+    shutil.rmtree(state.run_dir / "pairs", ignore_errors=True)
 
 
 def clean_run_dir(out_dir: Path) -> None:
-    """Forget step checkpoints (``--fresh``) but keep the request cache: answers already paid for stay."""
-    shutil.rmtree(out_dir / "_run" / "steps", ignore_errors=True)
-
+    """Forget all passes (``--fresh``) but keep the request cache: answers already paid for stay."""
+    with RunLock(out_dir):
+        for name in (*PASS_DIRS, "steps", "sink"):
+            shutil.rmtree(out_dir / "_run" / name, ignore_errors=True)

@@ -9,10 +9,17 @@ the result depends on (caches of models and clients are fine).
 Kinds:
 - ``map``/``filter``: ``process(table) -> StepOutput(kept, rejects)``; a filter
   first computes its stat column so thresholds can change without recomputing.
+  Consecutive per-row steps are fused into one shard task (``datagen.core``).
 - ``expand``: the same method, but ``kept`` has a different schema (pair rows in,
   conversation rows out).
-- ``global``: needs the whole dataset; implements ``process_dataset`` over a
-  parquet file (polars lazy scans keep memory flat).
+- ``barrier``: needs the whole dataset; ``decide(frame)`` gets a polars lazy
+  frame of the metadata columns of every finished part (never image bytes) and
+  returns the rows to drop as rejects (key decisions). Later passes and the
+  sinks apply the decisions by key.
+
+Models and clients load in ``setup()``, called once per process before the
+first batch. Statistics a step records with ``ctx.stat(name)`` are scoped to
+one shard task by the executor and come back with the task's output.
 """
 
 from __future__ import annotations
@@ -23,12 +30,15 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 from pydantic import BaseModel
 
 from datagen.records import REJECT_SCHEMA
+
+if TYPE_CHECKING:
+    import polars as pl
 
 log = logging.getLogger("datagen")
 
@@ -51,6 +61,7 @@ class RunContext:
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Human-readable warnings that the summary and manifest must show (e.g. untrained CLIP).
     warnings: list[str] = field(default_factory=list)
+    _logged: set[str] = field(default_factory=set, repr=False)
 
     @property
     def cache_dir(self) -> Path:
@@ -73,14 +84,16 @@ class RunContext:
     def warn(self, message: str) -> None:
         if message not in self.warnings:
             self.warnings.append(message)
-            log.warning(message)
+            if message not in self._logged:  # shard tasks reset ``warnings``; say each thing once per process
+                self._logged.add(message)
+                log.warning(message)
 
 
 class Step:
     """Base class. Subclasses set ``name``, ``kind`` and implement ``process``."""
 
     name: ClassVar[str] = "step"
-    kind: ClassVar[str] = "map"  # map | filter | expand | global
+    kind: ClassVar[str] = "map"  # map | filter | expand | barrier
     # Bump when a code change alters the output for the same config, so checkpoints are redone.
     version: ClassVar[int] = 1
 
@@ -97,8 +110,15 @@ class Step:
     def process(self, table: pa.Table) -> StepOutput:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def process_dataset(self, path: Path) -> Iterator[StepOutput]:  # pragma: no cover - interface
-        """Global steps: read the whole input parquet at ``path``, yield outputs in batches."""
+    def setup(self) -> None:
+        """Load models or clients once per process, before the first batch."""
+
+    # Barriers: the metadata columns they read, and the decision over all of them.
+    columns: ClassVar[tuple[str, ...]] = ()
+
+    def decide(self, frame: "pl.LazyFrame") -> pa.Table:  # pragma: no cover - interface
+        """Barriers: rows (``key``, ``source``, ``url`` and ``columns``) of every part, in input order;
+        returns the rows to drop as a rejects table."""
         raise NotImplementedError
 
     def derive_stats(self, stats: dict[str, Any]) -> None:

@@ -218,7 +218,7 @@ def test_unreachable_host_is_detected_without_offline_flag(tmp_path, monkeypatch
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
     t0 = time.monotonic()
-    plan = resolve_weights(ClipConfig(), _ctx(tmp_path))
+    plan = resolve_weights(ClipConfig(), _ctx(tmp_path).resolve)
     assert time.monotonic() - t0 < 5
     assert plan.kind == "unavailable"
     assert any("not reachable" in c for c in plan.checked)
@@ -232,7 +232,7 @@ def test_reachable_host_means_download_is_attempted(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     with LocalServer() as srv:
         monkeypatch.setenv("HF_ENDPOINT", srv.url(""))
-        plan = resolve_weights(ClipConfig(), _ctx(tmp_path))
+        plan = resolve_weights(ClipConfig(), _ctx(tmp_path).resolve)
     assert plan.kind == "download" and plan.pretrained == "laion2b_s34b_b79k"
     assert plan.cache_dir == str(tmp_path / "hf" / "hub")
 
@@ -253,7 +253,7 @@ def _fake_hf_snapshot(hub: Path, repo_id: str, files: dict[str, bytes]) -> Path:
 def test_cached_tag_weights_are_found_in_the_hf_cache(tmp_path, offline_empty_cache):
     snap = _fake_hf_snapshot(offline_empty_cache / "hub", "laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
                              {"open_clip_model.safetensors": b"x"})
-    plan = resolve_weights(ClipConfig(), _ctx(tmp_path))
+    plan = resolve_weights(ClipConfig(), _ctx(tmp_path).resolve)
     assert plan.kind == "file" and plan.pretrained == str(snap / "open_clip_model.safetensors")
     assert plan.preprocess["image_interpolation"] == "bicubic"  # the tag's preprocessing travels along
 
@@ -308,16 +308,16 @@ def test_local_dir_model_folder(tmp_path):
     step = ClipScoreStep(ClipConfig(model="local-dir:mymodel", min_score=None, device="cpu"), _ctx(tmp_path))
     np.testing.assert_allclose(step.process(table).kept.column("clip_score").to_pylist(), want, atol=1e-6)
     with pytest.raises(ValueError, match="open_clip_config.json does not exist"):
-        resolve_weights(ClipConfig(model="local-dir:elsewhere"), _ctx(tmp_path))
+        resolve_weights(ClipConfig(model="local-dir:elsewhere"), _ctx(tmp_path).resolve)
 
 
 def test_missing_checkpoint_path_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"nope\.pt.*checkpoint file \(looked at .*nope\.pt\)"):
         ClipScoreStep(_tiny(pretrained="nope.pt"), _ctx(tmp_path)).load()
     with pytest.raises(ValueError, match=r"neither a known open_clip tag.*nope\.pt"):
-        resolve_weights(ClipConfig(pretrained="nope.pt"), _ctx(tmp_path))
+        resolve_weights(ClipConfig(pretrained="nope.pt"), _ctx(tmp_path).resolve)
     with pytest.raises(ValueError, match="known: .*laion2b_s34b_b79k"):
-        resolve_weights(ClipConfig(pretrained="no_such_tag"), _ctx(tmp_path))
+        resolve_weights(ClipConfig(pretrained="no_such_tag"), _ctx(tmp_path).resolve)
 
 
 # ---------------------------------------------------------------------------------- (e)
@@ -370,7 +370,7 @@ def test_config_validation():
 
 
 def test_importing_the_config_does_not_import_torch():
-    code = "import sys, datagen.filters.clip; assert 'torch' not in sys.modules and 'open_clip' not in sys.modules"
+    code = "import sys, datagen.filters.clip, datagen.weights, datagen.config; assert 'torch' not in sys.modules and 'open_clip' not in sys.modules"
     root = Path(__file__).resolve().parents[1]
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root,
                    env={**os.environ, "PYTHONPATH": str(root)})
@@ -392,7 +392,7 @@ def test_a_download_that_fails_after_all_falls_back_or_raises(tmp_path):
     # a plan that looked downloadable, but open_clip's own loading then fails
     plan = WeightsPlan("download", "ViT-B-32", "missing-file-after-all.pt", checked=["host reachable"])
     with pytest.raises(ClipWeightsUnavailable, match="the download failed"):
-        load_clip(ClipConfig(device="cpu"), _ctx(tmp_path), plan)
-    loaded = load_clip(ClipConfig(device="cpu", allow_untrained_fallback=True), _ctx(tmp_path), plan)
+        load_clip(ClipConfig(device="cpu"), 0, plan)
+    loaded = load_clip(ClipConfig(device="cpu", allow_untrained_fallback=True), 0, plan)
     assert loaded.untrained_fallback and loaded.plan.kind == "unavailable"
     assert any("download: " in c for c in loaded.plan.checked)

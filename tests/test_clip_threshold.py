@@ -18,8 +18,13 @@ def scored(tmp_path, scores):
 
 
 def run(step, path):
-    outs = list(step.process_dataset(path))
-    return pa.concat_tables([o.kept for o in outs]), pa.concat_tables([o.rejects for o in outs])
+    """The barrier's decisions over the scores at ``path``, and the rows that survive them."""
+    import polars as pl
+    import pyarrow.compute as pc
+
+    rejects = step.decide(pl.scan_parquet(path).select("key", "source", "url", "clip_score"))
+    t = pq.read_table(path)
+    return t.filter(pc.invert(pc.is_in(t.column("key"), value_set=rejects.column("key")))), rejects
 
 
 def test_cutoff_is_the_stricter_bound():
@@ -62,6 +67,7 @@ def test_changing_the_threshold_reuses_the_scores(tmp_path):
                              "TEXT": [f"a picture number {i}" for i in range(6)]}), tmp_path / "t.parquet")
     (tmp_path / "r.yaml").write_text(json.dumps({
         "name": "c", "sources": [{"name": "t", "kind": "laion", "path": "t.parquet"}],
+        "fetch": {"allow_local_files": True},
         "filters": {"quality": {"min_side": 10},
                     "clip": {"model_config": TINY_UNTRAINED_CONFIG, "pretrained": None, "min_score": None,
                              "top_fraction": 0.5}}}))
@@ -72,5 +78,5 @@ def test_changing_the_threshold_reuses_the_scores(tmp_path):
     assert first.steps[4].kept == 3 and first.steps[4].rejected == 3
     recipe2, _ = load_recipe(tmp_path / "r.yaml", ["filters.clip.top_fraction=0.34"])
     second = run_recipe(recipe2, tmp_path, tmp_path / "out")
-    assert [s.reused for s in second.steps][:5] == [True, True, True, True, False]
+    assert [s.reused for s in second.steps][:5] == [True, True, True, True, False], "the scores are reused"
     assert second.steps[4].kept == 2

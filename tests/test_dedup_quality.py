@@ -4,7 +4,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
-from datagen.dedup import DedupConfig, DedupStep, find_duplicates
+import polars as pl
+import pyarrow.compute as pc
+
+from datagen.dedup import DedupConfig, DedupStep, PhashStep, find_duplicates
 from datagen.filters.quality import QualityConfig, QualityFilterStep
 from datagen.records import pairs_table
 
@@ -13,6 +16,13 @@ def jpeg(color, size=(32, 32)):
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, "JPEG")
     return buf.getvalue()
+
+
+def decide(step, table):
+    """A barrier over a table: its decisions, and the rows that survive them."""
+    rejects = step.decide(pl.from_arrow(table.drop_columns(["image"])).lazy())
+    kept = table.filter(pc.invert(pc.is_in(table.column("key"), value_set=rejects.column("key"))))
+    return kept, rejects
 
 
 def test_dedup_by_url_then_sha_first_row_wins(tmp_path, ctx):
@@ -24,17 +34,14 @@ def test_dedup_by_url_then_sha_first_row_wins(tmp_path, ctx):
         {"key": "b_2", "source": "b", "url": None, "image_sha256": None},  # nulls never match
         {"key": "b_3", "source": "b", "url": None, "image_sha256": None},
     ]
-    path = tmp_path / "in.parquet"
-    pq.write_table(pairs_table(rows), path)
-    outs = list(DedupStep(DedupConfig(by=["url", "image_sha256"], within="all"), ctx).process_dataset(path))
-    kept = pa.concat_tables([o.kept for o in outs]).column("key").to_pylist()
-    rejects = pa.concat_tables([o.rejects for o in outs]).to_pylist()
+    kept, rejects = decide(DedupStep(DedupConfig(by=["url", "image_sha256"], within="all"), ctx), pairs_table(rows))
+    kept, rejects = kept.column("key").to_pylist(), rejects.to_pylist()
     assert kept == ["a_1", "b_2", "b_3"]
     assert {r["key"]: r["reason"] for r in rejects} == {"a_2": "duplicate_of:a_1", "a_3": "duplicate_of:a_1",
                                                        "b_1": "duplicate_of:a_1"}
     assert len(kept) + len(rejects) == len(rows)
-    outs = list(DedupStep(DedupConfig(by=["url"], within="source"), ctx).process_dataset(path))
-    assert sorted(pa.concat_tables([o.kept for o in outs]).column("key").to_pylist()) == ["a_1", "a_3", "b_1", "b_2", "b_3"]
+    kept, _ = decide(DedupStep(DedupConfig(by=["url"], within="source"), ctx), pairs_table(rows))
+    assert sorted(kept.column("key").to_pylist()) == ["a_1", "a_3", "b_1", "b_2", "b_3"]
 
 
 def test_dedup_phash_finds_reencoded_copy(tmp_path, ctx):
@@ -49,10 +56,9 @@ def test_dedup_phash_finds_reencoded_copy(tmp_path, ctx):
     rows = [{"key": "x_1", "source": "x", "url": "1", "image": a.getvalue()},
             {"key": "x_2", "source": "x", "url": "2", "image": b.getvalue()},
             {"key": "x_3", "source": "x", "url": "3", "image": jpeg("red")}]
-    path = tmp_path / "in.parquet"
-    pq.write_table(pairs_table(rows), path)
-    outs = list(DedupStep(DedupConfig(by=["phash"]), ctx).process_dataset(path))
-    assert pa.concat_tables([o.kept for o in outs]).column("key").to_pylist() == ["x_1", "x_3"]
+    hashed = PhashStep(None, ctx).process(pairs_table(rows)).kept  # in the fused pass, beside the bytes
+    kept, _ = decide(DedupStep(DedupConfig(by=["phash"]), ctx), hashed)
+    assert kept.column("key").to_pylist() == ["x_1", "x_3"]
 
 
 def test_find_duplicates_on_empty_by_list():

@@ -1,3 +1,5 @@
+"""The engine: shard parts, fused passes, barriers, resume by shard, reuse when a later step changes."""
+
 import io
 import json
 
@@ -6,11 +8,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from datagen import checkpoint as ckpt
-from datagen.filters.quality import QualityConfig, QualityFilterStep
-from datagen.pipeline import StepFactory, map_batches, merge_stats, run
+from datagen.core.executor import merge_stats
+from datagen.core.parts import PartWriter
+from datagen.fetch.step import FetchStep
+from datagen.filters.quality import QualityFilterStep
+from datagen.pipeline import run
 from datagen.recipe import load_recipe
-from datagen.records import pairs_table
+from datagen.records import PAIR_SCHEMA, pairs_table
 
 
 def rows(n):
@@ -18,32 +22,23 @@ def rows(n):
              "height": 300} for i in range(n)]
 
 
-def test_process_pool_gives_the_same_output_and_merged_stats(ctx):
-    batches = [pairs_table(rows(50)[i:i + 10]) for i in range(0, 50, 10)]
-    factory = StepFactory(QualityFilterStep, QualityConfig())
-    one = list(map_batches(factory, iter(batches), ctx, workers=1))
-    two = list(map_batches(factory, iter(batches), ctx, workers=2))
-    assert [o.kept.column("key").to_pylist() for o in one] == [o.kept.column("key").to_pylist() for o in two]
-    assert sum(o.rejects.num_rows for o in two) == 17
+def test_merge_stats_adds_numbers_concatenates_lists_and_recurses():
+    dst = {"n": 1, "by": {"a": 1}, "model": "x", "ex": [1]}
+    merge_stats(dst, {"n": 2, "by": {"a": 1, "b": 3}, "model": "y", "flag": True, "ex": [2]})
+    assert dst == {"n": 3, "by": {"a": 2, "b": 3}, "model": "y", "flag": True, "ex": [1, 2]}
 
 
-def test_merge_stats_adds_numbers_and_recurses():
-    dst = {"n": 1, "by": {"a": 1}, "model": "x"}
-    merge_stats(dst, {"n": 2, "by": {"a": 1, "b": 3}, "model": "y", "flag": True})
-    assert dst == {"n": 3, "by": {"a": 2, "b": 3}, "model": "y", "flag": True}
-
-
-def test_checkpoint_writer_is_atomic(tmp_path):
-    w = ckpt.CheckpointWriter(tmp_path / "01-x", "fp1")
+def test_part_writer_is_atomic(tmp_path):
+    w = PartWriter(tmp_path / "s-000000", PAIR_SCHEMA)
     w.write(pairs_table(rows(3)))
+    assert not (tmp_path / "s-000000").exists(), "nothing under the final name before commit"
     w.abort()
-    assert not (tmp_path / "01-x").exists() and not (tmp_path / "01-x.partial").exists()
-    w = ckpt.CheckpointWriter(tmp_path / "01-x", "fp1")
+    assert list(tmp_path.iterdir()) == []
+    w = PartWriter(tmp_path / "s-000000", PAIR_SCHEMA)
     w.write(pairs_table(rows(3)))
-    c = w.commit({"in": 3}, {}, 0.1, pairs_table([]).schema, ["careful"])
-    assert c.num_rows() == 3
-    assert ckpt.load(tmp_path / "01-x", "fp1").warnings == ["careful"]
-    assert ckpt.load(tmp_path / "01-x", "other") is None
+    part = w.commit({"steps": {}})
+    assert part.done and part.rows() == 3 and part.load_info()["kept"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["s-000000"]
 
 
 def _jpeg(color):
@@ -63,57 +58,109 @@ def small_recipe(tmp_path):
                    tmp_path / "t.parquet")
     (tmp_path / "r.yaml").write_text(json.dumps({
         "name": "small", "sources": [{"name": "t", "kind": "laion", "path": "t.parquet"}],
+        "fetch": {"allow_local_files": True},
         "filters": {"quality": {"min_side": 10}}, "stage2": {"sources": []},
+        "executor": {"shard_rows": 2},
     }))
     return tmp_path / "r.yaml"
 
 
-def test_editing_a_later_step_reuses_earlier_checkpoints(small_recipe, tmp_path):
+def test_input_shards_and_per_step_counts(small_recipe, tmp_path):
     recipe, _ = load_recipe(small_recipe)
     state = run(recipe, small_recipe.parent, tmp_path / "out")
-    assert [s.reused for s in state.steps] == [False, False, False, False]
     assert [s.name for s in state.steps] == ["source-t", "fetch", "quality", "dedup"]
-    recipe2, _ = load_recipe(small_recipe, ["filters.quality.min_caption_words=4"])
-    state2 = run(recipe2, small_recipe.parent, tmp_path / "out")
-    assert [s.reused for s in state2.steps] == [True, True, False, False]
-    assert state2.steps[2].rejected == 4, "every 3-word caption now fails; 'gone' was rejected by fetch already"
-    reasons = pq.read_table(tmp_path / "out" / "_run" / "steps" / "02-quality" / "rejects.parquet").column("reason")
-    assert set(reasons.to_pylist()) == {"caption_too_short"}
+    assert [sh.id for sh, _ in state.pair_parts] == ["t-000000", "t-000001", "t-000002"]
+    fetch = state.steps[1]
+    assert (fetch.rows_in, fetch.kept, fetch.rejected) == (5, 4, 1)
+    assert all(p.done for _, p in state.pair_parts)
 
 
-def test_a_failing_step_leaves_no_checkpoint_and_the_rerun_resumes(small_recipe, tmp_path, monkeypatch):
+def test_editing_a_later_step_reuses_earlier_passes(small_recipe, tmp_path):
     recipe, _ = load_recipe(small_recipe)
-    calls = {"n": 0}
-    original = QualityFilterStep.process
+    first = run(recipe, small_recipe.parent, tmp_path / "out")
+    assert not any(s.reused for s in first.steps)
+    # A barrier edit (dedup) reuses the sources and the fused pair pass.
+    recipe2, _ = load_recipe(small_recipe, ["dedup.by=[url]"])
+    second = run(recipe2, small_recipe.parent, tmp_path / "out")
+    assert [s.reused for s in second.steps] == [True, True, True, False]
+    # A per-row edit inside the fused pass redoes that pass only.
+    recipe3, _ = load_recipe(small_recipe, ["filters.quality.min_caption_words=4"])
+    third = run(recipe3, small_recipe.parent, tmp_path / "out")
+    assert [s.reused for s in third.steps] == [True, False, False, False]
+    assert third.steps[2].rejected == 4, "every 3-word caption now fails; 'gone' was rejected by fetch already"
+    reasons = pq.read_table(third.pair_parts[0][1].rejects).column("reason").to_pylist()
+    assert set(reasons) == {"caption_too_short"}
+
+
+def test_a_failing_shard_leaves_no_part_and_the_rerun_redoes_only_it(small_recipe, tmp_path, monkeypatch):
+    recipe, _ = load_recipe(small_recipe)
+    fetched = []
+    original_fetch, original_quality = FetchStep.process, QualityFilterStep.process
+
+    def counting(self, table):
+        fetched.extend(table.column("key").to_pylist())
+        return original_fetch(self, table)
 
     def boom(self, table):
-        calls["n"] += 1
-        raise RuntimeError("killed")
+        if "t_000000003" in table.column("key").to_pylist():
+            raise RuntimeError("killed")
+        return original_quality(self, table)
 
+    monkeypatch.setattr(FetchStep, "process", counting)
     monkeypatch.setattr(QualityFilterStep, "process", boom)
     with pytest.raises(RuntimeError, match="killed"):
         run(recipe, small_recipe.parent, tmp_path / "out")
-    steps_dir = tmp_path / "out" / "_run" / "steps"
-    assert sorted(p.name for p in steps_dir.iterdir()) == ["00-source-t", "01-fetch"]
-    monkeypatch.setattr(QualityFilterStep, "process", original)
+    pair_dir = next((tmp_path / "out" / "_run" / "pairs").iterdir())
+    assert sorted(p.name for p in pair_dir.iterdir()) == ["t-000000"], "only the finished shard has a part"
+    assert len(fetched) == 4
+    fetched.clear()
+    monkeypatch.setattr(QualityFilterStep, "process", original_quality)
     state = run(recipe, small_recipe.parent, tmp_path / "out")
-    assert [s.reused for s in state.steps] == [True, True, False, False]
+    assert sorted(fetched) == ["t_000000002", "t_000000003", "t_000000004"], "shard 0 is never fetched again"
+    assert state.steps[1].rows_in == 5 and not state.steps[1].reused
 
 
-def test_derived_stats_are_recomputed_after_merging_workers(tmp_path):
+def test_keep_intermediate_false_drops_the_images_after_the_run(small_recipe, tmp_path):
+    from datagen.sinks.manifest import finish
+
+    recipe, raw = load_recipe(small_recipe)
+    state = run(recipe, small_recipe.parent, tmp_path / "out")
+    finish(state, raw, small_recipe)
+    with_images = [p for p in (tmp_path / "out" / "_run").rglob("*.parquet")
+                   if "image" in pq.ParquetFile(p).schema_arrow.names
+                   and pq.read_table(p, columns=["image"]).column(0).null_count < pq.ParquetFile(p).metadata.num_rows]
+    assert with_images and all("pairs" in p.parts for p in with_images), "images live in the pair parts only"
+    recipe2, raw2 = load_recipe(small_recipe, ["output.keep_intermediate=false"])
+    state2 = run(recipe2, small_recipe.parent, tmp_path / "out")
+    manifest = finish(state2, raw2, small_recipe)
+    assert manifest["counts"]["stage1_samples"] == 4
+    assert not (tmp_path / "out" / "_run" / "pairs").exists()
+
+
+def test_derived_stats_are_recomputed_after_merging_parts(tmp_path):
+    """Synthesis over many shards in two processes gives the same shares as one shard in one."""
+    from datagen.core.executor import ShardTask, StepFactory, execute, merge_parts
     from datagen.steps import RunContext
     from datagen.synth.config import SynthConfig
     from datagen.synth.fakecoco import fake_coco_pairs
     from datagen.synth.step import SynthesizeStep
+    from datagen.records import CONVERSATION_SCHEMA
 
     table = fake_coco_pairs(60, seed=1)
-    batches = [table.slice(i, 15) for i in range(0, 60, 15)]
-    shares = []
-    for workers in (1, 2):
+    results = []
+    for workers, shard_rows in ((1, 60), (2, 15)):
         ctx = RunContext(run_dir=tmp_path / f"w{workers}", recipe_dir=tmp_path)
         ctx.run_dir.mkdir()
-        outs = list(map_batches(StepFactory(SynthesizeStep, SynthConfig()), iter(batches), ctx, workers))
-        st = ctx.stats["synthesize"]
-        assert st["rows_in"] == 60 and sum(o.kept.num_rows for o in outs) == st["rows_out"]
-        shares.append((st["negative_share"], st["negative_share_target"]))
-    assert shares[0] == shares[1] and shares[0][1] == 0.5
+        factory = StepFactory(SynthesizeStep, SynthConfig(multi_image={"enabled": False}))
+        tasks = []
+        for i in range(0, 60, shard_rows):
+            path = ctx.run_dir / f"in-{i}.parquet"
+            pq.write_table(table.slice(i, shard_rows), path)
+            tasks.append(ShardTask(f"f-{i}", "fakecoco", path, ctx.run_dir / f"part-{i}", [factory],
+                                   CONVERSATION_SCHEMA, shard_rows, batch_size=15))
+        infos = execute(tasks, ctx, workers, "synth")
+        st = merge_parts(infos, [factory], ctx)["synthesize"]
+        assert st["in"] == 60 and st["kept"] == sum(i["kept"] for i in infos)
+        results.append((st["stats"]["negative_share"], st["stats"]["negative_share_target"],
+                        st["stats"]["checker_disagreements"], st["stats"]["polarity"]))
+    assert results[0] == results[1] and results[0][1] == 0.5 and results[0][2] == 0

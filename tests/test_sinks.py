@@ -9,8 +9,23 @@ from PIL import Image
 from datagen.records import conversations_table, pairs_table
 from datagen.sinks.export import mplug_owl_text
 from datagen.sinks.shards import SplitWriter, image_ext
-from datagen.sinks.stages import ImageStore, repeats, write_stage1, write_stage2
 from datagen.config import OutputConfig, StageConfig
+from datagen.core.parts import PartWriter
+from datagen.pipeline import Shard
+from datagen.records import PAIR_SCHEMA
+from datagen.sinks.buckets import repeats
+from datagen.sinks.stages import write_stage1, write_stage2
+
+
+def parts_of(tmp_path, rows, per_part=4):
+    """Pair parts as the pair pass leaves them: one finished part per input shard."""
+    out = []
+    for n, i in enumerate(range(0, len(rows), per_part)):
+        shard = Shard(f"s-{n:06d}", rows[i]["source"], tmp_path / "in", per_part)
+        w = PartWriter(tmp_path / "parts" / shard.id, PAIR_SCHEMA)
+        w.write(pairs_table(rows[i:i + per_part]))
+        out.append((shard, w.commit({"steps": {}})))
+    return out
 
 
 def jpeg(color="red"):
@@ -43,7 +58,7 @@ def test_split_writer_abort_leaves_previous_output_untouched(tmp_path):
     w.write("new", {"json": b"{}"})
     w.abort()
     assert tarfile.open(tmp_path / "stage1" / "stage1-000000.tar").getnames() == ["old.json"]
-    assert not (tmp_path / ".stage1.partial").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["stage1"], "no temporary folder left"
 
 
 def test_byte_cap_starts_a_new_shard(tmp_path):
@@ -74,11 +89,11 @@ def test_stage_writers_mix_shuffle_and_join_images(tmp_path):
             for i in range(10)]
     rows += [{"key": f"b_{i}", "source": "b", "caption": f"cap {i}", "image": jpeg("blue"), "width": 8, "height": 8}
              for i in range(10)]
-    pairs = tmp_path / "pairs.parquet"
-    pq.write_table(pairs_table(rows), pairs, row_group_size=4)
+    pairs = parts_of(tmp_path, rows)
     out = tmp_path / "out"
-    shards, stats = write_stage1(pairs, out, StageConfig(weights={"a": 2.0, "b": 0.0}), OutputConfig(shard_max_count=7),
-                                 0, tmp_path)
+    shards, stats = write_stage1(pairs, None, out, StageConfig(weights={"a": 2.0, "b": 0.0}),
+                                 OutputConfig(shard_max_count=7), 0, tmp_path)
+    assert [s.count for s in shards] == [7, 7, 6], "every shard but the last is full"
     assert stats["per_source"] == {"a": 20}
     names = [n for s in shards for n in tarfile.open(out / s.path).getnames() if n.endswith(".txt")]
     assert sorted(names) == sorted([f"a_{i}.txt" for i in range(10)] + [f"a_{i}-r1.txt" for i in range(10)])
@@ -105,7 +120,7 @@ def test_stage_writers_mix_shuffle_and_join_images(tmp_path):
     ])
     cpath = tmp_path / "convs.parquet"
     pq.write_table(convs, cpath)
-    s2, s2t, stats, rejects = write_stage2([cpath], pairs, out, StageConfig(), OutputConfig(), 0, tmp_path)
+    s2, s2t, stats, rejects = write_stage2([(None, cpath)], pairs, None, out, StageConfig(), OutputConfig(), 0, tmp_path)
     members = {n: None for s in s2 for n in tarfile.open(out / s.path).getnames()}
     assert set(members) == {"a_1.jpg", "a_1.json", "mm_1.0.jpg", "mm_1.1.jpg", "mm_1.json"}
     body = json.loads(tarfile.open(out / s2[0].path).extractfile("a_1.json").read())
@@ -114,12 +129,16 @@ def test_stage_writers_mix_shuffle_and_join_images(tmp_path):
     assert stats["conversations_by_lang"] == {"en": 2, "zh": 1}
 
 
-def test_image_store_reads_by_key_across_row_groups(tmp_path):
-    rows = [{"key": f"k{i}", "source": "s", "image": bytes([i])} for i in range(10)]
-    pq.write_table(pairs_table(rows), tmp_path / "p.parquet", row_group_size=3)
-    store = ImageStore(tmp_path / "p.parquet", cache_groups=1)
-    assert [store.get(f"k{i}") for i in (9, 0, 5, 5)] == [b"\x09", b"\x00", b"\x05", b"\x05"]
-    assert "k3" in store and "nope" not in store
+def test_stage_writers_apply_barrier_decisions_by_key(tmp_path):
+    import polars as pl
+
+    rows = [{"key": f"a_{i}", "source": "a", "caption": f"cap {i}", "image": jpeg(), "width": 8, "height": 8}
+            for i in range(6)]
+    pairs = parts_of(tmp_path, rows, per_part=3)
+    dropped = pl.LazyFrame({"key": ["a_1", "a_4"], "_shard": ["s-000000", "s-000001"]})
+    shards, stats = write_stage1(pairs, dropped, tmp_path / "out", StageConfig(), OutputConfig(), 0, tmp_path)
+    names = sorted(n for s in shards for n in tarfile.open(tmp_path / "out" / s.path).getnames() if n.endswith(".txt"))
+    assert names == ["a_0.txt", "a_2.txt", "a_3.txt", "a_5.txt"] and stats["samples"] == 4
 
 
 def test_mplug_owl_template_one_image_line_or_inline_images():
@@ -131,3 +150,17 @@ def test_mplug_owl_template_one_image_line_or_inline_images():
     text = mplug_owl_text(turns, 2)
     assert text.splitlines()[1:] == ["Human: Image 0 is <image>. Image 1 is <image>. Same?", "AI: No."]
     assert text.count("<image>") == 2
+
+
+def test_fast_tar_headers_are_the_standard_librarys_bytes(tmp_path):
+    from datagen.sinks.shards import TarShard, _tarinfo_header, ustar_header
+
+    for name, size in [("a.jpg", 0), ("k_000001.json", 12345), ("x" * 100, 7), ("é" * 10 + ".txt", 99)]:
+        assert ustar_header(name, size) == _tarinfo_header(name, size)
+    shard = TarShard(tmp_path / "t.tar")
+    shard.write("k1", {"txt": b"hello", "json": b"{}"})
+    shard.close()
+    with tarfile.open(tmp_path / "t.tar") as t:
+        assert t.getnames() == ["k1.json", "k1.txt"]
+        assert t.extractfile("k1.txt").read() == b"hello"
+    assert (tmp_path / "t.tar").stat().st_size % tarfile.RECORDSIZE == 0

@@ -2,11 +2,11 @@
 
 Scoring is the expensive part; choosing the threshold is a recipe decision
 people revisit. So the pipeline runs ``ClipScoreStep`` as a pure scorer (its
-checkpoint does not depend on ``min_score`` or ``top_fraction``) and this
-global step applies the threshold over the persisted scores: editing the
+pass does not depend on ``min_score`` or ``top_fraction``) and this
+barrier applies the threshold over the scores in the finished parts: editing the
 threshold reruns only this step. ``top_fraction`` (DataComp's top-30%
 baseline) needs the whole dataset's score distribution, which is why this is a
-global step.
+barrier: it reads only the ``clip_score`` column and emits key decisions.
 
 With the untrained fallback model the scores mean nothing, and no row is
 dropped for its score (the run already warns about it).
@@ -14,17 +14,13 @@ dropped for its score (the run already warns about it).
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Iterator
-
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from datagen.filters.clip import ClipConfig
+from datagen.filters.clip_config import ClipConfig
 from datagen.records import reject, rejects_table
-from datagen.steps import Step, StepOutput
+from datagen.steps import Step
 
 
 def cutoff(scores: np.ndarray, min_score: float | None, top_fraction: float | None) -> float | None:
@@ -40,32 +36,22 @@ def cutoff(scores: np.ndarray, min_score: float | None, top_fraction: float | No
 
 class ClipThresholdStep(Step):
     name = "clip_threshold"
-    kind = "global"
+    kind = "barrier"
+    columns = ("clip_score",)
     config: ClipConfig
 
-    def process_dataset(self, path: Path) -> Iterator[StepOutput]:
+    def decide(self, frame: pl.LazyFrame) -> pa.Table:
         cfg = self.config
         clip_stats = self.ctx.stats.get("clip", {})
         st = self.ctx.stat(self.name)
-        scores = pl.scan_parquet(path).select("clip_score").collect()["clip_score"].to_numpy()
+        scores = frame.select("clip_score").collect()["clip_score"].to_numpy()
         limit = None if clip_stats.get("untrained_fallback") else cutoff(scores, cfg.min_score, cfg.top_fraction)
         st.update(min_score=cfg.min_score, top_fraction=cfg.top_fraction, cutoff=limit,
                   applied=limit is not None, scored=int(len(scores)))
-        pf = pq.ParquetFile(path)
-        wrote = False
-        for b in pf.iter_batches(batch_size=1024):
-            t = pa.Table.from_batches([b])
-            if limit is None:
-                yield StepOutput(t)
-                wrote = True
-                continue
-            s = t.column("clip_score").to_numpy(zero_copy_only=False)
-            below = s < limit
-            meta = t.select([c for c in ("key", "source", "url") if c in t.column_names]).to_pylist()
-            why = f"min_score {cfg.min_score}" if limit == cfg.min_score else f"top {cfg.top_fraction:.0%} cutoff"
-            rejects = [reject(meta[i], self.name, "clip_below_threshold", f"clip_score {s[i]:.4f} < {limit:.4f} ({why})")
-                       for i in np.flatnonzero(below)]
-            yield StepOutput(t.filter(pa.array(~below)), rejects_table(rejects))
-            wrote = True
-        if not wrote:
-            yield StepOutput(pf.schema_arrow.empty_table())
+        if limit is None:
+            return rejects_table([])
+        why = f"min_score {cfg.min_score}" if limit == cfg.min_score else f"top {cfg.top_fraction:.0%} cutoff"
+        below = frame.filter(pl.col("clip_score") < limit).select("key", "source", "url", "clip_score").collect()
+        return rejects_table(
+            reject(r, self.name, "clip_below_threshold", f"clip_score {r['clip_score']:.4f} < {limit:.4f} ({why})")
+            for r in below.iter_rows(named=True))

@@ -17,11 +17,15 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from datagen import __version__
-from datagen.pipeline import RunState, collect_rejects
-from datagen.records import rejects_table
+from datagen.core.lock import RunLock
+from datagen.core.parts import tmp_name
+from datagen.pipeline import RunState, drop_intermediate_images, prune_stale
+from datagen.records import REJECT_SCHEMA, rejects_table
 from datagen.sinks.shards import shard_dicts
 from datagen.sinks.stages import write_stage1, write_stage2
 
@@ -42,35 +46,72 @@ def tool_versions() -> dict[str, str]:
     return out
 
 
+def write_rejects(files: list[Path], dest: Path) -> int:
+    """Every reject file of the run streamed into one ``rejects.parquet`` (never all in memory)."""
+    tmp = tmp_name(dest)
+    n = 0
+    with pq.ParquetWriter(tmp, REJECT_SCHEMA) as w:
+        for f in files:
+            if not f.exists():
+                continue
+            for b in pq.ParquetFile(f).iter_batches(batch_size=65536, columns=REJECT_SCHEMA.names):
+                w.write_table(pa.Table.from_batches([b]).cast(REJECT_SCHEMA))
+                n += b.num_rows
+    tmp.replace(dest)
+    return n
+
+
+def _reject_counts(path: Path) -> dict[str, Any]:
+    """Reject totals by reason group (``duplicate_of:*``), by step, and split into row and item level."""
+    grouped = (pl.scan_parquet(path).select("step", "reason")
+               .with_columns(pl.when(pl.col("reason").str.contains(":"))
+                             .then(pl.col("reason").str.split(":").list.first() + pl.lit(":*"))
+                             .otherwise(pl.col("reason")).alias("reason"),
+                             pl.col("step").is_in(list(_ITEM_LEVEL)).alias("item"))
+               .group_by("step", "reason", "item").len().collect())
+    by_reason, by_step, rows, items = Counter(), Counter(), Counter(), Counter()
+    for step, reason, item, n in grouped.iter_rows():
+        by_reason[reason] += n
+        by_step[step] += n
+        (items if item else rows)[reason] += n
+    def ranked(c: Counter) -> dict[str, int]:  # most first, ties by name: the same run, the same manifest
+        return dict(sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    return {"total": sum(by_reason.values()), "by_reason": ranked(by_reason), "by_step": dict(sorted(by_step.items())),
+            "rows_by_reason": ranked(rows), "items_by_reason": ranked(items)}
+
+
 def finish(state: RunState, recipe_raw: dict, recipe_path: Path | None) -> dict[str, Any]:
+    with RunLock(state.out_dir):
+        return _finish(state, recipe_raw, recipe_path)
+
+
+def _finish(state: RunState, recipe_raw: dict, recipe_path: Path | None) -> dict[str, Any]:
     recipe, out, ctx = state.recipe, state.out_dir, state.ctx
     work = out / "_run"
-    shards1, s1 = write_stage1(state.pairs, out, recipe.stage1, recipe.output, recipe.seed, work)
-    shards2, shards2t, s2, sink_rejects = write_stage2(state.conversations, state.pairs, out, recipe.stage2,
-                                                       recipe.output, recipe.seed, work)
+    dropped = state.dropped()
+    shards1, s1 = write_stage1(state.pair_parts, dropped, out, recipe.stage1, recipe.output, recipe.seed, work)
+    shards2, shards2t, s2, sink_rejects = write_stage2(state.conversation_inputs, state.pair_parts, dropped, out,
+                                                       recipe.stage2, recipe.output, recipe.seed, work)
     files = list(state.reject_files)
     if sink_rejects:
         sink_path = work / "stage2-sink-rejects.parquet"
         pq.write_table(rejects_table(sink_rejects), sink_path)
         files.append(sink_path)
-    rejects = collect_rejects(files, out / "rejects.parquet")
+    write_rejects(files, out / "rejects.parquet")
+    rejects = _reject_counts(out / "rejects.parquet")
 
-    step_names = {s.name: s for s in state.steps}
-    text_sources = {s.name for s in recipe.sources if s.kind == "instructions"}
+    text_sources = state.text_sources
     pair_steps = [s for s in state.steps if s.name not in _ITEM_LEVEL
                   and not (s.name.startswith("source-") and s.name[7:] in text_sources)]
     pair_in = sum(s.rows_in for s in pair_steps if s.name.startswith("source-"))
     pair_rejected = sum(s.rejected for s in pair_steps)
-    pair_kept = _rows(state.pairs)
-    text_steps = [step_names[f"source-{n}"] for n in text_sources]
+    decided = sum(s.rejected for s in state.steps if s.kind == "barrier")
+    pair_kept = sum(p.rows() for _, p in state.pair_parts) - decided
+    text_steps = [s for s in state.steps if s.name.startswith("source-") and s.name[7:] in text_sources]
     text_in = sum(s.rows_in for s in text_steps)
     text_rejected = sum(s.rejected for s in text_steps)
 
-    reasons = Counter(rejects.column("reason").to_pylist()) if rejects.num_rows else Counter()
-    by_step = Counter(rejects.column("step").to_pylist()) if rejects.num_rows else Counter()
-    row_reasons, item_reasons = Counter(), Counter()
-    for step, reason in zip(rejects.column("step").to_pylist(), rejects.column("reason").to_pylist()):
-        (item_reasons if step in _ITEM_LEVEL else row_reasons)[reason] += 1
     all_shards = shards1 + shards2 + shards2t
     manifest = {
         "name": recipe.name,
@@ -98,9 +139,7 @@ def finish(state: RunState, recipe_raw: dict, recipe_path: Path | None) -> dict[
              "seconds": s.seconds, "reused": s.reused, "stats": s.stats}
             for s in state.steps
         ],
-        "rejects": {"total": rejects.num_rows, "by_reason": dict(reasons.most_common()), "by_step": dict(by_step),
-                    "rows_by_reason": dict(row_reasons.most_common()),
-                    "items_by_reason": dict(item_reasons.most_common())},
+        "rejects": rejects,
         "shards": shard_dicts(all_shards),
     }
     (out / "sizes.json").write_text(json.dumps({s.path: s.count for s in all_shards}, indent=1) + "\n")
@@ -111,11 +150,10 @@ def finish(state: RunState, recipe_raw: dict, recipe_path: Path | None) -> dict[
 
         for fmt in recipe.output.exports:
             export(out, out / "export", fmt)
+    prune_stale(state)
+    if not recipe.output.keep_intermediate:
+        drop_intermediate_images(state)
     return manifest
-
-
-def _rows(path: Path | None) -> int:
-    return pq.ParquetFile(path).metadata.num_rows if path and path.exists() else 0
 
 
 def reason_group(reason: str) -> str:

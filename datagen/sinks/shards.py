@@ -2,10 +2,9 @@
 
 Layout (DESIGN.md section 3): ``<out>/<split>/<split>-%06d.tar``. Each shard is
 written as ``*.tar.partial`` and renamed when closed, and a whole split is
-built in ``<out>/.<split>.partial/`` and swapped in at the end, so a killed
+built in ``<out>/.<split>.tmp-<run id>/`` and swapped in at the end, so a killed
 run never leaves a half-written shard or a mix of old and new shards behind.
-The files of one sample are adjacent in the tar (webdataset's TarWriter
-writes a sample's entries together); keys contain no dots.
+The files of one sample are adjacent in the tar; keys contain no dots.
 """
 
 from __future__ import annotations
@@ -14,11 +13,13 @@ import hashlib
 import json
 import os
 import shutil
+import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import webdataset as wds
+
+from datagen.core.parts import tmp_name
 
 
 FIXED_MTIME = 946684800  # 2000-01-01T00:00:00Z
@@ -43,12 +44,60 @@ def image_ext(data: bytes) -> str:
     raise ValueError("image bytes are not JPEG, PNG or WebP")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _tarinfo_header(name: str, size: int) -> bytes:
+    ti = tarfile.TarInfo(name)
+    ti.size, ti.mtime, ti.mode, ti.uname, ti.gname = size, FIXED_MTIME, 0o444, "bigdata", "bigdata"
+    return ti.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+
+
+_TEMPLATE = bytearray(_tarinfo_header("x", 0))
+_TEMPLATE[0:100] = bytes(100)  # name
+_TEMPLATE[124:136] = bytes(12)  # size
+_TEMPLATE[148:156] = b" " * 8  # checksum, counted as spaces
+_TEMPLATE_SUM = sum(_TEMPLATE)
+
+
+def ustar_header(name: str, size: int) -> bytes:
+    """The USTAR header ``tarfile.TarInfo.tobuf`` writes for our members (same bytes, tested), built
+    from a template: only the name, size and checksum change between members."""
+    raw = name.encode("utf-8")
+    if len(raw) > 100 or size >= 8**11:
+        return _tarinfo_header(name, size)  # long names and huge members: the standard library's way
+    h = bytearray(_TEMPLATE)
+    h[0:len(raw)] = raw
+    h[124:135] = b"%011o" % size
+    chk = _TEMPLATE_SUM + sum(raw) + sum(h[124:135])
+    h[148:156] = b"%06o\0 " % chk
+    return bytes(h)
+
+
+class TarShard:
+    """One webdataset tar: a sample's files adjacent, in sorted order, as ``<key>.<ext>`` (USTAR, the
+    layout and header fields of webdataset's ``TarWriter``). Headers come from the standard
+    library's ``tarfile.TarInfo``; the writes are ours, because ``TarFile.addfile`` per member was
+    most of the sink's time. A fixed mtime makes shards byte-reproducible."""
+
+    def __init__(self, path: Path):
+        self._f = open(path, "wb")
+        self.sha256 = hashlib.sha256()  # hashed as written: no second read of the shard
+
+    def _out(self, data: bytes) -> None:
+        self._f.write(data)
+        self.sha256.update(data)
+
+    def write(self, key: str, files: dict[str, bytes]) -> None:
+        out = []
+        for ext in sorted(files):
+            data = files[ext]
+            out += [ustar_header(f"{key}.{ext}", len(data)), data, b"\0" * (-len(data) % 512)]
+        self._out(b"".join(out))
+
+    def close(self) -> str:
+        """Ends the archive; returns its sha256."""
+        end = self._f.tell() + 2 * 512  # two zero blocks end the archive; pad to tar's record size
+        self._out(b"\0" * (2 * 512 + (-end % tarfile.RECORDSIZE)))
+        self._f.close()
+        return self.sha256.hexdigest()
 
 
 class SplitWriter:
@@ -58,13 +107,12 @@ class SplitWriter:
         self.out_dir = out_dir
         self.split = split
         self.final_dir = out_dir / split
-        self.work_dir = out_dir / f".{split}.partial"
+        self.work_dir = tmp_name(out_dir / f".{split}")  # unique per run
         shutil.rmtree(self.work_dir, ignore_errors=True)
         self.work_dir.mkdir(parents=True)
         self.max_count, self.max_bytes = max_count, max_bytes
         self.shards: list[ShardInfo] = []
-        self._writer: wds.TarWriter | None = None
-        self._file = None
+        self._writer: TarShard | None = None
         self._count = 0
         self._bytes = 0
 
@@ -73,19 +121,17 @@ class SplitWriter:
 
     def _open(self) -> None:
         name = self._name(len(self.shards))
-        self._file = open(self.work_dir / (name + ".partial"), "wb")
-        # A fixed mtime makes shards byte-reproducible: same recipe and seed, same sha256.
-        self._writer = wds.TarWriter(self._file, mtime=FIXED_MTIME)
+        self._writer = TarShard(self.work_dir / (name + ".partial"))
         self._count = self._bytes = 0
 
     def _close_shard(self) -> None:
         if self._writer is None:
             return
-        self._writer.close()  # closes the file too
+        sha = self._writer.close()
         name = self._name(len(self.shards))
         tmp, final = self.work_dir / (name + ".partial"), self.work_dir / name
         os.replace(tmp, final)
-        self.shards.append(ShardInfo(self.split, f"{self.split}/{name}", self._count, final.stat().st_size, _sha256(final)))
+        self.shards.append(ShardInfo(self.split, f"{self.split}/{name}", self._count, final.stat().st_size, sha))
         self._writer = None
 
     def write(self, key: str, files: dict[str, bytes]) -> None:
@@ -97,7 +143,7 @@ class SplitWriter:
             self._close_shard()
         if self._writer is None:
             self._open()
-        self._writer.write({"__key__": key, **files})
+        self._writer.write(key, files)
         self._count += 1
         self._bytes += size
 

@@ -1,16 +1,15 @@
-"""Stage-1 and stage-2 sinks: final rows -> mixed, shuffled webdataset shards.
+"""Stage-1 and stage-2 sinks: kept rows -> mixed, shuffled webdataset shards, in bounded memory.
 
-Mixing weights act per source: a weight below 1 keeps that share of the rows
-(chosen by a hash of key and seed), above 1 repeats rows (repeats get the key
-suffix ``-r<N>``). The shuffle is a sort by a hash of (seed, key), so the same
-recipe and seed give byte-identical shards. Stage-2 samples are one per image
-set: all conversations of that set, both languages, in one ``<key>.json``, and
-the image bytes once, looked up by key in the final pair rows.
+The sample plan (weights, order, output shard) is computed from metadata only
+(``datagen.sinks.buckets``); rows are then scattered into per-shard buckets
+while the parts are read sequentially, and each bucket is ordered and written
+on its own. Stage-2 samples are one per image set: all conversations of that
+set, both languages, in one ``<key>.json``, and the image bytes once, joined
+from the pair parts within the bucket. Same recipe and seed, same bytes.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import Counter, OrderedDict
 from pathlib import Path
@@ -20,55 +19,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from datagen.core.parts import iter_batches, tmp_name
+from datagen.sinks.buckets import BucketSpill, plan_samples
 from datagen.sinks.shards import ShardInfo, SplitWriter, image_ext, json_bytes
 
 STAGE1, STAGE2, STAGE2_TEXT = "stage1", "stage2", "stage2_text"
-
-
-def _unit(seed: int, key: str, salt: str) -> float:
-    h = hashlib.sha256(f"{seed}\x1f{salt}\x1f{key}".encode()).digest()
-    return int.from_bytes(h[:8], "big") / 2**64
-
-
-def repeats(weight: float, seed: int, key: str) -> int:
-    """How many copies of a row a mixing weight asks for (expected value = weight)."""
-    whole = int(weight)
-    return whole + (1 if _unit(seed, key, "mix") < weight - whole else 0)
-
-
-def mix_and_order(table: pa.Table, weights: dict[str, float], seed: int, shuffle: bool, offset: int) -> pa.Table:
-    """Repeat or drop rows by their source's weight and add ``_order`` (a hash of seed and key) and ``_rep``."""
-    keys, sources = table.column("key").to_pylist(), table.column("source").to_pylist()
-    idx, reps, order = [], [], []
-    for i, (k, s) in enumerate(zip(keys, sources)):
-        for r in range(repeats(weights.get(s, 1.0), seed, k)):
-            idx.append(i)
-            reps.append(r)
-            order.append(_unit(seed, f"{k}-{r}", "order") if shuffle else float(offset + i))
-    out = table.take(pa.array(idx, type=pa.int64()))
-    return out.append_column("_rep", pa.array(reps, type=pa.int32())).append_column("_order", pa.array(order, pa.float64()))
-
-
-def sorted_mix(frame: pl.LazyFrame, weights: dict[str, float], seed: int, shuffle: bool, tmp: Path) -> Path:
-    """Persist the mixed rows sorted by ``_order`` (polars sorts out of core), for sequential shard writing."""
-    staged = tmp.with_suffix(".mixed.parquet")
-    frame.sink_parquet(staged)
-    pf = pq.ParquetFile(staged)
-    mixed = tmp.with_suffix(".unsorted.parquet")
-    writer = None
-    offset = 0
-    for b in pf.iter_batches(batch_size=512):
-        t = mix_and_order(pa.Table.from_batches([b]), weights, seed, shuffle, offset)
-        offset += b.num_rows
-        writer = writer or pq.ParquetWriter(mixed, t.schema)
-        writer.write_table(t)
-    if writer is None:
-        return staged
-    writer.close()
-    pl.scan_parquet(mixed).sort("_order").sink_parquet(tmp)
-    staged.unlink()
-    mixed.unlink()
-    return tmp
 
 
 def _row_json(row: dict) -> dict:
@@ -81,107 +36,175 @@ def _row_json(row: dict) -> dict:
     return out
 
 
-def _select(paths: list[Path], sources: list[str] | None) -> pl.LazyFrame | None:
-    paths = [p for p in paths if p.exists() and pq.ParquetFile(p).metadata.num_rows]
-    if not paths:
-        return None
-    lf = pl.concat([pl.scan_parquet(p) for p in paths], how="diagonal_relaxed")
-    return lf.filter(pl.col("source").is_in(sources)) if sources is not None else lf
+def _scan(path: Path, cols: list[str], shard: str) -> pl.LazyFrame:
+    have = pq.ParquetFile(path).schema_arrow.names
+    return pl.scan_parquet(path).select([c for c in cols if c in have]).with_columns(pl.lit(shard).alias("_shard"))
 
 
-def write_stage1(pairs: Path, out_dir: Path, stage, output, seed: int, work: Path) -> tuple[list[ShardInfo], dict]:
-    lf = _select([pairs], stage.sources)
+def kept_pairs(pair_parts, dropped: pl.LazyFrame | None, sources: list[str] | None,
+               cols: tuple[str, ...] = ("key", "source")) -> pl.DataFrame:
+    """Metadata of the pairs that every barrier kept, in input order (``_shard`` added)."""
+    frames = [_scan(part.kept, list(cols), shard.id) for shard, part in pair_parts
+              if sources is None or shard.source in sources]
+    if not frames:
+        return pl.DataFrame(schema={c: pl.String for c in (*cols, "_shard")})
+    lf = pl.concat(frames, how="diagonal_relaxed")
+    if dropped is not None:
+        lf = lf.join(dropped.select("key"), on="key", how="anti", maintain_order="left")
+    return lf.collect()
+
+
+def _positions(plan: pl.DataFrame) -> dict[str, list[int]]:
+    """key -> the plan rows (copies) that come from it."""
+    pos: dict[str, list[int]] = {}
+    for i, k in enumerate(plan["key"].to_list()):
+        pos.setdefault(k, []).append(i)
+    return pos
+
+
+def _scatter(spill: BucketSpill, path: Path, plan: pl.DataFrame, columns: list[str] | None) -> None:
+    """Append every planned copy of the rows in ``path`` to its bucket, with ``_out_key`` and ``_order``."""
+    if not plan.height:
+        return
+    pos = _positions(plan)
+    out_keys, orders, buckets = plan["out_key"].to_list(), plan["order"].to_numpy(), plan["bucket"].to_numpy()
+    for batch in iter_batches(path, 256, columns):
+        take, rows = [], []
+        for i, k in enumerate(batch.column("key").to_pylist()):
+            for j in pos.get(k, ()):
+                take.append(i)
+                rows.append(j)
+        if not take:
+            continue
+        t = batch.take(pa.array(take, type=pa.int64()))
+        t = t.append_column("_out_key", pa.array([out_keys[j] for j in rows], pa.string()))
+        t = t.append_column("_order", pa.array(orders[rows], pa.float64()))
+        spill.add(buckets[rows], t)
+
+
+def _buckets(plan: pl.DataFrame) -> int:
+    return int(plan["bucket"].max()) + 1 if plan.height else 0
+
+
+def _ordered(table: pa.Table) -> list[dict]:
+    rows = table.to_pylist()
+    rows.sort(key=lambda r: (r["_order"], r["_out_key"]))
+    return rows
+
+
+def write_stage1(pair_parts, dropped, out_dir: Path, stage, output, seed: int, work: Path
+                 ) -> tuple[list[ShardInfo], dict]:
+    meta = kept_pairs(pair_parts, dropped, stage.sources)
+    plan = plan_samples(meta, stage.weights, seed, output.shuffle, output.shard_max_count)
+    n_buckets = _buckets(plan)
     writer = SplitWriter(out_dir, STAGE1, output.shard_max_count, output.shard_max_bytes)
+    spill = BucketSpill(tmp_name(work / "sink-stage1"))
     per_source: Counter = Counter()
     try:
-        if lf is not None:
-            ordered = sorted_mix(lf, stage.weights, seed, output.shuffle, work / "stage1.parquet")
-            pf = pq.ParquetFile(ordered)
-            with tqdm(total=pf.metadata.num_rows, desc="stage1 shards", unit="sample", leave=False) as bar:
-                for b in pf.iter_batches(batch_size=256):
-                    for row in b.to_pylist():
-                        key = row["key"] if row["_rep"] == 0 else f"{row['key']}-r{row['_rep']}"
-                        writer.write(key, {image_ext(row["image"]): row["image"], "txt": (row["caption"] or "").encode(),
-                                           "json": json_bytes(_row_json(row) | {"key": key})})
-                        per_source[row["source"]] += 1
-                    bar.update(b.num_rows)
+        by_shard = {k[0]: v for k, v in plan.partition_by("_shard", as_dict=True).items()} if plan.height else {}
+        for shard, part in pair_parts:
+            if shard.id in by_shard:
+                _scatter(spill, part.kept, by_shard[shard.id], None)
+        spill.flush()
+        with tqdm(total=plan.height, desc="stage1 shards", unit="sample", leave=False) as bar:
+            for b in range(n_buckets):
+                for row in _ordered(spill.read(b)):
+                    key = row["_out_key"]
+                    writer.write(key, {image_ext(row["image"]): row["image"], "txt": (row["caption"] or "").encode(),
+                                       "json": json_bytes(_row_json(row) | {"key": key})})
+                    per_source[row["source"]] += 1
+                    bar.update(1)
         shards = writer.commit()
     except BaseException:
         writer.abort()
         raise
+    finally:
+        spill.close()
     return shards, {"samples": sum(per_source.values()), "per_source": dict(per_source)}
 
 
-class ImageStore:
-    """Image bytes by key from the final pair rows, reading one parquet row group at a time."""
-
-    def __init__(self, pairs: Path, cache_groups: int = 4):
-        self.pf = pq.ParquetFile(pairs)
-        self.where: dict[str, tuple[int, int]] = {}
-        for g in range(self.pf.num_row_groups):
-            for j, k in enumerate(self.pf.read_row_group(g, columns=["key"]).column(0).to_pylist()):
-                self.where[k] = (g, j)
-        self._groups: OrderedDict[int, list] = OrderedDict()
-        self._cache = cache_groups
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.where
-
-    def get(self, key: str) -> bytes:
-        g, j = self.where[key]
-        if g not in self._groups:
-            self._groups[g] = self.pf.read_row_group(g, columns=["image"]).column(0).to_pylist()
-            if len(self._groups) > self._cache:
-                self._groups.popitem(last=False)
-        self._groups.move_to_end(g)
-        return self._groups[g][j]
+def _conversation_meta(conversation_inputs, sources: list[str] | None) -> pl.DataFrame:
+    """One row per (input, key): ``key``, ``source``, ``images``, ``_input``, in input order."""
+    frames = []
+    for i, (_shard, path) in enumerate(conversation_inputs):
+        if not pq.ParquetFile(path).metadata.num_rows:
+            continue
+        lf = pl.scan_parquet(path).select("key", "source", "images").with_columns(pl.lit(i).alias("_input"))
+        frames.append(lf.filter(pl.col("source").is_in(sources)) if sources is not None else lf)
+    if not frames:
+        return pl.DataFrame(schema={"key": pl.String, "source": pl.String, "images": pl.List(pl.String),
+                                    "_input": pl.Int32})
+    return pl.concat(frames, how="diagonal_relaxed").collect()
 
 
-def group_conversations(paths: list[Path], sources: list[str] | None) -> pl.LazyFrame | None:
-    """All conversation rows of one image set merged into one row (synthesis + LLM + translations)."""
-    lf = _select(paths, sources)
-    if lf is None:
-        return None
-    return (
-        lf.select("key", "source", "images", "conversations", "meta")
-        .group_by("key", maintain_order=True)
-        .agg(pl.col("source").first(), pl.col("images").first(), pl.col("conversations").list.explode(),
-             pl.col("meta").first())
-    )
-
-
-def write_stage2(conversations: list[Path], pairs: Path, out_dir: Path, stage, output, seed: int, work: Path
+def write_stage2(conversation_inputs, pair_parts, dropped, out_dir: Path, stage, output, seed: int, work: Path
                  ) -> tuple[list[ShardInfo], list[ShardInfo], dict, list[dict]]:
     """Returns (image shards, text-only shards, stats, rejects for samples whose images are missing)."""
-    grouped = group_conversations(conversations, stage.sources)
-    store = ImageStore(pairs) if pairs.exists() else None
+    rows = _conversation_meta(conversation_inputs, stage.sources)
+    samples = (rows.group_by("key", maintain_order=True)
+               .agg(pl.col("source").first(), pl.col("images").first(), pl.col("_input").first())
+               .with_columns(pl.col("images").fill_null([]).list.len().gt(0).alias("_with_images"),
+                             pl.col("_input").cast(pl.String).alias("_shard")))
+    plan = plan_samples(samples, stage.weights, seed, output.shuffle, output.shard_max_count, group="_with_images")
+    n_img, n_txt = (_buckets(plan.filter(pl.col("_with_images"))), _buckets(plan.filter(~pl.col("_with_images"))))
+    plan = plan.with_columns(pl.when(pl.col("_with_images")).then(pl.col("bucket"))
+                             .otherwise(pl.col("bucket") + n_img).alias("bucket"))
     img_writer = SplitWriter(out_dir, STAGE2, output.shard_max_count, output.shard_max_bytes)
     txt_writer = SplitWriter(out_dir, STAGE2_TEXT, output.shard_max_count, output.shard_max_bytes)
+    conv_spill = BucketSpill(tmp_name(work / "sink-stage2"))
+    img_spill = BucketSpill(tmp_name(work / "sink-stage2-images"))
     stats: Counter = Counter()
     langs: Counter = Counter()
     rejects: list[dict] = []
     try:
-        ordered = sorted_mix(grouped, stage.weights, seed, output.shuffle, work / "stage2.parquet") if grouped is not None else None
-        pf = pq.ParquetFile(ordered) if ordered is not None else None
-        for b in (pf.iter_batches(batch_size=256) if pf is not None else []):
-            for row in b.to_pylist():
-                key = row["key"] if row["_rep"] == 0 else f"{row['key']}-r{row['_rep']}"
+        # Conversation rows: every input row of a planned key, to each of that key's copies' buckets.
+        members = rows.select("key", "_input").unique(maintain_order=True)
+        by_input = {k[0]: v for k, v in members.join(plan.drop("_shard"), on="key", how="inner", maintain_order="left")
+                    .partition_by("_input", as_dict=True).items()} if plan.height else {}
+        for i, (_shard, path) in enumerate(conversation_inputs):
+            if i in by_input:
+                _scatter(conv_spill, path, by_input[i], ["key", "source", "images", "conversations", "meta"])
+        conv_spill.flush()
+        # Image bytes: each image to the bucket of every sample that shows it, read part by part.
+        wanted = (plan.filter(pl.col("_with_images")).join(samples.select("key", "images"), on="key")
+                  .select(pl.col("images").alias("image_key"), "bucket").explode("image_key").unique())
+        located = wanted.join(kept_pairs(pair_parts, dropped, None), left_on="image_key", right_on="key")
+        by_shard = {k[0]: v for k, v in located.partition_by("_shard", as_dict=True).items()} if located.height else {}
+        for shard, part in pair_parts:
+            if shard.id in by_shard:
+                img_plan = by_shard[shard.id].select(pl.col("image_key").alias("key"), "bucket",
+                                                     pl.col("image_key").alias("out_key"), pl.lit(0.0).alias("order"))
+                _scatter(img_spill, part.kept, img_plan, ["key", "image"])
+        img_spill.flush()
+        for b in range(n_img + n_txt):
+            table = conv_spill.read(b)
+            if table is None:
+                continue
+            images_in = img_spill.read(b) if b < n_img else None
+            store = dict(zip(images_in.column("key").to_pylist(), images_in.column("image").to_pylist())) \
+                if images_in is not None else {}
+            grouped: OrderedDict[str, dict] = OrderedDict()
+            for r in table.to_pylist():
+                g = grouped.get(r["_out_key"])
+                if g is None:
+                    grouped[r["_out_key"]] = {**r, "conversations": list(r["conversations"] or [])}
+                else:
+                    g["conversations"].extend(r["conversations"] or [])
+            for row in sorted(grouped.values(), key=lambda r: (r["_order"], r["_out_key"])):
+                key = row["_out_key"]
                 images = row["images"] or []
-                missing = [k for k in images if store is None or k not in store]
+                missing = [k for k in images if k not in store]
                 if missing:
                     rejects.append({"key": key, "source": row["source"], "step": "stage2_sink",
                                     "reason": "image_missing", "detail": f"images {missing} not among the kept pairs",
                                     "url": None})
                     continue
-                body = _row_json(row) | {"key": key}
                 files: dict[str, bytes] = {}
                 if len(images) == 1:
-                    data = store.get(images[0])
-                    files[image_ext(data)] = data
+                    files[image_ext(store[images[0]])] = store[images[0]]
                 for n, k in enumerate(images if len(images) > 1 else []):
-                    data = store.get(k)
-                    files[f"{n}.{image_ext(data)}"] = data
-                files["json"] = json_bytes(body)
+                    files[f"{n}.{image_ext(store[k])}"] = store[k]
+                files["json"] = json_bytes(_row_json(row) | {"key": key})
                 (img_writer if images else txt_writer).write(key, files)
                 stats["samples_with_images" if images else "samples_text_only"] += 1
                 for c in row["conversations"]:
@@ -191,6 +214,7 @@ def write_stage2(conversations: list[Path], pairs: Path, out_dir: Path, stage, o
         img_writer.abort()
         txt_writer.abort()
         raise
+    finally:
+        conv_spill.close()
+        img_spill.close()
     return shards, text_shards, {**stats, "conversations_by_lang": dict(langs)}, rejects
-
-

@@ -5,8 +5,8 @@ Items are planned once per image (``planner``), grouped into multi-turn
 conversations with a cap on refusals each, and rendered natively in every
 configured language; twins share an id stem: ``<key>-c0-en`` / ``<key>-c0-zh``.
 
-POPE negatives need dataset-level label statistics. The executor calls
-``step.prepare(tables)`` once over the whole input before the first batch;
+POPE negatives need dataset-level label statistics. The pipeline calls
+``step.prepare(tables)`` once over the kept pairs' labels (a barrier) before the first batch;
 that writes ``<run_dir>/synthesize/label_stats.json`` which every worker
 process loads (or set ``label_stats_path``). Without it the step counts within
 each batch, records ``label_stats: "batch_fallback"`` in its stats and warns:
@@ -119,6 +119,20 @@ class SynthesizeStep(Step):
         self._record(len(rows), len(out_rows), counters)
         return StepOutput(kept=conversations_table(out_rows), rejects=rejects_table(rejects))
 
+    def check_output(self, pairs: pa.Table, conversations: pa.Table) -> None:
+        """The independent checker re-derives every template answer of this batch from the annotations;
+        the executor calls this after each batch, and the run warns when the summed count is not 0."""
+        if not self.config.check or not conversations.num_rows:
+            return
+        from dataclasses import asdict
+
+        from datagen.synth.checker import Checker
+
+        found = Checker.from_config(self.config).check_tables(pairs, conversations)
+        st = self.ctx.stat(self.name)
+        st["checker_disagreements"] = st.get("checker_disagreements", 0) + len(found)
+        st["checker_examples"] = (st.get("checker_examples", []) + [asdict(d) for d in found])[:5]
+
     def render_conversations(self, key: str, items: list[Item], counters: dict[str, Counter]) -> list[dict[str, Any]]:
         """Group items into conversations (refusals spread and capped) and render each language."""
         cfg = self.config
@@ -165,6 +179,8 @@ class SynthesizeStep(Step):
         polar = pol.get("positive", 0) + pol.get("negative", 0)
         st["negative_share"] = round(pol.get("negative", 0) / polar, 4) if polar else None
         st["negative_share_target"] = round(1 - self.config.positive_ratio, 4)
+        if "checker_examples" in st:  # lists concatenate when parts merge
+            st["checker_examples"] = st["checker_examples"][:5]
 
 
 def group_items(items: list[Item], max_items: int, max_neg: int, rng) -> list[list[Item]]:

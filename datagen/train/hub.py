@@ -1,9 +1,9 @@
-"""Fail fast when named weights are neither local, nor cached, nor downloadable.
+"""Fail fast when the trainer's named weights are neither local, nor cached, nor downloadable.
 
 Offline, open_clip and huggingface_hub retry a missing download for about 30
-seconds before failing with a message that does not say what to do. We check up
-front: a local path or a cached file is fine; otherwise one short TCP connect to
-the hub decides, and the error names the model, the cache and the fix.
+seconds before failing with a message that does not say what to do. The
+decision is ``datagen.weights``'s, the same code the CLIP filter uses; this
+module phrases it in the trainer's config keys.
 """
 
 from __future__ import annotations
@@ -11,23 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from datagen.offline import hf_endpoint, hub_offline, url_reachable
+from datagen.weights import WeightsUnavailable, hf_cached, resolve_weights
 
-
-class WeightsUnavailable(FileNotFoundError):
-    pass
-
-
-def _hf_cached(repo_id: str, filenames: tuple[str, ...]) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
-    return any(isinstance(try_to_load_from_cache(repo_id, f), str) for f in filenames)
+__all__ = ["WeightsUnavailable", "check_hf_model", "check_open_clip"]
 
 
 def check_hf_model(name: str, what: str = "llm.name") -> None:
     """A causal LM / tokenizer by Hugging Face id or local folder."""
     if Path(name).expanduser().exists():
         return
-    if _hf_cached(name, ("config.json", "tokenizer_config.json")):
+    if hf_cached(name, ["config.json", "tokenizer_config.json"]):
         return
     if hub_offline() or not url_reachable(hf_endpoint()):
         from huggingface_hub.constants import HF_HUB_CACHE
@@ -43,25 +36,15 @@ def check_open_clip(name: str, pretrained: str | None) -> None:
     """An open_clip model name plus pretrained tag, hf-hub: id, or local-dir:/file."""
     import open_clip
 
-    if name.startswith("local-dir:") or not pretrained and not name.startswith("hf-hub:"):
-        return
-    if pretrained and Path(pretrained).expanduser().is_file():
-        return
-    if name.startswith("hf-hub:"):
-        repo, urls = name[len("hf-hub:"):], [hf_endpoint()]
-    else:
-        cfg = open_clip.get_pretrained_cfg(name, pretrained)
-        if not cfg:
-            raise ValueError(f"vision: open_clip has no pretrained tag {pretrained!r} for {name!r}; "
-                             f"known: {open_clip.list_pretrained_tags_by_model(name)}")
-        repo = cfg.get("hf_hub", "").strip("/")
-        urls = [hf_endpoint()] if repo else [cfg.get("url", "")]
-    files = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_config.json")
-    if repo and _hf_cached(repo, files):
-        return
-    if hub_offline() or not any(url_reachable(u) for u in urls if u):
+    from datagen.filters.clip_config import ClipConfig
+
+    if pretrained and not name.startswith(("hf-hub:", "local-dir:")) and name in open_clip.list_models() \
+            and not open_clip.is_pretrained_cfg(name, pretrained) and not Path(pretrained).expanduser().is_file():
+        raise ValueError(f"vision: open_clip has no pretrained tag {pretrained!r} for {name!r}; "
+                         f"known: {open_clip.list_pretrained_tags_by_model(name)}")
+    plan = resolve_weights(ClipConfig(model=name, pretrained=pretrained))
+    if plan.kind == "unavailable":
         raise WeightsUnavailable(
-            f"vision: open_clip {name!r} / {pretrained!r} is not cached and {urls[0] or 'its host'} is unreachable. "
-            f"Fetch the weights where there is network and set vision.pretrained to the checkpoint file "
-            f"(or vision.name to local-dir:/path)."
-        )
+            f"vision: open_clip {name!r} / {pretrained!r}: {plan.problem}. Checked:\n  - " + "\n  - ".join(plan.checked)
+            + "\nFetch the weights where there is network and set vision.pretrained to the checkpoint file "
+            "(or vision.name to local-dir:/path).")

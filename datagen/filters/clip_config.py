@@ -1,0 +1,74 @@
+"""The CLIP filter's recipe settings (``filters.clip``); light to import: no torch, no open_clip."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+# A small CLIP that builds in well under a second on a CPU. Used only when the real
+# weights cannot be had and the recipe allows it; the text side uses open_clip's
+# bundled BPE vocabulary, which needs no download.
+TINY_UNTRAINED_CONFIG: dict[str, Any] = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+_HF_CONFIG_NAME = "open_clip_config.json"
+_HF_WEIGHT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+
+
+class ClipConfig(BaseModel):
+    # The open_clip config field is called model_config in recipes; pydantic reserves that
+    # attribute name, so it lives in model_config_ with an alias, also on dump.
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), serialize_by_alias=True)
+
+    model: str = Field(
+        "ViT-B-32",
+        description="open_clip architecture name (open_clip.list_models()) or 'hf-hub:org/name'. "
+        "With model_config set this is only a label.",
+    )
+    pretrained: str | None = Field(
+        "laion2b_s34b_b79k",
+        description="open_clip pretrained tag (open_clip.list_pretrained()) or a local checkpoint path "
+        "(relative to the recipe); null = random weights (tests only). Ignored for hf-hub models.",
+    )
+    model_config_: dict[str, Any] | None = Field(
+        None,
+        alias="model_config",
+        description="An open_clip model config (embed_dim, vision_cfg, text_cfg) to build instead of a named "
+        "architecture; random weights unless pretrained is a checkpoint path.",
+    )
+    min_score: float | None = Field(
+        0.28, ge=-1.0, le=1.0, description="Reject rows below this cosine (LAION English: 0.28); null = score only."
+    )
+    top_fraction: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="Keep only this top fraction by score over the whole dataset (DataComp's best simple "
+        "baseline: 0.3 with ViT-L/14); combined with min_score, both must hold.",
+    )
+    batch_size: int = Field(64, ge=1, description="Image-text pairs encoded per forward pass.")
+    device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'.")
+    precision: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="Model precision; fp16/bf16 want a GPU.")
+    cache_dir: str | None = Field(
+        None, description="Where weights are cached; null = the Hugging Face hub cache and ~/.cache/clip."
+    )
+    allow_untrained_fallback: bool = Field(
+        False,
+        description="If the weights cannot be had offline, score with a small UNTRAINED model (a loud warning; "
+        "min_score is then not applied) instead of failing.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "ClipConfig":
+        if self.model_config_ is not None:
+            missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in self.model_config_]
+            if missing:
+                raise ValueError(f"clip.model_config lacks {missing}: an open_clip model config needs "
+                                 "embed_dim, vision_cfg and text_cfg")
+            if self.model.startswith(("hf-hub:", "local-dir:")):
+                raise ValueError("clip.model_config cannot be combined with an hf-hub:/local-dir: model")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ValueError(f"clip.device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        return self

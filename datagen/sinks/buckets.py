@@ -1,0 +1,120 @@
+"""Mixing and sharding in bounded memory: a sample plan from metadata, then a bucket spill.
+
+1. ``plan_samples`` works on metadata only (key, source, shard): it applies the
+   mixing weights (a weight below 1 keeps that share of rows, chosen by a hash
+   of seed and key; above 1 repeats rows, repeats get the key suffix ``-r<N>``),
+   gives each copy its order (a hash of seed and key when shuffling, else its
+   input position) and the output shard it goes to: copies ranked by that
+   order, ``shard_max_count`` per bucket. Every bucket but the last is full,
+   and the result depends only on the recipe and seed.
+2. ``BucketSpill`` scatters rows (image bytes included) into one spill file per
+   bucket while reading the parts sequentially, buffering at most ``budget``
+   bytes in memory.
+3. The sink then reads one bucket at a time, orders it and joins it with its
+   images in memory: no global sort of image data, no random lookups.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+
+def _unit(seed: int, key: str, salt: str) -> float:
+    h = hashlib.sha256(f"{seed}\x1f{salt}\x1f{key}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
+def repeats(weight: float, seed: int, key: str) -> int:
+    """How many copies of a row a mixing weight asks for (expected value = weight)."""
+    whole = int(weight)
+    return whole + (1 if _unit(seed, key, "mix") < weight - whole else 0)
+
+
+def plan_samples(meta: pl.DataFrame, weights: dict[str, float], seed: int, shuffle: bool, per_bucket: int,
+                 group: str | None = None) -> pl.DataFrame:
+    """One row per output sample: ``key``, ``_shard``, ``out_key``, ``order``, ``bucket`` (and ``group``).
+
+    ``meta`` holds ``key``, ``source``, ``_shard`` (and ``group``) in input order. With ``group``,
+    buckets are numbered separately within each group value (e.g. image vs text-only samples)."""
+    keys, sources = meta["key"].to_list(), meta["source"].to_list()
+    idx, out_keys, order = [], [], []
+    for i, (k, s) in enumerate(zip(keys, sources)):
+        for r in range(repeats(weights.get(s, 1.0), seed, k)):
+            idx.append(i)
+            out = k if r == 0 else f"{k}-r{r}"
+            out_keys.append(out)
+            order.append(_unit(seed, out, "order") if shuffle else float(len(order)))
+    cols = ["key", "_shard"] + ([group] if group else [])
+    plan = meta.select(cols)[idx].with_columns(pl.Series("out_key", out_keys, dtype=pl.String),
+                                                pl.Series("order", order, dtype=pl.Float64))
+    over = [group] if group else None
+    rank = pl.col("order").rank("ordinal")
+    if over:
+        rank = rank.over(over)
+    return plan.with_columns(((rank - 1) // per_bucket).cast(pl.Int64).alias("bucket"))
+
+
+class BucketSpill:
+    """Rows scattered into one length-prefixed Arrow IPC file per bucket, appended in batches."""
+
+    def __init__(self, folder: Path, budget: int = 64 << 20):
+        self.folder = folder
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        self.budget = budget
+        self._buffers: dict[int, list[pa.Table]] = {}
+        self._size = 0
+
+    def add(self, buckets: np.ndarray, table: pa.Table) -> None:
+        if not table.num_rows:
+            return
+        order = np.argsort(buckets, kind="stable")
+        sorted_b = buckets[order]
+        cuts = np.flatnonzero(np.diff(sorted_b)) + 1
+        for chunk in np.split(np.arange(len(order)), cuts):
+            b = int(sorted_b[chunk[0]])
+            part = table.take(pa.array(order[chunk]))
+            self._buffers.setdefault(b, []).append(part)
+            self._size += part.nbytes
+        if self._size > self.budget:
+            self.flush()
+
+    def flush(self) -> None:
+        for b, tables in self._buffers.items():
+            with open(self.folder / f"{b:08d}.arrows", "ab") as f:
+                i = 0
+                while i < len(tables):  # one stream per run of tables with the same schema
+                    sink = pa.BufferOutputStream()
+                    with ipc.new_stream(sink, tables[i].schema) as w:
+                        j = i
+                        while j < len(tables) and tables[j].schema == tables[i].schema:
+                            w.write_table(tables[j])
+                            j += 1
+                    buf = sink.getvalue()
+                    f.write(len(buf).to_bytes(8, "little"))
+                    f.write(buf)
+                    i = j
+        self._buffers.clear()
+        self._size = 0
+
+    def read(self, bucket: int) -> pa.Table | None:
+        path = self.folder / f"{bucket:08d}.arrows"
+        if not path.exists():
+            return None
+        tables = []
+        with open(path, "rb") as f:
+            while head := f.read(8):
+                data = f.read(int.from_bytes(head, "little"))
+                tables.append(ipc.open_stream(pa.py_buffer(data)).read_all())
+        path.unlink()
+        return pa.concat_tables(tables, promote_options="permissive")
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -289,3 +289,17 @@ def test_translation_masking_keeps_grounding_boxes_intact(fmt):
         fake_zh = "译文：" + "，".join(reversed(placeholders)) + "。"  # reordered, words all changed
         assert sorted(map(tuple, scene_checker.boxes_in(restore(fake_zh, m.spans)))) == \
             sorted(map(tuple, scene_checker.boxes_in(text)))
+
+
+def test_checker_refuses_quantifiers_over_a_crowd():
+    r = vg_row()
+    r["objects"].append({**vobj("umbrella", (0, 0, 50, 50), ["red"]), "iscrowd": True})
+    conv = {"key": r["key"], "images": [r["key"]], "conversations": [{"id": "x", "lang": "en", "parent_id": None, "turns": [
+        {"role": "user", "content": "Are all the flags white?", "task": "universal", "polarity": "positive", "generator": "template"},
+        {"role": "assistant", "content": "Yes.", "task": "universal", "polarity": "positive", "generator": "template"},
+        {"role": "user", "content": "Are all the umbrellas red?", "task": "universal", "polarity": "positive", "generator": "template"},
+        {"role": "assistant", "content": "Yes.", "task": "universal", "polarity": "positive", "generator": "template"}]}]}
+    found = Checker().check_rows([r], [conv])
+    assert [d.question for d in found] == ["Are all the umbrellas red?"]
+    _, _, out = generate([r], family_weights=only(universal=1.0))
+    assert not [q for _, _, _, _, q, _ in turns(out, "universal") if "umbrella" in q], "the planner skips crowds too"

@@ -162,6 +162,8 @@ def check(row: dict[str, Any], task: str, lang: str, q: str, a: str) -> list[str
         if name is None:
             return ["no object name and colour in question"]
         inst = _instances(row, name)
+        if any(o.get("iscrowd") and _name_of(o) == name for o in row.get("objects") or []):
+            return [f"{name} has a crowd region: 'all' cannot be known"]
         if len(inst) < 2 or any(not i["colours"] for i in inst):
             return [f"{name}: {len(inst)} instances, not all with a colour: cannot quantify"]
         zh = [{COLOURS[c] for c in i["colours"]} for i in inst]

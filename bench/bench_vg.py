@@ -18,7 +18,6 @@ import random
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 NAMES = ["man", "tree", "shirt", "window", "car", "sign", "table", "hat", "grass", "building"]

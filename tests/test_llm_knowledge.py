@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pyarrow as pa
 
 from datagen.llm.config import ALL_TASKS, LLMGenerateConfig
 from datagen.llm.prompts import BUNDLED_RECIPES_DIR
@@ -12,7 +11,7 @@ from datagen.llm.replies import KnowledgeItem, check_knowledge
 from datagen.llm.step import LLMGenerateStep
 from datagen.steps import RunContext
 from servers import Reply
-from test_llm import OCR_TYPE, pair_rows
+from test_llm import pair_rows
 from test_llm_client import chat_completion, chat_server
 
 ITEMS = [

@@ -1,7 +1,6 @@
 """The demo's Visual Genome-style files and Wukong table: rebuilt from their source, they match what is committed."""
 
 import json
-from pathlib import Path
 
 import pyarrow.parquet as pq
 

@@ -276,7 +276,7 @@ PREDICATES: dict[str, str] = {
     "below": "{s}在{o}下方", "behind": "{s}在{o}后面", "in front of": "{s}在{o}前面", "next to": "{s}在{o}旁边",
     "beside": "{s}在{o}旁边", "near": "{s}在{o}附近", "riding": "{s}骑着{o}", "holding": "{s}拿着{o}",
     "wearing": "{s}穿戴着{o}", "carrying": "{s}带着{o}", "looking at": "{s}看着{o}", "eating": "{s}在吃{o}",
-    "has": "{s}有{o}", "hanging on": "{s}挂在{o}上", "leaning on": "{s}靠在{o}上", "covering": "{s}盖着{o}",
+    "hanging on": "{s}挂在{o}上", "leaning on": "{s}靠在{o}上", "covering": "{s}盖着{o}",
     "pulling": "{s}拉着{o}", "pushing": "{s}推着{o}", "using": "{s}在用{o}", "filled with": "{s}装满了{o}",
 }
 # Predicate swaps that are certainly false when the original triple is true.
@@ -286,10 +286,10 @@ CONTRAST: dict[str, str] = {
 }
 # Predicates whose subject and object cannot trade places ("the horse is riding the man" is false).
 ASYMMETRIC = frozenset({"on", "sitting on", "standing on", "parked on", "in", "inside", "under", "above", "below",
-                        "behind", "in front of", "riding", "holding", "wearing", "carrying", "eating", "has",
+                        "behind", "in front of", "riding", "holding", "wearing", "carrying", "eating",
                         "hanging on", "covering", "filled with", "pulling", "pushing", "using"})
-# English verb phrase after "is": "the man is riding the horse", "the cup is on the table".
-EN_NO_BE = frozenset({"has"})  # "Does the man have a hat?" reads better; we keep "has" out of questions
+# Every predicate reads after "is" in English ("the man is riding the horse", "the cup is on the table");
+# "has" would not, so it is not in the table.
 
 
 def predicate(p: str | None) -> str | None:
@@ -297,4 +297,4 @@ def predicate(p: str | None) -> str | None:
     if not p:
         return None
     p = " ".join(p.lower().split())
-    return p if p in PREDICATES and p not in EN_NO_BE else None
+    return p if p in PREDICATES else None

@@ -54,7 +54,7 @@ def _export(args: argparse.Namespace) -> int:
     from datagen.sinks.export import export
 
     dest = Path(args.dest or Path(args.out) / "export")
-    for path in export(Path(args.out), dest, args.format):
+    for path in export(Path(args.out), dest, args.format, image_root=args.image_root):
         print(path)
     return 0
 
@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("out", help="a run's output folder")
     e.add_argument("--format", required=True, choices=["llava", "mplug_owl", "sharegpt", "hf"])
     e.add_argument("--dest", help="default <out>/export")
+    e.add_argument("--image-root", help="mplug_owl: write image paths as IMAGE_ROOT/images/... (default: relative to DEST)")
     e.set_defaults(fn=_export)
 
     rep = sub.add_parser("report", help="write report.md with plots for a finished run")
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     from datagen.core.lock import FolderInUse
     from datagen.filters.clip import ClipWeightsUnavailable
     from datagen.recipe import RecipeError
+    from datagen.sources.errors import InputFileError
     from datagen.translate.errors import BackendConfigError, QuotaExhausted
 
     try:
@@ -164,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     except QuotaExhausted as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 4
-    except (RecipeError, FileNotFoundError, ClipWeightsUnavailable, BackendConfigError, FolderInUse) as e:
+    except (RecipeError, FileNotFoundError, InputFileError, ClipWeightsUnavailable, BackendConfigError,
+            FolderInUse) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -43,7 +43,7 @@ class OutputConfig(_Strict):
     shard_max_count: int = Field(1000, ge=1, description="Samples per shard at most.")
     shard_max_bytes: int = Field(1_000_000_000, ge=1024, description="Bytes per shard at most.")
     shuffle: bool = Field(True, description="Deterministic global shuffle (by seed) before sharding.")
-    exports: list[Literal["llava", "mplug_owl", "sharegpt"]] = Field(
+    exports: list[Literal["llava", "mplug_owl", "sharegpt", "hf"]] = Field(
         default_factory=list, description="Extra formats written under <out>/export/ after the shards."
     )
     keep_intermediate: bool = Field(

@@ -19,3 +19,23 @@ def ctx(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     return RunContext(run_dir=run_dir, recipe_dir=tmp_path, seed=0)
+
+
+@pytest.fixture
+def fake_dns(monkeypatch):
+    """Name resolution from a table instead of the system resolver, so no DNS query leaves the machine.
+
+    Returns the table (name -> addresses); names not in it fail like an unknown host."""
+    import socket
+
+    from datagen.fetch import guard
+
+    table: dict[str, list[str]] = {"localhost": ["127.0.0.1"]}
+
+    async def resolve(host: str, port: int) -> list[str]:
+        if host not in table:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return list(table[host])
+
+    monkeypatch.setattr(guard, "resolve", resolve)
+    return table

@@ -52,7 +52,9 @@ Handler = Callable[[Request], Reply]
 
 
 class LocalServer:
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        """``host``: any loopback address (127.0.0.0/8), e.g. 127.0.0.2 for a second "machine"."""
+        self.host = host
         self.routes: list[tuple[str, Handler]] = []
         self.requests: list[Request] = []
         self.in_flight = 0
@@ -106,7 +108,7 @@ class LocalServer:
         class _Server(ThreadingHTTPServer):
             request_queue_size = 128  # bursts of new connections from concurrent clients
 
-        self.httpd = _Server(("127.0.0.1", 0), _H)
+        self.httpd = _Server((host, 0), _H)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -116,7 +118,7 @@ class LocalServer:
         self.routes.append((prefix, handler))
 
     def url(self, path: str = "/") -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"http://{self.host}:{self.port}{path}"
 
     def count(self, prefix: str = "/") -> int:
         with self._lock:

@@ -84,3 +84,21 @@ def test_quality_rules_each_have_their_reason(ctx):
         "k6": "no_image"}
     out = QualityFilterStep(QualityConfig(min_image_bytes=10**6), ctx).process(pairs_table(rows[:1]))
     assert out.rejects.column("reason").to_pylist() == ["image_file_too_small"]
+
+
+def test_quality_judges_the_original_size_not_the_stored_thumbnail(ctx):
+    """Fetch stored 1200x450, 900x300 and 2000x700 at max_side 512; the rules see the originals."""
+    stored = [(512, 192, 1200, 450), (512, 171, 900, 300), (512, 179, 2000, 700), (512, 150, 2000, 585),
+              (512, 60, 512, 60)]
+    table = pairs_table([{"key": f"k{i}", "source": "s", "caption": "a dog on a sofa", "width": w, "height": h}
+                         for i, (w, h, _, _) in enumerate(stored)])
+    table = table.append_column("original_width", pa.array([ow for *_, ow, _ in stored], pa.int32()))
+    table = table.append_column("original_height", pa.array([oh for *_, oh in stored], pa.int32()))
+    out = QualityFilterStep(QualityConfig(min_side=200, max_aspect=3.0), ctx).process(table)
+    assert out.kept.column("key").to_pylist() == ["k0", "k1", "k2"]
+    assert {r["key"]: r["reason"] for r in out.rejects.to_pylist()} == {"k3": "aspect_ratio", "k4": "image_too_small"}
+    assert "2000x585" in out.rejects.column("detail")[0].as_py()
+    # without the original size (rows from before this column existed) the stored size is judged
+    legacy = QualityFilterStep(QualityConfig(min_side=200), ctx).process(table.drop_columns(["original_width",
+                                                                                             "original_height"]))
+    assert legacy.kept.num_rows == 0

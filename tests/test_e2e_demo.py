@@ -46,6 +46,12 @@ def test_manifest_reconciles_and_matches_schema(demo):
     assert {"file_not_found", "image_truncated", "not_an_image", "caption_empty", "duplicate_of", "malformed_row",
             "image_too_small", "aspect_ratio"} <= reasons
     assert all(r["reason"] and r["step"] for r in rejects.to_pylist())
+    # The demo opts in to its bundled files, and the manifest says which safety policy the run used.
+    policy = next(s for s in manifest["steps"] if s["name"] == "fetch")["stats"]["policy"]
+    assert policy["allow_local_files"] is True and policy["allow_loopback"] is False and policy["allow_networks"] == []
+    # Rejects never quote what a "server" sent: the non-image's text is not in rejects.parquet.
+    planted = (ROOT / "datagen/assets/demo/images/not_an_image.jpg").read_bytes()[:12].decode()
+    assert not any(planted in (r["detail"] or "") for r in rejects.to_pylist())
     # Offline there are no CLIP weights: the run must say so in plain words.
     assert any("UNTRAINED" in w and "mean nothing" in w for w in manifest["warnings"])
     assert "mean nothing" in (demo / "README.md").read_text()
@@ -89,7 +95,7 @@ def test_stage2_samples_hold_each_image_once_and_both_languages(demo):
         check.validate(row)
         images = sorted(k for k in s if k.endswith("jpg"))
         if len(row["images"]) == 1:
-            assert images == ["jpg"] and row["images"] == [s["__key__"]], "one image stored once per sample"
+            assert images == ["0.jpg"] and row["images"] == [s["__key__"]], "one image stored once per sample"
         else:
             multi += 1
             assert images == [f"{i}.jpg" for i in range(len(row["images"]))]
@@ -120,17 +126,18 @@ def test_stage2_samples_hold_each_image_once_and_both_languages(demo):
 
 def test_exports_llava_and_mplug_owl(demo):
     llava = json.loads((demo / "export" / "llava.json").read_text())
-    assert llava and all(i["conversations"][0]["from"] == "human" for i in llava)
-    with_image = [i for i in llava if "image" in i]
-    single = [i for i in with_image if isinstance(i["image"], str)]
-    multi = [i for i in with_image if isinstance(i["image"], list)]
+    multi = json.loads((demo / "export" / "llava_interleave.json").read_text())
+    assert llava and all(i["conversations"][0]["from"] == "human" for i in llava + multi)
+    single = [i for i in llava if "image" in i]
+    assert all(isinstance(i["image"], str) for i in single) and multi
+    assert all(isinstance(i["image"], list) for i in multi)
     assert single and all((demo / "export" / i["image"]).is_file() for i in single)
     assert all(i["conversations"][0]["value"].startswith("<image>\n") for i in single)
     for i in multi:
         assert all((demo / "export" / p).is_file() for p in i["image"])
         assert sum(t["value"].count("<image>") for t in i["conversations"]) == len(i["image"])
     lines = [json.loads(x) for x in (demo / "export" / "mplug_owl.jsonl").read_text().splitlines()]
-    assert len(lines) == len(llava)
+    assert len(lines) == len(llava) + len(multi)
     one = next(x for x in lines if x["image"])
     assert one["text"].startswith("The following is a conversation between a curious human and AI assistant.")
     assert "\nHuman: <image>\nHuman: " in one["text"] and "\nAI: " in one["text"]
@@ -147,7 +154,7 @@ def test_rerun_reuses_checkpoints_and_gives_identical_shards(demo, capsys):
     assert "reconciled" in out and "(reused)" in out
 
 
-def test_report_view_and_other_exports(demo, capsys):
+def test_report_view_and_other_exports(demo, capsys, tmp_path):
     import datasets
 
     assert main(["report", str(demo)]) == 0
@@ -159,7 +166,7 @@ def test_report_view_and_other_exports(demo, capsys):
     assert main(["export", str(demo), "--format", "sharegpt", "--dest", str(demo / "x")]) == 0
     sharegpt = json.loads((demo / "x" / "sharegpt.json").read_text())
     assert main(["export", str(demo), "--format", "hf", "--dest", str(demo / "x")]) == 0
-    ds = datasets.load_from_disk(str(demo / "x" / "hf"))
+    ds = datasets.load_dataset(str(demo / "x" / "hf"), split="train", cache_dir=str(tmp_path / "hf-cache"))
     assert len(ds) == len(sharegpt) > 0 and set(ds["lang"]) == {"en", "zh"}
 
 

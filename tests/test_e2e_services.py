@@ -55,6 +55,7 @@ def test_llm_generation_through_the_pipeline_and_cached_rerun(coco_dir, monkeypa
             "name": "llm",
             "sources": [{"name": "coco", "kind": "coco", "captions": "captions.json", "instances": "instances.json",
                          "images": "images"}],
+            "fetch": {"allow_local_files": True},
             "filters": {"quality": {"min_side": 10}},
             "llm_generate": {"base_url": srv.url("/v1"), "model": "m", "concurrency": 4,
                              "tasks": ["conversation", "negative"]},

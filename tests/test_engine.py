@@ -40,7 +40,7 @@ def _recipe(tmp_path, srv, **executor):
     path = tmp_path / "r.yaml"
     path.write_text(json.dumps({
         "name": "crash", "sources": [{"name": "web", "kind": "laion", "path": "urls.parquet"}],
-        "fetch": {"retries": 0, "concurrency": 4, "timeout_s": 10},
+        "fetch": {"retries": 0, "concurrency": 4, "timeout_s": 10, "allow_loopback": True},  # the server is local
         "filters": {"quality": {"min_side": 10}}, "stage2": {"sources": []},
         "output": {"shard_max_count": 25},
         "executor": {"shard_rows": SHARD_ROWS, **executor},

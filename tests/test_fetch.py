@@ -34,7 +34,8 @@ def ctx_for(tmp_path: Path) -> RunContext:
 
 
 def cfg(**kw) -> FetchConfig:
-    base = dict(timeout_s=2.0, retries=2, backoff_s=0.01, backoff_max_s=0.05, concurrency=8)
+    base = dict(timeout_s=2.0, retries=2, backoff_s=0.01, backoff_max_s=0.05, concurrency=8,
+                allow_loopback=True, allow_local_files=True)  # the test servers and files are local
     base.update(kw)
     return FetchConfig(**base)
 
@@ -296,7 +297,7 @@ def test_connection_refused_is_connection_error(tmp_path):
     assert ctx.stats["fetch"]["retries"] == 1
 
 
-def test_unknown_host_is_dns_error(tmp_path):
+def test_unknown_host_is_dns_error(tmp_path, fake_dns):
     out, _ = run_step(tmp_path, [row("a", "http://no-such-host.invalid/x.jpg")], cfg(retries=0))
     assert reasons(out) == {"a": "dns_error"}
 
@@ -559,13 +560,65 @@ def test_redirect_to_another_scheme_is_rejected(tmp_path):
     assert reasons(out) == {"a": "unsupported_scheme"}
 
 
-def test_local_files_can_be_refused_for_public_url_lists(tmp_path):
+def test_local_files_are_refused_by_default_and_read_when_the_recipe_opts_in(tmp_path):
     """A public URL list must not make the run read this machine's files."""
     path = tmp_path / "x.jpg"
     Image.new("RGB", (20, 20), "red").save(path)
     rows = pairs_table([{"key": "k1", "source": "s", "url": str(path)},
                         {"key": "k2", "source": "s", "url": f"file://{path}"}])
-    out = FetchStep(FetchConfig(allow_local_files=False), ctx_for(tmp_path)).process(rows)
+    step = FetchStep(FetchConfig(), ctx_for(tmp_path))
+    out = step.process(rows)
     assert out.kept.num_rows == 0
     assert out.rejects.column("reason").to_pylist() == ["local_file_not_allowed"] * 2
-    assert FetchStep(FetchConfig(), ctx_for(tmp_path)).process(rows).kept.num_rows == 2
+    assert step.ctx.stats["fetch"]["policy"]["allow_local_files"] is False  # the manifest records the policy
+    assert FetchStep(FetchConfig(allow_local_files=True), ctx_for(tmp_path)).process(rows).kept.num_rows == 2
+
+
+# ------------------------------------------------------------------ PNG data that ends early
+
+
+def _png(w: int, h: int, raw: bytes, interlace: int = 0) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, interlace))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _adam7_raw(w: int, h: int, passes: int) -> bytes:
+    """White RGB scanlines (filter byte 0) for the first ``passes`` Adam7 passes."""
+    from datagen.fetch.image import _ADAM7
+
+    out = b""
+    for x0, y0, dx, dy in _ADAM7[:passes]:
+        pw, ph = (w - x0 + dx - 1) // dx, (h - y0 + dy - 1) // dy
+        if pw > 0 and ph > 0:
+            out += (b"\x00" + b"\xff" * 3 * pw) * ph
+    return out
+
+
+@pytest.mark.parametrize("h", [40, 41])  # even and odd heights end the stream on different rows
+def test_interlaced_png_missing_its_last_pass_is_truncated(tmp_path, h):
+    full, short = _png(50, h, _adam7_raw(50, h, 7), interlace=1), _png(50, h, _adam7_raw(50, h, 6), interlace=1)
+    assert Image.open(io.BytesIO(short)).load() is not None  # Pillow alone decodes it without a word
+    (tmp_path / "full.png").write_bytes(full)
+    (tmp_path / "short.png").write_bytes(short)
+    out, _ = run_step(tmp_path, [row("full", str(tmp_path / "full.png")), row("short", str(tmp_path / "short.png"))])
+    assert reasons(out) == {"short": "image_truncated"}
+    assert np.asarray(kept_image(out)).min() > 240  # the complete one is all white
+
+
+def test_png_with_a_black_last_row_is_checked_and_kept(tmp_path):
+    """A real black bottom row triggers the exact count, which finds every byte there."""
+    img = Image.new("RGB", (30, 20), "white")
+    img.paste((0, 0, 0), (0, 19, 30, 20))
+    (tmp_path / "a.png").write_bytes(encode(img, "PNG"))
+    short = _png(30, 20, (b"\x00" + b"\xff" * 90) * 12)  # 12 of 20 rows, complete zlib stream
+    (tmp_path / "b.png").write_bytes(short)
+    out, _ = run_step(tmp_path, [row("a", str(tmp_path / "a.png")), row("b", str(tmp_path / "b.png"))])
+    assert out.kept.column("key").to_pylist() == ["a"]
+    assert reasons(out) == {"b": "image_truncated"}
+    assert "holds 1092 of the 1820 bytes" in out.rejects.column("detail")[0].as_py()

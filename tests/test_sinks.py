@@ -122,7 +122,7 @@ def test_stage_writers_mix_shuffle_and_join_images(tmp_path):
     pq.write_table(convs, cpath)
     s2, s2t, stats, rejects = write_stage2([(None, cpath)], pairs, None, out, StageConfig(), OutputConfig(), 0, tmp_path)
     members = {n: None for s in s2 for n in tarfile.open(out / s.path).getnames()}
-    assert set(members) == {"a_1.jpg", "a_1.json", "mm_1.0.jpg", "mm_1.1.jpg", "mm_1.json"}
+    assert set(members) == {"a_1.0.jpg", "a_1.json", "mm_1.0.jpg", "mm_1.1.jpg", "mm_1.json"}
     body = json.loads(tarfile.open(out / s2[0].path).extractfile("a_1.json").read())
     assert [c["id"] for c in body["conversations"]] == ["c0", "c0-zh"], "conversations of one image merged"
     assert [r["reason"] for r in rejects] == ["image_missing"]
@@ -142,12 +142,14 @@ def test_stage_writers_apply_barrier_decisions_by_key(tmp_path):
 
 
 def test_mplug_owl_template_one_image_line_or_inline_images():
-    single = mplug_owl_text([{"role": "user", "content": "<image>\nWhat is it?"},
-                             {"role": "assistant", "content": "A cat."}], 1)
+    single, order = mplug_owl_text([{"role": "user", "content": "<image>\nWhat is it?"},
+                                    {"role": "assistant", "content": "A cat."}], 1)
+    assert order == [0]
     assert single.splitlines()[1:] == ["Human: <image>", "Human: What is it?", "AI: A cat."]
     turns = [{"role": "user", "content": "Image 0 is <image_0>. Image 1 is <image_1>. Same?"},
              {"role": "assistant", "content": "No."}]
-    text = mplug_owl_text(turns, 2)
+    text, order = mplug_owl_text(turns, 2)
+    assert order == [0, 1]
     assert text.splitlines()[1:] == ["Human: Image 0 is <image>. Image 1 is <image>. Same?", "AI: No."]
     assert text.count("<image>") == 2
 

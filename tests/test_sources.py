@@ -48,12 +48,19 @@ def test_coco_layouts_group_captions_and_objects_per_image(tmp_path, ctx, year):
     r9 = rows["coco_9"]
     assert r9["captions"] == ["caption 0 of 9", "caption 1 of 9", "caption 3 of 9"]
     assert r9["caption"] == "caption 0 of 9"
-    assert r9["url"].endswith(f"val{year}/" + ("COCO_val2014_" if year == 2014 else "") + "000000000009.jpg")
+    assert r9["url"] == f"val{year}/" + ("COCO_val2014_" if year == 2014 else "") + "000000000009.jpg", \
+        "relative to the recipe folder"
     assert [(o["label"], o["iscrowd"]) for o in r9["objects"]] == [("dog", False), ("person", True)]
     assert r9["objects"][0]["bbox"] == [1, 2, 30, 40]
     assert rows["coco_25"]["objects"][0]["attributes"] == ["red"]
     assert rows["coco_30"]["objects"] == [] and rows["coco_30"]["captions"] == []
     assert json.loads(r9["meta"])["image_id"] == 9
+
+
+def test_coco_urls_keep_an_absolute_image_folder_absolute(tmp_path, ctx):
+    cfg = coco_files(tmp_path, 2017).model_copy(update={"images": str(tmp_path / "val2017")})
+    kept, _, _ = collect(read_coco(cfg, ctx))
+    assert kept.column("url").to_pylist()[0] == str(tmp_path / "val2017" / "000000000009.jpg")
 
 
 def test_coco_unknown_category_is_a_clear_error(tmp_path, ctx):
@@ -78,7 +85,8 @@ def test_laion_parquet_streams_maps_columns_and_keeps_meta(tmp_path, ctx):
     assert kept.num_rows == n and n_batches >= 5
     rows = kept.to_pylist()
     assert rows[0]["url"] == "http://h/0.jpg"
-    assert rows[1]["url"] == str((tmp_path / "img/1.jpg").resolve()), "relative paths resolve against the file"
+    assert rows[1]["url"] == "img/1.jpg", "relative paths resolve against the file, stored relative to the recipe"
+    assert ctx.resolve(rows[1]["url"]) == (tmp_path / "img/1.jpg").resolve(), "fetch finds the file again"
     assert rows[5]["key"] == "laion_000000005" and len({r["key"] for r in rows}) == n
     assert json.loads(rows[3]["meta"]) == {"similarity": 0.3, "punsafe": 0.01}
     assert rows[3]["width"] == 100
@@ -141,3 +149,16 @@ def test_instructions_alpaca_and_sharegpt(tmp_path, ctx):
     turns = kept.to_pylist()[0]["conversations"][0]["turns"]
     assert [t["role"] for t in turns] == ["user", "assistant"]
     assert rejects.column("reason").to_pylist() == ["too_few_turns"]
+
+
+def test_instruction_files_that_break_off_name_the_file_and_item(tmp_path, ctx):
+    from datagen.sources.errors import InputFileError
+
+    items = [{"instruction": f"say {i}", "output": f"{i}"} for i in range(30)]
+    text = json.dumps(items)
+    (tmp_path / "cut.json").write_text(text[: len(text) // 2])
+    with pytest.raises(InputFileError, match=r"cut\.json: invalid JSON after item 1[0-9] .*download it again"):
+        list(read_instructions(InstructionSource(name="t", kind="instructions", path="cut.json"), ctx))
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"instruction": "a", "output": "b"}\n{"instruction": "caf\xe9"}\n')
+    with pytest.raises(InputFileError, match=r"latin1\.jsonl:2: not UTF-8 .*Convert the file to UTF-8"):
+        list(read_instructions(InstructionSource(name="t", kind="instructions", path="latin1.jsonl"), ctx))

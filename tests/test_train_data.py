@@ -57,7 +57,7 @@ def test_stage2_sample_expands_into_every_conversation_in_both_languages(shards)
     exs = list(stage2_examples(sample))
     assert [e["conv_id"] for e in exs] == [c["id"] for c in row["conversations"]]
     assert {e["lang"] for e in exs} == {"en", "zh"}
-    assert all(e["images"] == [sample["jpg"]] for e in exs)
+    assert all(e["images"] == [sample["0.jpg"]] for e in exs)
     multi = next(s for s in src if b"synthmulti" in s["__key__"].encode())
     (ex,) = stage2_examples(multi)
     assert ex["images"] == [multi["0.jpg"], multi["1.jpg"]]
@@ -65,7 +65,7 @@ def test_stage2_sample_expands_into_every_conversation_in_both_languages(shards)
 
 def test_missing_image_member_is_a_clear_error(shards, tmp_path):
     sample = {"__key__": "k1", "__url__": "x.tar", "jpg": b"..", "json": json.dumps({"images": ["a", "b"], "conversations": []}).encode()}
-    with pytest.raises(ValueError, match=r"x.tar: sample k1 lists 2 images but lacks 0.jpg"):
+    with pytest.raises(ValueError, match=r"x.tar: sample k1 lists 2 images but holds 1"):
         list(stage2_examples(sample))
 
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+import ipaddress
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 import datagen
 
@@ -46,17 +48,53 @@ class FetchConfig(BaseModel):
         "Off by default: it stores a second copy of every image.",
     )
 
+    # --- safety (see datagen/fetch/guard.py and the README's security section)
+    allow_local_files: bool = Field(
+        False,
+        description="Read local paths and file:// URLs. Off by default: a public URL list (LAION, COYO, CC) must "
+        "not make the run read this machine's files. Turn on for your own folders and bundled data.",
+    )
+    allow_loopback: bool = Field(
+        False,
+        description="Allow downloads from loopback addresses (127.0.0.0/8, ::1), e.g. a mirror or test server on "
+        "this machine. Every other private, link-local, CGNAT, multicast and reserved address stays refused.",
+    )
+    allow_networks: list[str] = Field(
+        default_factory=list,
+        description="CIDRs of trusted internal mirrors that downloads may reach, e.g. ['10.1.2.0/24']. Checked "
+        "after DNS on every connection and redirect hop; all other non-public addresses stay refused.",
+    )
+    respect_x_robots_tag: bool = Field(
+        True,
+        description="Reject images served with X-Robots-Tag noai, noimageai, noindex or noimageindex (for all "
+        "agents, or for 'datagen' or 'img2dataset') as opted_out. Turning it off is recorded in the manifest.",
+    )
+    respect_robots: bool = Field(
+        False,
+        description="Also read robots.txt once per host (cached) and reject disallowed URLs as robots_disallowed "
+        "(RFC 9309: a robots.txt that fails with 5xx or cannot be reached disallows everything: robots_unreachable).",
+    )
+    robots_user_agent: str = Field(
+        "datagen", description="The product token matched against robots.txt User-agent lines."
+    )
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _cidrs(cls, v: list[str]) -> list[str]:
+        out = []
+        for i, text in enumerate(v):
+            try:
+                out.append(str(ipaddress.ip_network(text.strip(), strict=False)))
+            except ValueError:
+                raise ValueError(f"allow_networks[{i}] = {text!r} is not a CIDR like '10.0.0.0/8' or 'fd00::/8'")
+        return out
+
     # --- image processing
     max_side: Optional[int] = Field(None, ge=16, description="Cap the longer side (pixels); null keeps the size.")
     max_pixels: int = Field(
         89_478_485, ge=1, description="Largest decoded image (width*height) accepted; Pillow's bomb limit by default."
     )
     jpeg_quality: int = Field(90, ge=1, le=100, description="Quality of re-encoded JPEGs.")
-    allow_local_files: bool = Field(
-        True,
-        description="Read local paths and file:// URLs. Set false for public URL lists (LAION, COYO, CC) so a "
-        "crafted row cannot make the run read files from this machine.",
-    )
     keep_png: bool = Field(False, description="Store PNG inputs as (RGB) PNG instead of converting them to JPEG.")
     keep_original_jpeg: bool = Field(
         True,

@@ -8,7 +8,10 @@ Codes: ``empty_url``, ``unsupported_scheme``, ``invalid_url``,
 ``file_not_found``, ``read_error``, ``http_<status>``, ``timeout``,
 ``connection_error``, ``dns_error``, ``too_many_redirects``, ``too_large``,
 ``bad_content_encoding``, ``not_an_image``, ``image_truncated``,
-``decode_error``, ``encode_error``, ``fetch_error`` (anything unforeseen).
+``decode_error``, ``encode_error``, ``bad_bbox``, ``fetch_error`` (anything
+unforeseen); refused by the safety policy: ``blocked_address``,
+``local_file_not_allowed``, ``opted_out``, ``robots_disallowed``,
+``robots_unreachable``. A detail never quotes response bytes.
 """
 from __future__ import annotations
 

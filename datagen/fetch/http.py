@@ -22,6 +22,12 @@ Why each choice:
   ``Content-Length`` over the cap is refused before reading anything.
 - The Content-Type is not trusted either way (hosts mislabel images as
   text/html or octet-stream); Pillow decides what is an image.
+- Every connection, the first and each redirect hop's, goes through the
+  address guard (``datagen.fetch.guard``): resolved, checked, connected to the
+  checked address. Opt-outs (``datagen.fetch.optout``) are read from the
+  headers before any body byte. No error detail ever quotes the response
+  body or the server's reason phrase: only status, length and content type,
+  so nothing an internal endpoint says can land in an output file.
 """
 from __future__ import annotations
 
@@ -39,6 +45,8 @@ import httpx
 
 from datagen.fetch.config import FetchConfig
 from datagen.fetch.errors import FetchError
+from datagen.fetch.guard import AddressPolicy, GuardedTransport
+from datagen.fetch.optout import RobotsRules, opt_out
 
 RETRY_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 _DNS_MESSAGES = (
@@ -56,16 +64,33 @@ def _tls_context(verify: bool):
     return httpx.create_ssl_context(verify=verify)
 
 
-def make_client(cfg: FetchConfig, connections: int) -> httpx.AsyncClient:
-    """One AsyncClient (a client belongs to the event loop that made it, so one set per batch)."""
+def address_policy(cfg: FetchConfig) -> AddressPolicy:
+    return AddressPolicy.from_strings(cfg.allow_loopback, cfg.allow_networks)
+
+
+def make_client(cfg: FetchConfig, connections: int, max_redirects: Optional[int] = None) -> httpx.AsyncClient:
+    """One AsyncClient whose connections all pass the address guard (a client belongs to the event loop
+    that made it, so one set per batch). ``trust_env=False``: an environment proxy would bypass the guard."""
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     return httpx.AsyncClient(
+        transport=GuardedTransport(address_policy(cfg), _tls_context(cfg.verify_tls), limits),
         timeout=httpx.Timeout(cfg.timeout_s),
         follow_redirects=True,
-        max_redirects=cfg.max_redirects,
+        max_redirects=cfg.max_redirects if max_redirects is None else max_redirects,
         headers={"User-Agent": cfg.user_agent},
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-        verify=_tls_context(cfg.verify_tls),
+        trust_env=False,
     )
+
+
+def policy_summary(cfg: FetchConfig) -> dict:
+    """The safety settings a run used, for the manifest (steps[fetch].stats.policy)."""
+    return {
+        "allow_local_files": cfg.allow_local_files,
+        "allow_loopback": cfg.allow_loopback,
+        "allow_networks": list(cfg.allow_networks),
+        "respect_x_robots_tag": cfg.respect_x_robots_tag,
+        "respect_robots": cfg.respect_robots,
+    }
 
 
 class ClientSlots:
@@ -143,6 +168,7 @@ class DownloadCounters:
     bytes: int = 0
     host_pauses: int = 0
     cache_hits: int = 0
+    robots_fetched: int = 0
 
 
 class HostGate:
@@ -175,25 +201,41 @@ class HostGate:
 class Downloader:
     """Fetches URLs under the global and per-host limits, with retries; raises FetchError with a reason."""
 
-    def __init__(self, cfg: FetchConfig, rng: random.Random, host_open_at: Optional[dict[str, float]] = None):
+    def __init__(self, cfg: FetchConfig, rng: random.Random, host_open_at: Optional[dict[str, float]] = None,
+                 robots_store: Optional[dict] = None):
         self.cfg = cfg
         self.rng = rng
         self.gate = HostGate(cfg.per_host_concurrency, host_open_at)
         self.slots = ClientSlots(cfg)
         self.counters = DownloadCounters()
+        self.robots: Optional[RobotsRules] = None
+        if cfg.respect_robots:
+            # robots.txt comes through its own small client (RFC 9309: up to 5 redirects), so a row waiting
+            # for its host's rules never holds a slot the robots request needs; every hop is checked.
+            self.robots = RobotsRules(make_client(cfg, 4, max_redirects=5), cfg.robots_user_agent, robots_store)
+            for c in self.slots.clients:
+                c.event_hooks = {"request": [self._check_robots], "response": []}
+
+    async def _check_robots(self, request: httpx.Request) -> None:
+        assert self.robots is not None
+        await self.robots.check(request.url)
 
     async def __aenter__(self) -> "Downloader":
         return self
 
     async def __aexit__(self, *exc) -> None:
         await self.slots.aclose()
+        if self.robots is not None:
+            self.counters.robots_fetched = self.robots.fetched
+            await self.robots.client.aclose()
 
     def backoff(self, attempt: int) -> float:
         """Exponential backoff with "equal jitter": half fixed, half random, so retries spread out."""
         d = min(self.cfg.backoff_max_s, self.cfg.backoff_s * (2**attempt))
         return d / 2 + self.rng.uniform(0, d / 2)
 
-    async def get(self, url: str) -> bytes:
+    async def get(self, url: str) -> tuple[bytes, Optional[str]]:
+        """The body and its Content-Type."""
         try:
             host = httpx.URL(url).host
         except Exception as e:
@@ -217,7 +259,7 @@ class Downloader:
                 self.counters.retries += 1
                 await asyncio.sleep(delay)
 
-    async def _attempt(self, client: httpx.AsyncClient, url: str) -> bytes:
+    async def _attempt(self, client: httpx.AsyncClient, url: str) -> tuple[bytes, Optional[str]]:
         cfg = self.cfg
         state = {"got_response": False}
         try:
@@ -250,12 +292,13 @@ class Downloader:
         except httpx.HTTPError as e:
             raise FetchError("fetch_error", f"GET {url}: {type(e).__name__}: {e}")
 
-    async def _get_body(self, client: httpx.AsyncClient, url: str, state: dict) -> bytes:
-        """One GET: status check, size cap, streamed body; FetchError for HTTP-level failures."""
+    async def _get_body(self, client: httpx.AsyncClient, url: str, state: dict) -> tuple[bytes, Optional[str]]:
+        """One GET: status check, opt-out, size cap, streamed body; FetchError for HTTP-level failures."""
         cfg = self.cfg
         async with client.stream("GET", url) as resp:
             state["got_response"] = True
             self.counters.redirects += len(resp.history)
+            content_type = resp.headers.get("content-type")
             if not 200 <= resp.status_code < 300:
                 status = resp.status_code
                 retry_after = None
@@ -263,10 +306,14 @@ class Downloader:
                     retry_after = parse_retry_after(resp.headers.get("retry-after"), cfg.retry_after_max_s)
                 raise FetchError(
                     f"http_{status}",
-                    f"GET {url} -> {status} {resp.reason_phrase}",
+                    f"GET {url} -> HTTP {status}",
                     retryable=status in RETRY_STATUSES,
                     retry_after_s=retry_after,
                 )
+            if cfg.respect_x_robots_tag:
+                tag = opt_out(resp.headers.get_list("x-robots-tag"))
+                if tag is not None:
+                    raise FetchError("opted_out", f"GET {url}: X-Robots-Tag {tag!r} (fetch.respect_x_robots_tag)")
             length = resp.headers.get("content-length")
             if length and length.isdigit() and int(length) > cfg.max_bytes:
                 raise FetchError("too_large", f"GET {url}: Content-Length {length} > max_bytes {cfg.max_bytes}")
@@ -277,4 +324,4 @@ class Downloader:
                     raise FetchError("too_large", f"GET {url}: body passed max_bytes {cfg.max_bytes}")
                 chunks.append(chunk)
             self.counters.bytes += n
-            return b"".join(chunks)
+            return b"".join(chunks), content_type

@@ -3,7 +3,14 @@
 Why each choice:
 - Pillow, with ``ImageFile.LOAD_TRUNCATED_IMAGES`` left False and ``load()``
   inside a try: a truncated download must become a reject, never a half-grey
-  image that silently trains the model on garbage.
+  image that silently trains the model on garbage. Pillow alone is not enough:
+  a PNG whose zlib stream ends cleanly after a few rows decodes as an all-black
+  picture. Rows that never arrive stay zero, so the last scanline in stream
+  order (the last row, or the last row of the last Adam7 pass) is blank; only
+  then is the IDAT inflated a second time and counted against what the header
+  promises (a second inflate of every PNG would add 0.25-0.4 of its
+  processing time: bench/bench_fetch.py). A JPEG must end with its end-of-image marker after its
+  last scan.
 - The header size is checked against ``max_pixels`` before any pixel is decoded,
   so a decompression bomb costs nothing.
 - JPEGs that must shrink are decoded with ``draft`` (DCT scaling by 1/2, 1/4 or
@@ -22,6 +29,10 @@ Why each choice:
 - An upright RGB JPEG that needs no resize is stored byte-for-byte
   (``keep_original_jpeg``): re-encoding would lose quality and cost CPU for
   nothing. It is still fully decoded first, to catch truncation.
+- The original size (upright, before any resize) is kept next to the stored
+  one: quality rules judge the picture the source had, not our thumbnail.
+- Reject details never quote the bytes (an internal endpoint's reply must not
+  land in an output file): only the length and the Content-Type.
 - Boxes (``objects[*].bbox`` = [x, y, w, h] in pixels of the original image) are
   scaled by the resize factors per axis, then their corners are mapped by the
   transpose, so they stay on the same pixels.
@@ -31,6 +42,9 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import re
+import struct
+import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -67,6 +81,7 @@ _POINT_MAP: dict[T, Callable[[float, float, int, int], tuple[float, float]]] = {
 }
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+_BYTES_LITERAL = re.compile(r"b'[^']*'|b\"[^\"]*\"")
 
 
 @dataclass
@@ -78,6 +93,8 @@ class StoredImage:
     format: str  # "jpeg" | "png"
     objects: Optional[list[dict]]  # the row's objects with boxes moved to the stored image; None if the row had none
     reencoded: bool
+    original_width: int = 0  # upright size before any resize (what quality rules judge)
+    original_height: int = 0
 
 
 def transform_bbox(bbox: list[float], scale_x: float, scale_y: float, method: Optional[T], w: int, h: int) -> list[float]:
@@ -132,16 +149,103 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _open(data: bytes, cfg: FetchConfig) -> Image.Image:
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+# Adam7 passes: (x start, y start, x step, y step)
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _png_raw_size(width: int, height: int, depth: int, color: int, interlace: int) -> int:
+    """Bytes of filtered scanlines an IHDR promises (one filter byte per row)."""
+    bits = _PNG_CHANNELS[color] * depth
+    if not interlace:
+        return height * (1 + (width * bits + 7) // 8)
+    total = 0
+    for x0, y0, dx, dy in _ADAM7:
+        w, h = (width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy
+        if w > 0 and h > 0:
+            total += h * (1 + (w * bits + 7) // 8)
+    return total
+
+
+def _png_complete(data: bytes) -> Optional[str]:
+    """Why a PNG's pixel data falls short of its header, or None. Inflates IDAT in bounded steps."""
+    try:
+        width, height, depth, color, _c, _f, interlace = struct.unpack(">IIBBBBB", data[16:29])
+        need = _png_raw_size(width, height, depth, color, interlace)
+    except (struct.error, KeyError):
+        return None  # Pillow will have its own word about a broken header
+    inflate, got, pos, ended = zlib.decompressobj(), 0, 8, False
+    try:
+        while pos + 8 <= len(data) and got <= need:
+            length, ctype = struct.unpack(">I4s", data[pos:pos + 8])
+            if ctype == b"IDAT":
+                # inflate in slices of at most 1 MiB: counting must not hold a second copy of the pixels
+                got += len(inflate.decompress(data[pos + 8:pos + 8 + length], min(need + 1 - got, 1 << 20)))
+                while inflate.unconsumed_tail and got <= need:
+                    got += len(inflate.decompress(inflate.unconsumed_tail, min(need + 1 - got, 1 << 20)))
+            elif ctype == b"IEND":
+                ended = True
+                break
+            pos += 12 + length
+    except zlib.error as e:
+        return f"PNG pixel data is corrupt ({e})"
+    if got < need:
+        return f"PNG pixel data holds {got} of the {need} bytes its {width}x{height} header promises"
+    if not ended:
+        return "PNG has no IEND chunk"
+    return None
+
+
+def _jpeg_complete(data: bytes) -> Optional[str]:
+    """Why a JPEG is cut short, or None: its last end-of-image marker must follow its last scan."""
+    eoi, sos = data.rfind(b"\xff\xd9"), data.rfind(b"\xff\xda")
+    if eoi < 0 or eoi < sos:
+        return "JPEG has no end-of-image marker after its last scan"
+    return None
+
+
+def _last_scanline_blank(img: Image.Image, interlace: int) -> bool:
+    """Whether the scanline a PNG stream delivers last is all zeros (what a missing row looks like)."""
+    w, h = img.size
+    y, x0, dx = h - 1, 0, 1
+    if interlace:
+        for px, py, sx, sy in reversed(_ADAM7):
+            pw, ph = (w - px + sx - 1) // sx, (h - py + sy - 1) // sy
+            if pw > 0 and ph > 0:
+                y, x0, dx = py + (ph - 1) * sy, px, sx
+                break
+    row = np.asarray(img.crop((0, y, w, y + 1)))
+    return not row[0, x0::dx].any()
+
+
+def check_complete(data: bytes, img: Image.Image) -> None:
+    """Raise ``image_truncated`` for decoded PNG/JPEG data that ended early (see the module doc)."""
+    why = None
+    if img.format == "PNG" and _last_scanline_blank(img, img.info.get("interlace", 0)):
+        why = _png_complete(data)
+    elif img.format in ("JPEG", "MPO"):
+        why = _jpeg_complete(data)
+    if why:
+        raise FetchError("image_truncated", f"{why} ({len(data)} bytes)")
+
+
+def _describe(data: bytes, content_type: Optional[str]) -> str:
+    return f"{len(data)} bytes" + (f" of Content-Type {content_type!r}" if content_type else "")
+
+
+def _open(data: bytes, cfg: FetchConfig, content_type: Optional[str] = None) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        head = data[:16]
-        raise FetchError("not_an_image", f"{len(data)} bytes that no image decoder recognises (starts with {head!r})")
+        raise FetchError("not_an_image", f"{_describe(data, content_type)} that no image decoder recognises")
     except Image.DecompressionBombError as e:
         raise FetchError("too_large", str(e))
+    except (OSError, EOFError, SyntaxError) as e:
+        if isinstance(e, EOFError) or "truncated" in str(e).lower():
+            raise FetchError("image_truncated", f"{_describe(data, content_type)} end inside the image header")
+        raise FetchError("decode_error", f"cannot open image ({_describe(data, content_type)}): {type(e).__name__}")
     except Exception as e:
-        raise FetchError("decode_error", f"cannot open image: {e!r}")
+        raise FetchError("decode_error", f"cannot open image ({_describe(data, content_type)}): {type(e).__name__}")
     w, h = img.size
     if w < 1 or h < 1:
         raise FetchError("decode_error", f"image has size {w}x{h}")
@@ -155,15 +259,19 @@ def probe_size(data: bytes, cfg: FetchConfig) -> tuple[int, int]:
     return _open(data, cfg).size
 
 
-def process_image(data: bytes, objects: Optional[list[dict]], cfg: FetchConfig) -> StoredImage:
+def process_image(
+    data: bytes, objects: Optional[list[dict]], cfg: FetchConfig, content_type: Optional[str] = None
+) -> StoredImage:
     """Turn downloaded bytes into the stored image; raise FetchError with a reason code on any failure."""
     if len(data) > cfg.max_bytes:
         raise FetchError("too_large", f"{len(data)} bytes > max_bytes {cfg.max_bytes}")
     check_objects(objects)
-    img = _open(data, cfg)
+    img = _open(data, cfg, content_type)
     fmt, src_mode = img.format, img.mode
     width, height = img.size
     method = ORIENTATION_TRANSPOSE.get(_orientation(img))
+    swaps = method in (T.ROTATE_90, T.ROTATE_270, T.TRANSPOSE, T.TRANSVERSE)
+    original = (height, width) if swaps else (width, height)
     new_w, new_h = target_size(width, height, cfg.max_side)  # in the raw orientation; the cap is symmetric
     resize = (new_w, new_h) != (width, height)
 
@@ -179,14 +287,16 @@ def process_image(data: bytes, objects: Optional[list[dict]], cfg: FetchConfig) 
         text = str(e)
         if isinstance(e, EOFError) or "truncated" in text.lower():
             raise FetchError("image_truncated", f"{fmt} data ends early ({len(data)} bytes): {text}")
-        raise FetchError("decode_error", f"cannot decode {fmt}: {e!r}")
+        text = _BYTES_LITERAL.sub("b'...'", text)[:80]  # Pillow quotes chunk ids; no response bytes in rejects
+        raise FetchError("decode_error", f"cannot decode {fmt} ({len(data)} bytes): {type(e).__name__}: {text}")
     except Exception as e:
-        raise FetchError("decode_error", f"cannot decode {fmt}: {e!r}")
+        raise FetchError("decode_error", f"cannot decode {fmt} ({len(data)} bytes): {type(e).__name__}")
+
+    check_complete(data, img)
 
     if cfg.keep_original_jpeg and fmt == "JPEG" and src_mode == "RGB" and method is None and not resize:
-        return StoredImage(
-            data, hashlib.sha256(data).hexdigest(), width, height, "jpeg", _copy_objects(objects), reencoded=False
-        )
+        return StoredImage(data, hashlib.sha256(data).hexdigest(), width, height, "jpeg", _copy_objects(objects),
+                           reencoded=False, original_width=width, original_height=height)
 
     icc = img.info.get("icc_profile") if src_mode.startswith(("RGB", "P")) else None
     try:
@@ -215,7 +325,8 @@ def process_image(data: bytes, objects: Optional[list[dict]], cfg: FetchConfig) 
     except Exception as e:
         raise FetchError("encode_error", f"cannot encode {out_fmt}: {e!r}")
     out = buf.getvalue()
-    return StoredImage(out, hashlib.sha256(out).hexdigest(), img.width, img.height, out_fmt, moved, reencoded=True)
+    return StoredImage(out, hashlib.sha256(out).hexdigest(), img.width, img.height, out_fmt, moved, reencoded=True,
+                       original_width=original[0], original_height=original[1])
 
 
 def _copy_objects(objects: Optional[list[dict]]) -> Optional[list[dict[str, Any]]]:

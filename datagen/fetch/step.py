@@ -40,7 +40,7 @@ from PIL import ImageFile
 from datagen.cache import RequestCache
 from datagen.fetch.config import FetchConfig
 from datagen.fetch.errors import FetchError
-from datagen.fetch.http import Downloader
+from datagen.fetch.http import Downloader, policy_summary
 from datagen.fetch.image import StoredImage, probe_size, process_image
 from datagen.fetch.location import locate, read_file
 from datagen.records import PAIR_SCHEMA, reject, rejects_table
@@ -88,6 +88,7 @@ class FetchStep(Step):
         self.config: FetchConfig
         # Retry-After pauses per host, kept across batches of this process (timing only, never results).
         self._host_open_at: dict[str, float] = {}
+        self._robots: dict = {}  # robots.txt verdicts per origin, read once per process
 
     # ------------------------------------------------------------------ batch
 
@@ -120,7 +121,7 @@ class FetchStep(Step):
         cfg = self.config
         loop = asyncio.get_running_loop()
         with concurrent.futures.ThreadPoolExecutor(cfg.workers, thread_name_prefix="fetch-decode") as pool:
-            async with Downloader(cfg, self.ctx.rng("fetch", batch_no), self._host_open_at) as downloader:
+            async with Downloader(cfg, self.ctx.rng("fetch", batch_no), self._host_open_at, self._robots) as downloader:
 
                 async def one(i: int) -> Result:
                     try:
@@ -133,11 +134,12 @@ class FetchStep(Step):
                         if kind == "file" and not cfg.allow_local_files:
                             raise FetchError("local_file_not_allowed",
                                              f"{cols['url'][i]!r} is a local path; fetch.allow_local_files is false")
+                        content_type = None
                         if kind == "file":
                             data = await loop.run_in_executor(pool, read_file, target, cfg.max_bytes)
                         else:
-                            data = await self._download(downloader, target, cache)
-                        return await loop.run_in_executor(pool, process_image, data, objects, cfg)
+                            data, content_type = await self._download(downloader, target, cache)
+                        return await loop.run_in_executor(pool, process_image, data, objects, cfg, content_type)
                     except FetchError as e:
                         return e
                     except Exception as e:  # never lose a row to a bug or an odd input
@@ -146,25 +148,28 @@ class FetchStep(Step):
                 results = await asyncio.gather(*(one(i) for i in range(len(cols["key"]))))
         return list(results), downloader.counters
 
-    async def _download(self, downloader: Downloader, url: str, cache: Optional[RequestCache]) -> bytes:
-        """Download through the optional request cache; only bytes and permanent failures are cached."""
+    async def _download(
+        self, downloader: Downloader, url: str, cache: Optional[RequestCache]
+    ) -> tuple[bytes, Optional[str]]:
+        """Download through the optional request cache; only bytes and permanent failures are cached.
+        The key holds the safety policy, so opening or closing it never serves an answer of the other policy."""
         if cache is None:
             return await downloader.get(url)
-        request = {"url": url}
+        request = {"url": url, "policy": policy_summary(self.config)}
         hit = cache.get(CACHE_NAMESPACE, request)
         if hit is not None:
             downloader.counters.cache_hits += 1
             if "reason" in hit:
                 raise FetchError(hit["reason"], f"{hit['detail']} (cached)")
-            return base64.b64decode(hit["body"])
+            return base64.b64decode(hit["body"]), hit.get("content_type")
         try:
-            data = await downloader.get(url)
+            data, content_type = await downloader.get(url)
         except FetchError as e:
             if _is_permanent(e):
                 cache.put(CACHE_NAMESPACE, request, {"reason": e.reason, "detail": e.detail})
             raise
-        cache.put(CACHE_NAMESPACE, request, {"body": base64.b64encode(data).decode("ascii")})
-        return data
+        cache.put(CACHE_NAMESPACE, request, {"body": base64.b64encode(data).decode("ascii"), "content_type": content_type})
+        return data, content_type
 
     def _passthrough(self, i: int, cols: dict[str, list]) -> _Passthrough:
         image = cols["image"][i]
@@ -179,7 +184,8 @@ class FetchStep(Step):
     def _assemble(self, table: pa.Table, cols: dict[str, list], results: list[Result], counters) -> StepOutput:
         kept_idx: list[int] = []
         rejects: list[dict] = []
-        new = {"image": [], "image_sha256": [], "width": [], "height": [], "objects": []}
+        new = {"image": [], "image_sha256": [], "width": [], "height": [], "objects": [],
+               "original_width": [], "original_height": []}
         stats = Counter()
         for i, res in enumerate(results):
             if isinstance(res, FetchError):
@@ -194,6 +200,8 @@ class FetchStep(Step):
                 w, h = res.size if res.size else (cols["width"][i], cols["height"][i])
                 new["width"].append(w)
                 new["height"].append(h)
+                new["original_width"].append(w)
+                new["original_height"].append(h)
                 new["objects"].append(cols["objects"][i])
                 stats["bytes"] += len(cols["image"][i])
             else:
@@ -202,14 +210,21 @@ class FetchStep(Step):
                 new["image_sha256"].append(res.sha256)
                 new["width"].append(res.width)
                 new["height"].append(res.height)
+                new["original_width"].append(res.original_width)
+                new["original_height"].append(res.original_height)
                 new["objects"].append(res.objects)
                 stats["bytes"] += len(res.data)
 
         kept = table.take(pa.array(kept_idx, type=pa.int64()))
-        for name in ("image", "image_sha256", "width", "height", "objects"):
+        for name in ("image", "image_sha256", "width", "height", "objects", "original_width", "original_height"):
             if name == "objects" and name not in table.column_names:
                 continue
-            field = table.schema.field(name) if name in table.column_names else PAIR_SCHEMA.field(name)
+            if name in table.column_names:
+                field = table.schema.field(name)
+            elif name.startswith("original_"):  # size before any resize: what quality rules judge
+                field = pa.field(name, pa.int32())
+            else:
+                field = PAIR_SCHEMA.field(name)
             arr = pa.array(new[name], type=field.type)
             if name in kept.column_names:
                 kept = kept.set_column(kept.column_names.index(name), field, arr)
@@ -218,6 +233,10 @@ class FetchStep(Step):
 
         self._count(len(results), len(kept_idx), stats, rejects, counters)
         return StepOutput(kept=kept, rejects=rejects_table(rejects))
+
+    def derive_stats(self, stats: dict[str, Any]) -> None:
+        """The policy is the run's, not a sum over parts (merging would concatenate allow_networks)."""
+        stats["policy"] = policy_summary(self.config)
 
     def _count(self, n_in: int, n_ok: int, stats: Counter, rejects: list[dict], counters) -> None:
         st = self.ctx.stat(self.name)
@@ -233,9 +252,14 @@ class FetchStep(Step):
             "redirects": counters.redirects,
             "host_pauses": counters.host_pauses,
             "cache_hits": counters.cache_hits,
+            "robots_fetched": counters.robots_fetched,
         }
         for k, v in add.items():
             st[k] = st.get(k, 0) + v
+        st["policy"] = policy_summary(self.config)
         by_reason = st.setdefault("rejects", {})
         for r in rejects:
             by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+        if by_reason.get("local_file_not_allowed"):
+            self.ctx.warn("fetch refused local paths (local_file_not_allowed): set fetch.allow_local_files: true "
+                          "if this source's files are yours; leave it off for public URL lists")

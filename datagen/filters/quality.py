@@ -6,6 +6,12 @@ captions of more than 2 words, a shorter side of at least 200 px and an aspect
 ratio of at most 3. The demo recipe relaxes the pixel rule for its small
 pictures. Each rule is a reject reason of its own, so the summary says which
 rule cost how many rows.
+
+Size rules judge the image's original size (``original_width``/``height``,
+which fetch records before any resize), not the stored thumbnail: with
+``max_side: 512`` a 2000x700 photo is stored at 512x179, and judging that
+would reject a fine picture as ``image_too_small`` instead of judging its
+aspect ratio. Rows without the original size fall back to ``width``/``height``.
 """
 
 from __future__ import annotations
@@ -42,7 +48,9 @@ def _check(row: dict, n_bytes: int | None, cfg: QualityConfig) -> tuple[str, str
             return "caption_too_short", f"{len(caption.split())} words < {cfg.min_caption_words}"
     if cfg.max_caption_chars is not None and len(caption) > cfg.max_caption_chars:
         return "caption_too_long", f"{len(caption)} chars > {cfg.max_caption_chars}"
-    w, h = row.get("width"), row.get("height")
+    w, h = row.get("original_width"), row.get("original_height")
+    if w is None or h is None:
+        w, h = row.get("width"), row.get("height")
     if w is None or h is None:
         return "no_image", "width/height unknown: the image was not fetched"
     if cfg.min_side is not None and min(w, h) < cfg.min_side:
@@ -59,7 +67,8 @@ class QualityFilterStep(Step):
     kind = "filter"
 
     def process(self, table: pa.Table) -> StepOutput:
-        cols = [c for c in ("key", "source", "url", "caption", "width", "height") if c in table.column_names]
+        cols = [c for c in ("key", "source", "url", "caption", "width", "height", "original_width", "original_height")
+                if c in table.column_names]
         light = table.select(cols).to_pylist()
         sizes = pc.binary_length(table.column("image")).to_pylist() if "image" in table.column_names else None
         keep, rejects = [], []

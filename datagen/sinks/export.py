@@ -1,12 +1,46 @@
-"""Exports of a run's stage-2 shards to the formats other trainers read.
+"""Exports of a run's stage-2 shards to the files other trainers read unchanged.
 
-- ``llava``: one JSON list, ``{"id", "image", "conversations": [{"from": "human"|"gpt", "value"}]}``,
-  ``<image>`` in the first human turn (LLaVA's own data layout).
-- ``mplug_owl``: JSONL lines ``{"image": [paths], "text": ..., "task_type": ...}`` with mPLUG-Owl's
-  "Human:"/"AI:" template and one "Human: <image>" line per image (its trainer's layout).
-- ``sharegpt``: ``{"id", "images", "conversations": [{"from", "value"}]}``.
-- ``hf``: a Hugging Face ``datasets`` folder (``load_from_disk``).
-Images are written once under ``<dest>/images/`` and referenced by relative path.
+Every file-based format writes its images once under ``<dest>/images/`` and refers to them by a
+path RELATIVE TO ``<dest>`` (``images/<key>.<n>.jpg``): point the trainer's image folder at
+``<dest>``, or start it in ``<dest>``, as the README's compatibility table says per trainer.
+
+- ``llava`` writes two files (LLaVA's layout, ``{"id", "image", "conversations": [{"from", "value"}]}``):
+
+  - ``llava.json``: single-image and text-only conversations, for LLaVA-1.5's
+    ``LazySupervisedDataset`` (``llava/train/train.py``), which opens ONE image per item::
+
+        image_file = self.list_data_dict[i]['image']
+        image = Image.open(os.path.join(image_folder, image_file)).convert('RGB')
+
+    and whose ``preprocess_multimodal`` moves every ``<image>`` of a turn to its front::
+
+        if DEFAULT_IMAGE_TOKEN in sentence['value']:
+            sentence['value'] = sentence['value'].replace(DEFAULT_IMAGE_TOKEN, '').strip()
+            sentence['value'] = DEFAULT_IMAGE_TOKEN + '\\n' + sentence['value']
+
+    So ``image`` is a string, and the first human turn starts with the one ``<image>\\n``;
+    text-only items have no ``image`` key and no ``<image>``.
+  - ``llava_interleave.json``: multi-image and in-context conversations in the interleaved
+    layout of LLaVA-NeXT-Interleave / LLaVA-OneVision (LLaVA-NeXT's ``llava/train/train.py``):
+    ``image`` is a list (``if type(image_file) is list: image = [self.process_image(f) for f in
+    image_file]``), one ``<image>`` stands where each image is referred to, in the list's order,
+    and its ``preprocess_multimodal`` leaves a turn with several ``<image>`` as it is
+    (``if num_im == 1 and ... not sentence["value"].startswith(DEFAULT_IMAGE_TOKEN)``).
+
+- ``mplug_owl``: JSONL ``{"image": [paths], "text": ..., "task_type": ...}`` for mPLUG-Owl (v1)'s
+  ``MultiModalDataset`` (``pipeline/data_utils/xgpt3_dataset.py``), which picks its processor with
+  ``data['task_type'].split('_')[-1]``; the official ``configs/v0.yaml`` defines one processor,
+  ``sft``. So ``task_type`` is ``datagen_<family>_<lang>_sft``. ``text`` is mPLUG-Owl's
+  "Human:"/"AI:" template; its loader fills ``<image>`` tokens with the listed images in order.
+  mPLUG-Owl opens each path as written: run it with ``<dest>`` as the working directory, or pass
+  ``image_root`` to write ``<image_root>/images/...`` instead.
+- ``sharegpt``: ``{"id", "images", "lang", "conversations": [{"from", "value"}]}``, all rows in one
+  file, ``<image>`` placed as in the two LLaVA files (one ``<image>`` per listed image, the layout
+  LLaMA-Factory's sharegpt format expects).
+- ``hf``: a Hugging Face dataset folder ``<dest>/hf``: parquet files under ``data/`` whose
+  ``images`` column is ``datasets.List(datasets.Image())`` with the pixels embedded, and a
+  ``README.md`` dataset card whose YAML declares the config and features. ``load_dataset(DIR)``
+  reads it; ``push_to_hub`` carries the images.
 """
 
 from __future__ import annotations
@@ -18,10 +52,13 @@ from typing import Iterator
 
 import webdataset as wds
 
+from datagen.sinks.shards import image_ext, sample_images
+
 MPLUG_SYSTEM = ("The following is a conversation between a curious human and AI assistant. "
                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
-_PLACEHOLDER = re.compile(r"<image(?:_\d+)?>\n?")
-_IMAGE_EXT = ("jpg", "png", "webp")
+_PLACEHOLDER = re.compile(r"<image(?:_(\d+))?>")
+FORMATS = ("llava", "mplug_owl", "sharegpt", "hf")
+HF_ROWS_PER_FILE = 1000
 
 
 def iter_samples(out: Path, split: str) -> Iterator[dict]:
@@ -37,89 +74,178 @@ def iter_samples(out: Path, split: str) -> Iterator[dict]:
         yield sample
 
 
-def _images(sample: dict, dest: Path) -> list[str]:
-    """Write the sample's images under dest/images; return their relative paths in index order."""
-    names = sorted((k for k in sample if k.rsplit(".", 1)[-1] in _IMAGE_EXT),
-                   key=lambda k: int(k.split(".")[0]) if k.count(".") else 0)
-    paths = []
-    for name in names:
-        rel = f"images/{sample['__key__']}.{name}"
-        (dest / rel).write_bytes(sample[name])
-        paths.append(rel)
-    return paths
+def _strip_placeholders(text: str) -> str:
+    return re.sub(r"[ \t]*<image(?:_\d+)?>[ \t]*\n?", " ", text).strip()
 
 
-def _llava_turns(turns: list[dict], n_images: int) -> list[dict]:
+def inline_images(turns: list[dict], n_images: int, where: str) -> tuple[list[str], list[int]]:
+    """Turn texts with one ``<image>`` standing where each image is referred to, and the image
+    indices in the order those ``<image>`` appear (the order trainers fill them in).
+
+    Multi-image rows name images inline (MMICL style, "Image 0 is <image_0>."); each index must
+    appear exactly once. A row without inline names gets ``<image>`` lines at the front of its
+    first user turn, in index order."""
+    texts = [t["content"] for t in turns]
+    seen = [int(m.group(1)) for text in texts for m in _PLACEHOLDER.finditer(text) if m.group(1) is not None]
+    if not seen:
+        first = next((i for i, t in enumerate(turns) if t["role"] == "user"), 0)
+        texts = [_strip_placeholders(t) for t in texts]
+        texts[first] = "<image>\n" * n_images + texts[first]
+        return texts, list(range(n_images))
+    if sorted(seen) != list(range(n_images)):
+        raise ValueError(f"{where}: placeholders name images {seen}, expected each of 0..{n_images - 1} once")
+    return [re.sub(r"<image_\d+>", "<image>", t) for t in texts], seen
+
+
+def llava_single(turns: list[dict], has_image: bool) -> list[dict]:
+    """LLaVA-1.5 turns: every placeholder removed, ``<image>\\n`` at the start of the first human turn."""
     out = []
     for t in turns:
-        text = t["content"]
-        if n_images > 1:
-            text = re.sub(r"<image_\d+>", "<image>", text)
+        text = _strip_placeholders(t["content"])
+        if has_image and not out:
+            text = "<image>\n" + text
         out.append({"from": "human" if t["role"] == "user" else "gpt", "value": text})
     return out
 
 
-def mplug_owl_text(turns: list[dict], n_images: int) -> str:
-    """mPLUG-Owl's template. One image: a "Human: <image>" line before the dialogue. Several
-    images declared inline (MMICL style, "Image 0 is <image_0>."): each ``<image_N>`` becomes
-    ``<image>`` where it stands, since the trainer fills ``<image>`` tokens in order."""
-    inline = n_images > 1 and all(f"<image_{i}>" in " ".join(t["content"] for t in turns) for i in range(n_images))
-    lines = [MPLUG_SYSTEM] + ([] if inline else ["Human: <image>"] * n_images)
-    for t in turns:
-        content = re.sub(r"<image_\d+>", "<image>", t["content"]) if inline else _PLACEHOLDER.sub("", t["content"])
-        lines.append(f"{'Human' if t['role'] == 'user' else 'AI'}: {content.strip()}")
-    return "\n".join(lines)
+def llava_layout(conv: dict, paths: list[str], where: str) -> tuple[list[str], list[dict]]:
+    """(image paths, LLaVA turns): one image or none in LLaVA-1.5's layout (``llava_single``);
+    several with one ``<image>`` where each is named and the paths in that order."""
+    if len(paths) <= 1:
+        return paths, llava_single(conv["turns"], bool(paths))
+    texts, order = inline_images(conv["turns"], len(paths), where)
+    turns = [{"from": "human" if t["role"] == "user" else "gpt", "value": v} for t, v in zip(conv["turns"], texts)]
+    return [paths[i] for i in order], turns
 
 
-def _records(out: Path, dest: Path) -> Iterator[tuple[dict, dict, list[str]]]:
+def _names_images(turns: list[dict]) -> bool:
+    return any(m.group(1) is not None for t in turns for m in _PLACEHOLDER.finditer(t["content"]))
+
+
+def mplug_owl_text(turns: list[dict], n_images: int, where: str = "conversation") -> tuple[str, list[int]]:
+    """mPLUG-Owl's template and the image order it needs. Images named inline (MMICL style,
+    "Image 0 is <image_0>."): each becomes ``<image>`` where it stands. Otherwise one
+    "Human: <image>" line per image before the dialogue."""
+    if n_images > 1 and _names_images(turns):
+        texts, order = inline_images(turns, n_images, where)
+        lines = [MPLUG_SYSTEM]
+    else:
+        texts, order = [_strip_placeholders(t["content"]) for t in turns], list(range(n_images))
+        lines = [MPLUG_SYSTEM] + ["Human: <image>"] * n_images
+    lines += [f"{'Human' if t['role'] == 'user' else 'AI'}: {text.strip()}" for t, text in zip(turns, texts)]
+    return "\n".join(lines), order
+
+
+def mplug_task_type(conv: dict) -> str:
+    """``datagen_<family>_<lang>_sft``: mPLUG-Owl takes the part after the last ``_`` as its processor."""
+    task = conv["turns"][-1]["task"] if conv["turns"] else "unknown"
+    return f"datagen_{task}_{conv['lang']}_sft"
+
+
+def _records(out: Path, images_dir: Path | None) -> Iterator[tuple[dict, dict, list[str], list[bytes]]]:
+    """(row, conversation, image paths relative to the export folder, image bytes) for every
+    conversation of stage2 and stage2_text; images are written under ``images_dir`` when given."""
     for split in ("stage2", "stage2_text"):
         for sample in iter_samples(out, split):
-            paths = _images(sample, dest)
+            images = sample_images(sample)
+            paths = [f"images/{sample['__key__']}.{n}.{image_ext(d)}" for n, d in enumerate(images)]
+            if images_dir is not None:
+                for path, data in zip(paths, images):
+                    (images_dir.parent / path).write_bytes(data)
             for conv in sample["json"]["conversations"]:
-                yield sample["json"], conv, paths
+                yield sample["json"], conv, paths, images
 
 
-def export(out: Path, dest: Path, fmt: str) -> list[Path]:
-    """Write ``fmt`` for the run in ``out`` under ``dest``; returns the files written."""
+def _write_json(path: Path, items: list) -> Path:
+    path.write_text(json.dumps(items, ensure_ascii=False, indent=1))
+    return path
+
+
+def export(out: Path, dest: Path, fmt: str, image_root: str | None = None) -> list[Path]:
+    """Write ``fmt`` for the run in ``out`` under ``dest``; returns the files written.
+    ``image_root`` (mplug_owl): write image paths as ``<image_root>/images/...``."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if not (out / "manifest.json").exists():
         raise FileNotFoundError(f"{out}: not a finished datagen run (no manifest.json)")
     dest.mkdir(parents=True, exist_ok=True)
+    if fmt == "hf":
+        return [export_hf(out, dest / "hf")]
     (dest / "images").mkdir(exist_ok=True)
+    records = _records(out, dest / "images")
     if fmt == "llava":
-        items = []
-        for row, conv, paths in _records(out, dest):
-            item = {"id": conv["id"], "conversations": _llava_turns(conv["turns"], len(paths))}
-            if paths:
-                item["image"] = paths[0] if len(paths) == 1 else paths
-            items.append(item)
-        path = dest / "llava.json"
-        path.write_text(json.dumps(items, ensure_ascii=False, indent=1))
-        return [path]
+        single, interleaved = [], []
+        for row, conv, paths, _ in records:
+            images, turns = llava_layout(conv, paths, f"{out}: conversation {conv['id']}")
+            if len(images) <= 1:
+                single.append({"id": conv["id"], **({"image": images[0]} if images else {}), "conversations": turns})
+            else:
+                interleaved.append({"id": conv["id"], "image": images, "conversations": turns})
+        return [_write_json(dest / "llava.json", single), _write_json(dest / "llava_interleave.json", interleaved)]
     if fmt == "mplug_owl":
         path = dest / "mplug_owl.jsonl"
+        prefix = f"{image_root.rstrip('/')}/" if image_root else ""
         with open(path, "w", encoding="utf-8") as f:
-            for row, conv, paths in _records(out, dest):
-                task = conv["turns"][-1]["task"] if conv["turns"] else "unknown"
-                f.write(json.dumps({"image": paths, "text": mplug_owl_text(conv["turns"], len(paths)),
-                                    "task_type": f"{task}_{conv['lang']}"}, ensure_ascii=False) + "\n")
+            for row, conv, paths, _ in records:
+                text, order = mplug_owl_text(conv["turns"], len(paths), f"{out}: conversation {conv['id']}")
+                f.write(json.dumps({"image": [prefix + paths[i] for i in order], "text": text,
+                                    "task_type": mplug_task_type(conv)}, ensure_ascii=False) + "\n")
         return [path]
-    if fmt == "sharegpt":
-        items = [{"id": conv["id"], "images": paths, "lang": conv["lang"],
-                  "conversations": _llava_turns(conv["turns"], len(paths))}
-                 for row, conv, paths in _records(out, dest)]
-        path = dest / "sharegpt.json"
-        path.write_text(json.dumps(items, ensure_ascii=False, indent=1))
-        return [path]
-    if fmt == "hf":
-        import datasets
+    items = []
+    for row, conv, paths, _ in records:
+        images, turns = llava_layout(conv, paths, f"{out}: conversation {conv['id']}")
+        items.append({"id": conv["id"], "images": images, "lang": conv["lang"], "conversations": turns})
+    return [_write_json(dest / "sharegpt.json", items)]
 
-        records = [{"id": conv["id"], "key": row["key"], "lang": conv["lang"], "images": paths,
-                    "parent_id": conv.get("parent_id"),
-                    "conversations": [{"role": t["role"], "content": t["content"], "task": t["task"],
-                                       "polarity": t["polarity"]} for t in conv["turns"]]}
-                   for row, conv, paths in _records(out, dest)]
-        ds = datasets.Dataset.from_list(records)
-        path = dest / "hf"
-        ds.save_to_disk(str(path))
-        return [path]
-    raise ValueError(f"unknown export format {fmt!r}: expected llava, mplug_owl, sharegpt or hf")
+
+def hf_features():
+    """Features of the ``hf`` export: one row per conversation, its images with pixels embedded."""
+    import datasets
+
+    s = datasets.Value("string")
+    return datasets.Features({
+        "id": s, "key": s, "source": s, "lang": s, "parent_id": s,
+        "images": datasets.List(datasets.Image()),
+        "conversations": datasets.List({"role": s, "content": s, "task": s, "polarity": s, "generator": s}),
+    })
+
+
+def export_hf(out: Path, dest: Path) -> Path:
+    """Parquet files of ``HF_ROWS_PER_FILE`` conversations under ``dest/data`` and a dataset card
+    declaring their features; memory holds one file's rows at a time."""
+    import datasets
+
+    from datagen.sinks.hf import card_header
+
+    features = hf_features()
+    data = dest / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for old in data.glob("*.parquet"):
+        old.unlink()
+    n, rows = 0, []
+
+    def flush() -> None:
+        nonlocal n, rows
+        if rows:
+            datasets.Dataset.from_list(rows, features=features).to_parquet(str(data / f"train-{n:05d}.parquet"))
+            n, rows = n + 1, []
+
+    total = 0
+    for row, conv, paths, images in _records(out, None):
+        rows.append({"id": conv["id"], "key": row["key"], "source": row["source"], "lang": conv["lang"],
+                     "parent_id": conv.get("parent_id"),
+                     "images": [{"bytes": b, "path": Path(p).name} for p, b in zip(paths, images)],
+                     "conversations": [{k: t.get(k) for k in ("role", "content", "task", "polarity", "generator")}
+                                       for t in conv["turns"]]})
+        total += 1
+        if len(rows) >= HF_ROWS_PER_FILE:
+            flush()
+    flush()
+    name = json.loads((out / "manifest.json").read_text())["name"]
+    (dest / "README.md").write_text(
+        card_header({"default": (["data/*.parquet"], features)}, default="default")
+        + f"\n# {name} (datagen export)\n\n{total} conversations, one per row: `images` holds the pixels"
+        " (`datasets.Image()`), `conversations` the turns with their task family and polarity, and"
+        " `parent_id` links a translation to its original.\n\n"
+        "```python\nimport datasets\nds = datasets.load_dataset(\"PATH/TO/THIS/FOLDER\", split=\"train\")\n```\n")
+    return dest

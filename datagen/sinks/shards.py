@@ -5,6 +5,22 @@ written as ``*.tar.partial`` and renamed when closed, and a whole split is
 built in ``<out>/.<split>.tmp-<run id>/`` and swapped in at the end, so a killed
 run never leaves a half-written shard or a mix of old and new shards behind.
 The files of one sample are adjacent in the tar; keys contain no dots.
+
+Sample layout rules that loaders depend on live here, so the sinks and the
+readers share one definition:
+
+- stage 1: ``<key>.jpg``, ``<key>.txt``, ``<key>.json`` (img2dataset's layout).
+- stage 2: the images of a sample are ALWAYS numbered, ``<key>.0.jpg``,
+  ``<key>.1.jpg`` ..., a single image too (``stage2_images``). So the first image
+  of every sample sits in the same column (``0.jpg``) for loaders that build a
+  table from the member names (Hugging Face's webdataset builder).
+- ``<key>.json`` is the row minus image bytes and ``_``-prefixed working columns;
+  a list-typed field is a list, empty when there is nothing, never null
+  (``shard_json``): a loader that infers column types from the first samples
+  breaks on null in one sample and a list in another. ``meta`` stays the JSON text
+  the row carries, since its fields differ from source to source.
+- every split folder holds ``sizes.json`` (shard file name -> samples), the
+  file open_clip's ``get_dataset_size`` reads from the shard folder.
 """
 
 from __future__ import annotations
@@ -18,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 
 from datagen.core.parts import tmp_name
 
@@ -32,6 +49,9 @@ class ShardInfo:
     count: int
     bytes: int
     sha256: str
+
+
+IMAGE_EXTS = ("jpg", "png", "webp")  # what image_ext can return
 
 
 def image_ext(data: bytes) -> str:
@@ -149,6 +169,7 @@ class SplitWriter:
 
     def commit(self) -> list[ShardInfo]:
         self._close_shard()
+        write_split_sizes(self.work_dir, self.shards)
         shutil.rmtree(self.final_dir, ignore_errors=True)
         os.replace(self.work_dir, self.final_dir)
         return self.shards
@@ -160,6 +181,64 @@ class SplitWriter:
             except Exception:  # noqa: BLE001
                 pass
         shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+SIZES = "sizes.json"
+
+
+def write_split_sizes(folder: Path, shards: list[ShardInfo]) -> None:
+    """``<split>/sizes.json``: shard FILE NAME -> sample count, beside the shards.
+
+    open_clip_train/data.py, ``get_dataset_size``::
+
+        dir_path = os.path.dirname(shards_list[0])
+        sizes_filename = os.path.join(dir_path, 'sizes.json')
+        ...
+        total_size = sum([int(sizes[os.path.basename(shard)]) for shard in shards_list])
+    """
+    sizes = {Path(s.path).name: s.count for s in shards}
+    (folder / SIZES).write_text(json.dumps(sizes, indent=1, sort_keys=True) + "\n")
+
+
+def stage2_images(images: list[bytes]) -> dict[str, bytes]:
+    """The members for a stage-2 sample's images, in order: ``0.jpg``, ``1.jpg``... (one image: ``0.jpg``)."""
+    return {f"{n}.{image_ext(data)}": data for n, data in enumerate(images)}
+
+
+def sample_images(sample: dict) -> list[bytes]:
+    """A read-back stage-2 sample's image bytes in index order (members ``0.<ext>``, ``1.<ext>``...).
+
+    Shards written before the numbering rule kept a single image as ``jpg``; it is read too."""
+    numbered = {}
+    for name, data in sample.items():
+        stem, _, ext = name.partition(".")
+        if stem.isdigit() and ext in IMAGE_EXTS:
+            numbered[int(stem)] = data
+    if not numbered:
+        return [sample[ext] for ext in IMAGE_EXTS if ext in sample][:1]
+    if sorted(numbered) != list(range(len(numbered))):
+        raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')} has image members"
+                         f" {sorted(numbered)}, expected 0..{len(numbered) - 1}")
+    return [numbered[i] for i in range(len(numbered))]
+
+
+def json_fields(schema: pa.Schema) -> pa.Schema:
+    """The fields of a row that go into its ``<key>.json``: all but the image bytes and ``_`` columns."""
+    return pa.schema([f for f in schema if f.name != "image" and not f.name.startswith("_")])
+
+
+def _no_null_lists(value: Any, typ: pa.DataType) -> Any:
+    if pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        return [_no_null_lists(v, typ.value_type) for v in value] if value is not None else []
+    if pa.types.is_struct(typ) and isinstance(value, dict):
+        return {f.name: _no_null_lists(value.get(f.name), f.type) for f in typ}
+    return value
+
+
+def shard_json(row: dict, schema: pa.Schema) -> dict:
+    """The ``<key>.json`` body of a sample: the row's ``json_fields``, every list-typed field (at any
+    depth, ``objects[].attributes`` too) a list, empty instead of null. ``schema`` is the row's Arrow schema."""
+    return {f.name: _no_null_lists(row.get(f.name), f.type) for f in json_fields(schema)}
 
 
 def json_bytes(obj: Any) -> bytes:

@@ -10,7 +10,6 @@ from the pair parts within the bucket. Same recipe and seed, same bytes.
 
 from __future__ import annotations
 
-import json
 from collections import Counter, OrderedDict
 from pathlib import Path
 
@@ -21,19 +20,9 @@ from tqdm import tqdm
 
 from datagen.core.parts import iter_batches, tmp_name
 from datagen.sinks.buckets import BucketSpill, plan_samples
-from datagen.sinks.shards import ShardInfo, SplitWriter, image_ext, json_bytes
+from datagen.sinks.shards import ShardInfo, SplitWriter, image_ext, json_bytes, shard_json, stage2_images
 
 STAGE1, STAGE2, STAGE2_TEXT = "stage1", "stage2", "stage2_text"
-
-
-def _row_json(row: dict) -> dict:
-    out = {k: v for k, v in row.items() if k not in ("image",) and not k.startswith("_")}
-    if isinstance(out.get("meta"), str):
-        try:
-            out["meta"] = json.loads(out["meta"])
-        except json.JSONDecodeError:
-            pass
-    return out
 
 
 def _scan(path: Path, cols: list[str], shard: str) -> pl.LazyFrame:
@@ -108,10 +97,11 @@ def write_stage1(pair_parts, dropped, out_dir: Path, stage, output, seed: int, w
         spill.flush()
         with tqdm(total=plan.height, desc="stage1 shards", unit="sample", leave=False) as bar:
             for b in range(n_buckets):
-                for row in _ordered(spill.read(b)):
+                table = spill.read(b)
+                for row in _ordered(table):
                     key = row["_out_key"]
                     writer.write(key, {image_ext(row["image"]): row["image"], "txt": (row["caption"] or "").encode(),
-                                       "json": json_bytes(_row_json(row) | {"key": key})})
+                                       "json": json_bytes(shard_json(row, table.schema) | {"key": key})})
                     per_source[row["source"]] += 1
                     bar.update(1)
         shards = writer.commit()
@@ -199,12 +189,8 @@ def write_stage2(conversation_inputs, pair_parts, dropped, out_dir: Path, stage,
                                     "reason": "image_missing", "detail": f"images {missing} not among the kept pairs",
                                     "url": None})
                     continue
-                files: dict[str, bytes] = {}
-                if len(images) == 1:
-                    files[image_ext(store[images[0]])] = store[images[0]]
-                for n, k in enumerate(images if len(images) > 1 else []):
-                    files[f"{n}.{image_ext(store[k])}"] = store[k]
-                files["json"] = json_bytes(_row_json(row) | {"key": key})
+                files = stage2_images([store[k] for k in images])
+                files["json"] = json_bytes(shard_json(row, table.schema) | {"key": key})
                 (img_writer if images else txt_writer).write(key, files)
                 stats["samples_with_images" if images else "samples_text_only"] += 1
                 for c in row["conversations"]:

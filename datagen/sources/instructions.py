@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from datagen.records import CONVERSATION_SCHEMA, make_key, reject, rejects_table
 from datagen.sources.config import InstructionSource
+from datagen.sources.errors import InputFileError, brief
 from datagen.sources.tables import source_files
 from datagen.steps import RunContext, StepOutput
 from datagen.text import guess_lang
@@ -33,10 +34,20 @@ _SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assista
 
 
 def _items(path: Path) -> Iterator[tuple[int, object]]:
-    """(1-based item number, parsed item or the raw text of a line that did not parse)."""
+    """(1-based item number, parsed item or the raw text of a line that did not parse).
+
+    A JSONL line that does not parse is one bad item; a JSON list that breaks
+    off (truncated download) or a file that is not UTF-8 stops with an
+    InputFileError naming the file and where."""
     if path.suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
+        n = 0
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise InputFileError(path, f"not UTF-8 text ({e.reason} at byte {e.start})",
+                                         "Convert the file to UTF-8", where=str(n)) from None
                 if not line.strip():
                     continue
                 try:
@@ -44,9 +55,15 @@ def _items(path: Path) -> Iterator[tuple[int, object]]:
                 except json.JSONDecodeError as e:
                     yield n, BadItem("malformed_row", f"not JSON ({e.msg}): {line[:120]!r}")
     else:
-        with open(path, "rb") as f:
-            for n, item in enumerate(ijson.items(f, "item"), 1):
-                yield n, item
+        n = 0
+        try:
+            with open(path, "rb") as f:
+                for n, item in enumerate(ijson.items(f, "item"), 1):
+                    yield n, item
+        except (ijson.JSONError, UnicodeDecodeError) as e:
+            raise InputFileError(path, f"invalid JSON after item {n} ({brief(e)})",
+                                 "The file is truncated or not a JSON list: download it again, or use .jsonl "
+                                 "for one item per line") from None
 
 
 def _turns(item: object, fmt: str) -> list[tuple[str, str]]:

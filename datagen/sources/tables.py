@@ -3,14 +3,20 @@
 Both stream with pyarrow (``ParquetFile.iter_batches``, ``csv.open_csv``), so a
 multi-GB shard never sits in memory at once (img2dataset users' complaint).
 Relative paths in the url column resolve against the table's own folder, so a
-table and its images can move together. Source columns we do not map are kept
-as JSON in ``meta`` (LAION ``similarity``/``punsafe``, COYO's scores...).
+table and its images can move together, and are stored relative to the recipe's
+folder (``portable_path``), so outputs do not depend on where the checkout lives.
+Source columns we do not map are kept as JSON in ``meta`` (LAION ``similarity``/``punsafe``, COYO's scores...).
+
+A file that cannot be read (truncated parquet, a missing mapped column) is an
+``InputFileError`` naming the file and, where known, the row. TSV line numbers
+are the file's own: blank lines are skipped but still counted.
 """
 
 from __future__ import annotations
 
 import glob
 import json
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -20,6 +26,7 @@ import pyarrow.parquet as pq
 
 from datagen.records import PAIR_SCHEMA, make_key, reject, rejects_table
 from datagen.sources.config import PARQUET_PRESETS, PRESET_LANG, TSV_PRESETS, ParquetSource, TsvSource
+from datagen.sources.errors import InputFileError
 from datagen.steps import RunContext, StepOutput
 
 
@@ -33,14 +40,22 @@ def source_files(pattern: str, ctx: RunContext, source: str) -> list[Path]:
     return files
 
 
-def resolve_url(url: str | None, base: Path) -> str | None:
-    """Absolute paths and URLs pass; a bare relative path resolves against ``base``."""
+def portable_path(path: Path, root: Path) -> str:
+    """A local file as stored in ``url``: its path relative to ``root``, the recipe's folder, where
+    the fetch step resolves relative paths again (``RunContext.resolve``). So shard bytes do not
+    depend on where the checkout lives: two checkouts at different paths write the same url."""
+    return Path(os.path.relpath(path.resolve(), root.resolve())).as_posix()
+
+
+def resolve_url(url: str | None, base: Path, root: Path) -> str | None:
+    """Absolute paths and URLs pass; a bare relative path resolves against ``base`` (the table's
+    folder) and is stored relative to ``root`` (``portable_path``)."""
     if url is None:
         return None
     url = url.strip()
     if not url or "://" in url or url.startswith("/"):
         return url
-    return str((base / url).resolve())
+    return portable_path(base / url, root)
 
 
 def _key(name: str, n_files: int, file_idx: int, row: int) -> str:
@@ -53,21 +68,26 @@ def read_parquet(cfg: ParquetSource, ctx: RunContext) -> Iterator[StepOutput]:
     lang = cfg.lang or PRESET_LANG.get(cfg.kind)
     emitted = 0
     for fi, path in enumerate(files):
-        pf = pq.ParquetFile(path)
+        try:
+            pf = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as e:
+            raise InputFileError(path, f"not a readable parquet file ({e})",
+                                 "The file is truncated or not parquet: download it again, or drop it from "
+                                 f"sources[{cfg.name}].path") from None
         names = pf.schema_arrow.names
         for field in ("url", "caption"):
             if mapping.get(field) not in names:
-                raise ValueError(
-                    f"{path}: source {cfg.name!r} ({cfg.kind}) expects column {mapping.get(field)!r} for {field};"
-                    f" the file has {names}. Map it with sources[].columns.{field}."
-                )
+                raise InputFileError(
+                    path, f"source {cfg.name!r} ({cfg.kind}) expects column {mapping.get(field)!r} for {field};"
+                    f" the file has {names}", f"Map it with sources[].columns.{field}")
         mapped = {f: c for f, c in mapping.items() if c in names}
         meta_cols = cfg.meta_columns if cfg.meta_columns is not None else [c for c in names if c not in mapped.values()]
         unknown = [c for c in meta_cols if c not in names]
         if unknown:
-            raise ValueError(f"{path}: meta_columns {unknown} are not in the file's columns {names}")
+            raise InputFileError(path, f"meta_columns {unknown} are not in the file's columns {names}",
+                                 "Fix sources[].meta_columns")
         row = 0
-        for batch in pf.iter_batches(batch_size=cfg.batch_size, columns=sorted(set(mapped.values()) | set(meta_cols))):
+        for batch in _batches(pf, path, cfg.batch_size, sorted(set(mapped.values()) | set(meta_cols))):
             cols = batch.to_pydict()
             n = batch.num_rows
             if cfg.limit is not None:
@@ -79,7 +99,7 @@ def read_parquet(cfg: ParquetSource, ctx: RunContext) -> Iterator[StepOutput]:
                 out.append({
                     "key": make_key(cfg.name, local_id) if local_id is not None else _key(cfg.name, len(files), fi, row + i),
                     "source": cfg.name,
-                    "url": resolve_url(get("url"), path.parent),
+                    "url": resolve_url(get("url"), path.parent, ctx.recipe_dir),
                     "caption": get("caption"),
                     "width": get("width"),
                     "height": get("height"),
@@ -91,6 +111,43 @@ def read_parquet(cfg: ParquetSource, ctx: RunContext) -> Iterator[StepOutput]:
             yield StepOutput(pa.Table.from_pylist(out, schema=PAIR_SCHEMA))
             if cfg.limit is not None and emitted >= cfg.limit:
                 return
+
+
+def _batches(pf: pq.ParquetFile, path: Path, batch_size: int, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    """``iter_batches`` with a corrupt row group reported by file and row instead of a bare Arrow error."""
+    it = pf.iter_batches(batch_size=batch_size, columns=columns)
+    row = 0
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as e:
+            raise InputFileError(path, f"parquet data is corrupt ({e})", "Download the file again",
+                                 where=f"after row {row}") from None
+        row += batch.num_rows
+        yield batch
+
+
+def _open_tsv(path: Path, **options) -> pacsv.CSVStreamingReader:
+    try:
+        return pacsv.open_csv(path, **options)
+    except (pa.ArrowException, OSError) as e:
+        raise InputFileError(path, f"cannot read as tab-separated text ({e})",
+                             "Check that it is a UTF-8, header-less TSV", where="1") from None
+
+
+def _tsv_batches(reader, path: Path, last_line) -> Iterator[pa.RecordBatch]:
+    while True:
+        try:
+            batch = reader.read_next_batch()
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as e:
+            raise InputFileError(path, f"cannot read as tab-separated text ({e})",
+                                 "Check that it is UTF-8 text with one caption/url pair per line",
+                                 where=f"after line {last_line()}") from None
+        yield batch
 
 
 def read_tsv(cfg: TsvSource, ctx: RunContext) -> Iterator[StepOutput]:
@@ -108,29 +165,32 @@ def read_tsv(cfg: TsvSource, ctx: RunContext) -> Iterator[StepOutput]:
             skipped.add(row.number)
             return "skip"
 
-        reader = pacsv.open_csv(
+        reader = _open_tsv(
             path,
             read_options=pacsv.ReadOptions(column_names=columns, block_size=1 << 20, use_threads=False),
             parse_options=pacsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False,
-                                             newlines_in_values=False, invalid_row_handler=on_invalid),
+                                             newlines_in_values=False, ignore_empty_lines=False,
+                                             invalid_row_handler=on_invalid),
             convert_options=pacsv.ConvertOptions(column_types={c: pa.string() for c in columns},
                                                  strings_can_be_null=False),
         )
         line = 0  # 1-based line numbers; skipped (malformed) lines keep their numbers
-        for batch in reader:
+        for batch in _tsv_batches(reader, path, lambda: line):
             cols = batch.to_pydict()
             out = []
             for i in range(batch.num_rows):
                 line += 1
                 while line in skipped:
                     line += 1
+                if not cols["url"][i] and not cols["caption"][i]:
+                    continue  # a blank line (kept by the parser only so that line numbers stay the file's)
                 if cfg.limit is not None and emitted >= cfg.limit:
                     break
                 emitted += 1
                 out.append({
                     "key": _key(cfg.name, len(files), fi, line),
                     "source": cfg.name,
-                    "url": resolve_url(cols["url"][i], path.parent),
+                    "url": resolve_url(cols["url"][i], path.parent, ctx.recipe_dir),
                     "caption": cols["caption"][i],
                     "meta": json.dumps({"file": path.name, "line": line, **({"lang": cfg.lang} if cfg.lang else {})}),
                 })

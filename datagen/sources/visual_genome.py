@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 
 from datagen.records import PAIR_SCHEMA, make_key, to_json
 from datagen.sources.config import VisualGenomeSource
+from datagen.sources.tables import portable_path
 from datagen.steps import RunContext, StepOutput
 
 _CHUNK = 5_000  # rows buffered per part file before a write
@@ -227,7 +228,8 @@ def read_visual_genome(cfg: VisualGenomeSource, ctx: RunContext) -> Iterator[Ste
             joined.sink_parquet(tmp / "joined.parquet")
             for batch in pq.ParquetFile(tmp / "joined.parquet").iter_batches(batch_size=cfg.batch_size):
                 emitted += batch.num_rows
-                yield StepOutput(pa.Table.from_pylist([_pair(r, cfg, image_dir) for r in batch.to_pylist()], schema=PAIR_SCHEMA))
+                rows = [_pair(r, cfg, image_dir, ctx) for r in batch.to_pylist()]
+                yield StepOutput(pa.Table.from_pylist(rows, schema=PAIR_SCHEMA))
             if cfg.limit and emitted >= cfg.limit:
                 return
 
@@ -268,8 +270,9 @@ def _image_path(image_dir: Path, iid: int, url: str | None) -> Path:
     return image_dir / name
 
 
-def _pair(r: dict[str, Any], cfg: VisualGenomeSource, image_dir: Path) -> dict[str, Any]:
+def _pair(r: dict[str, Any], cfg: VisualGenomeSource, image_dir: Path, ctx: RunContext) -> dict[str, Any]:
     iid = r["image_id"]
+    path = _image_path(image_dir, iid, r.get("url"))
     objects, index = [], {}
     for o in r.get("objects") or []:
         if not o["name"] or o["w"] <= 0 or o["h"] <= 0:
@@ -288,7 +291,8 @@ def _pair(r: dict[str, Any], cfg: VisualGenomeSource, image_dir: Path) -> dict[s
     return {
         "key": make_key(cfg.name, iid),
         "source": cfg.name,
-        "url": str(_image_path(image_dir, iid, r.get("url"))),
+        # like COCO: relative to the recipe's folder unless the recipe named an absolute folder
+        "url": str(path) if Path(cfg.images).expanduser().is_absolute() else portable_path(path, ctx.recipe_dir),
         "caption": captions[0] if captions else None,
         "image": None,
         "image_sha256": None,

@@ -145,7 +145,7 @@ def facts_from_row(row: dict[str, Any], ocr_min_score: float = 0.5) -> ImageFact
     objs = []
     # Open-vocabulary rows (Visual Genome: objects carry synsets) feed only the scene families;
     # the COCO families below would read their names as COCO categories.
-    open_vocab = any(o and o.get("synsets") is not None for o in row.get("objects") or [])
+    open_vocab = any(o and o.get("synsets") for o in row.get("objects") or [])
     for i, o in enumerate([] if open_vocab else row.get("objects") or []):
         label = o.get("label")
         if label not in LEXICON:

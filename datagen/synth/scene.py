@@ -163,7 +163,7 @@ def scene_from_row(row: dict[str, Any]) -> Scene | None:
         phrase, box = " ".join(str(r.get("phrase") or "").split()), r.get("bbox")
         if phrase and box and len(box) == 4 and "<" not in phrase:
             regions.append((phrase, [box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy]))
-    open_vocab = any(o.get("synsets") is not None for o in raw)
+    open_vocab = any(o.get("synsets") for o in raw)
     caps = [c for c in (row.get("captions") or []) + [row.get("caption")] if isinstance(c, str)]
     return Scene(float(width), float(height), merged, raw, relations, regions, open_vocab, caps)
 

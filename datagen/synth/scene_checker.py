@@ -126,7 +126,7 @@ def _verdict(a: str, lang: str) -> bool | None:
 def implied_present(row: dict) -> set[str]:
     """COCO names an open-vocabulary row must not call absent (hypernyms/hyponyms of what is there)."""
     objs = [o for o in row.get("objects") or [] if o]
-    if not any(o.get("synsets") is not None for o in objs):
+    if not any(o.get("synsets") for o in objs):
         return set()
     return {lab for lab in LEXICON if vocab.blocked_by(vocab.CONCEPTS[lab], objs)}
 

@@ -32,6 +32,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from datagen.sinks.shards import sample_images
 from datagen.train.template import (
     IGNORE,
     TemplateError,
@@ -97,17 +98,11 @@ class DataSpec:
 
 def _sample_images(sample: dict, row: dict) -> list[bytes]:
     keys = row.get("images") or []
-    if len(keys) <= 1:
-        if keys and "jpg" not in sample:
-            raise ValueError(f"{sample.get('__url__')}: sample {sample['__key__']} lists 1 image but has no .jpg")
-        return [sample["jpg"]] if keys else []
-    out = []
-    for i in range(len(keys)):
-        name = f"{i}.jpg"
-        if name not in sample:
-            raise ValueError(f"{sample.get('__url__')}: sample {sample['__key__']} lists {len(keys)} images but lacks {name}")
-        out.append(sample[name])
-    return out
+    images = sample_images(sample)
+    if len(images) != len(keys):
+        raise ValueError(f"{sample.get('__url__')}: sample {sample['__key__']} lists {len(keys)} images"
+                         f" but holds {len(images)} (members 0.jpg, 1.jpg, ...)")
+    return images
 
 
 def stage1_examples(sample: dict) -> Iterator[dict]:

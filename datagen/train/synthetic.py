@@ -17,6 +17,8 @@ from pathlib import Path
 import webdataset as wds
 from PIL import Image, ImageDraw
 
+from datagen.sinks.shards import stage2_images
+
 CATEGORIES = {  # label -> (colour, Chinese name)
     "dog": ((200, 40, 40), "狗"),
     "cat": ((40, 200, 40), "猫"),
@@ -113,7 +115,7 @@ def write_synthetic_shards(
             absent = rng.choice([c for c in labels if c not in present])
             row = {"key": key, "source": "synthetic", "images": [key],
                    "conversations": _existence_conversations(key, present, absent), "meta": {}}
-            sink.write({"__key__": key, "jpg": jpg, "json": json.dumps(row, ensure_ascii=False).encode()})
+            sink.write({"__key__": key, **stage2_images([jpg]), "json": json.dumps(row, ensure_ascii=False).encode()})
         for j in range(n_multi):
             (ka, ja, _), (kb, jb, pb) = rng.sample(images, 2)
             key = f"synthmulti_{j:05d}"
@@ -125,7 +127,7 @@ def write_synthetic_shards(
                 ],
             }
             row = {"key": key, "source": "synthetic", "images": [ka, kb], "conversations": [conv], "meta": {}}
-            sink.write({"__key__": key, "0.jpg": ja, "1.jpg": jb, "json": json.dumps(row).encode()})
+            sink.write({"__key__": key, **stage2_images([ja, jb]), "json": json.dumps(row).encode()})
 
     with writer("stage2_text") as sink:
         for j in range(n_text):

@@ -1,0 +1,232 @@
+"""The address guard: which IP addresses a download may connect to, checked after DNS.
+
+A URL list from the web is untrusted input. Without a guard, a crafted row
+(or a redirect from a public host) makes the run call services on this machine
+or its network: 127.0.0.1, the cloud metadata service at 169.254.169.254, a
+router at 192.168.0.1. Trusted crawlers check the *resolved* address of every
+connection, and connect to exactly the address they checked, so a DNS answer
+that changes between the check and the connect (DNS rebinding) cannot slip
+through. This module does that:
+
+- ``classify`` names the special-purpose range an address is in (IPv4 and
+  IPv6; IPv4-mapped, NAT64 and 6to4 forms are judged by the IPv4 address they
+  carry), or returns None for a public address.
+- ``AddressPolicy`` says what a recipe opened up: ``allow_loopback`` (tests,
+  a mirror on this machine) and ``allow_networks`` (CIDRs of an internal mirror).
+- ``GuardedBackend`` is the httpcore network backend under every download:
+  every TCP connection (the first request and each redirect hop, since each
+  new origin opens a connection through it) resolves the host, refuses if ANY
+  of its addresses is blocked (a public name with one private record is an
+  attack, not a mirror), and then connects to the checked address literal.
+  TLS still verifies the certificate against the host name (httpcore passes
+  the origin's name as SNI), so pinning the IP costs nothing in safety.
+- ``GuardedTransport`` is an ``httpx.AsyncHTTPTransport`` whose connection
+  pool uses that backend; it never uses proxies from the environment (a proxy
+  would resolve names itself and the guard would check only the proxy).
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import ssl
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Iterable, Optional, Union
+
+import httpcore
+import httpx
+
+from datagen.fetch.errors import FetchError
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+_N = ipaddress.ip_network
+
+# (network, category). Categories are what a reject's detail names. Order matters only for overlaps
+# (the first match wins), e.g. 255.255.255.255 is "broadcast" before 240.0.0.0/4 "reserved".
+BLOCKED_RANGES: tuple[tuple[IPNetwork, str], ...] = (
+    # IPv4 (IANA special-purpose registry)
+    (_N("0.0.0.0/8"), "unspecified"),  # "this network"; 0.0.0.0 reaches the local host on Linux
+    (_N("10.0.0.0/8"), "private"),
+    (_N("100.64.0.0/10"), "carrier-grade NAT"),
+    (_N("127.0.0.0/8"), "loopback"),
+    (_N("169.254.0.0/16"), "link-local"),  # 169.254.169.254 is the cloud metadata service
+    (_N("172.16.0.0/12"), "private"),
+    (_N("192.0.0.0/24"), "reserved"),  # IETF protocol assignments
+    (_N("192.0.2.0/24"), "reserved"),  # documentation (TEST-NET-1)
+    (_N("192.88.99.0/24"), "reserved"),  # deprecated 6to4 relay anycast
+    (_N("192.168.0.0/16"), "private"),
+    (_N("198.18.0.0/15"), "reserved"),  # benchmarking
+    (_N("198.51.100.0/24"), "reserved"),  # documentation (TEST-NET-2)
+    (_N("203.0.113.0/24"), "reserved"),  # documentation (TEST-NET-3)
+    (_N("224.0.0.0/4"), "multicast"),
+    (_N("255.255.255.255/32"), "broadcast"),
+    (_N("240.0.0.0/4"), "reserved"),
+    # IPv6
+    (_N("::/128"), "unspecified"),
+    (_N("::1/128"), "loopback"),
+    (_N("::/96"), "reserved"),  # deprecated IPv4-compatible addresses
+    (_N("64:ff9b:1::/48"), "private"),  # local-use NAT64
+    (_N("100::/64"), "reserved"),  # discard-only
+    (_N("2001::/32"), "reserved"),  # Teredo: the IPv4 inside is obfuscated, so it cannot be judged
+    (_N("2001:db8::/32"), "reserved"),  # documentation
+    (_N("fc00::/7"), "private"),  # unique local (fd00:ec2::254 is AWS's IPv6 metadata service)
+    (_N("fe80::/10"), "link-local"),
+    (_N("fec0::/10"), "private"),  # deprecated site-local
+    (_N("ff00::/8"), "multicast"),
+)
+
+_NAT64 = _N("64:ff9b::/96")
+
+
+def embedded_ipv4(ip: IPAddress) -> Optional[ipaddress.IPv4Address]:
+    """The IPv4 address an IPv6 address carries and routes to: IPv4-mapped, NAT64 or 6to4; else None."""
+    if ip.version != 6:
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    return None
+
+
+def classify(ip: Union[str, IPAddress]) -> Optional[str]:
+    """The blocked category of an address ("loopback", "private", ...), or None for a public one.
+
+    IPv6 forms that carry an IPv4 address are judged by that address, so
+    ``::ffff:127.0.0.1`` is loopback and ``64:ff9b::a00:1`` is private."""
+    ip = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
+    inner = embedded_ipv4(ip)
+    if inner is not None:
+        return classify(inner)
+    if ip.version == 6 and ip.scope_id:
+        ip = ipaddress.IPv6Address(str(ip).split("%", 1)[0])
+    for net, category in BLOCKED_RANGES:
+        if ip.version == net.version and ip in net:
+            return category
+    return None
+
+
+@dataclass(frozen=True)
+class AddressPolicy:
+    """What a recipe opened up beyond public addresses (everything else in BLOCKED_RANGES stays closed)."""
+
+    allow_loopback: bool = False
+    allow_networks: tuple[IPNetwork, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_strings(cls, allow_loopback: bool, networks: Iterable[str]) -> "AddressPolicy":
+        return cls(allow_loopback, tuple(ipaddress.ip_network(n, strict=False) for n in networks))
+
+    def refusal(self, ip: Union[str, IPAddress]) -> Optional[str]:
+        """Why ``ip`` is refused ("loopback", ...), or None when a connection to it is allowed."""
+        ip = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
+        category = classify(ip)
+        if category is None:
+            return None
+        if category == "loopback" and self.allow_loopback:
+            return None
+        forms = [ip] + [a for a in (embedded_ipv4(ip),) if a is not None]
+        if any(a.version == n.version and a in n for a in forms for n in self.allow_networks):
+            return None
+        return category
+
+
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def system_resolve(host: str, port: int) -> list[str]:
+    """The host's addresses from the system resolver (getaddrinfo, in a thread), in its preferred order."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    seen: list[str] = []
+    for _family, _type, _proto, _name, sockaddr in infos:
+        if sockaddr[0] not in seen:
+            seen.append(sockaddr[0])
+    return seen
+
+
+# Tests swap this for a table (no DNS traffic leaves the machine in tests); a recipe never does.
+resolve: Resolver = system_resolve
+
+
+def _literal(host: str) -> Optional[IPAddress]:
+    """The address a host names by itself, including the forms getaddrinfo reads as IPv4 without DNS
+    (``2130706433``, ``0x7f.1``, ``127.1``): those never reach a resolver, they ARE an address."""
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except (OSError, ValueError):
+        return None
+
+
+class GuardedBackend(httpcore.AsyncNetworkBackend):
+    """httpcore network backend: resolve, check every address, connect to a checked literal."""
+
+    def __init__(self, policy: AddressPolicy):
+        self.policy = policy
+        self._inner = httpcore.AnyIOBackend()
+
+    async def addresses(self, host: str, port: int, timeout: Optional[float]) -> list[str]:
+        """The checked addresses for ``host``; raises FetchError("blocked_address") or httpcore.ConnectError."""
+        literal = _literal(host)
+        if literal is not None:
+            addrs = [str(literal)]
+        else:
+            try:
+                addrs = await asyncio.wait_for(resolve(host, port), timeout)
+            except asyncio.TimeoutError as e:
+                raise httpcore.ConnectTimeout(f"resolving {host!r} took more than {timeout} s") from e
+            except socket.gaierror as e:  # keeps the errno on the chain: fetch.http tells dns_error from others
+                raise httpcore.ConnectError(f"cannot resolve {host!r}: {e}") from e
+            if not addrs:
+                raise httpcore.ConnectError(f"cannot resolve {host!r}: no addresses")
+        for a in addrs:
+            why = self.policy.refusal(a)
+            if why is not None:
+                shown = host if literal is not None else f"{host} ({a})"
+                how = "fetch.allow_loopback: true, or " if why == "loopback" else ""
+                raise FetchError(
+                    "blocked_address",
+                    f"{shown} is a {why} address; refused by default. A trusted mirror there can be opened with "
+                    f"{how}fetch.allow_networks: [CIDR]",
+                )
+        return addrs
+
+    async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        addrs = await self.addresses(host, port, timeout)
+        last: Optional[BaseException] = None
+        for a in addrs:  # the checked literals only: no second DNS lookup can change the answer
+            try:
+                return await self._inner.connect_tcp(a, port, timeout, local_address, socket_options)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as e:
+                last = e
+        assert last is not None
+        raise last
+
+    async def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        raise FetchError("blocked_address", f"unix socket {path!r}: downloads never use local sockets")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class GuardedTransport(httpx.AsyncHTTPTransport):
+    """httpx transport whose every connection goes through ``GuardedBackend``."""
+
+    def __init__(self, policy: AddressPolicy, ssl_context: ssl.SSLContext, limits: httpx.Limits):
+        super().__init__(verify=ssl_context, limits=limits, trust_env=False)
+        # httpx 0.28 takes no network backend, so the pool it just made is replaced by one that has ours;
+        # tests/test_guard.py fails if a later httpx stops routing connections through it.
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ssl_context,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=GuardedBackend(policy),
+        )

@@ -183,5 +183,5 @@ def test_demo_has_every_scene_family_in_both_polarities_and_languages(demo):
             for lang in ("en", "zh"):
                 assert seen[(task, pol, lang)] > 0, (task, pol, lang)
     wukong = [json.loads(s["json"]) for s in read_split(demo, "stage1") if json.loads(s["json"])["source"] == "wukong"]
-    assert len(wukong) >= 10 and all(r["meta"]["lang"] == "zh" for r in wukong)
+    assert len(wukong) >= 10 and all(json.loads(r["meta"])["lang"] == "zh" for r in wukong)  # meta is JSON text
     assert all(any("\u4e00" <= ch <= "\u9fff" for ch in r["caption"]) for r in wukong)

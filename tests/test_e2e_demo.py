@@ -170,6 +170,25 @@ def test_report_view_and_other_exports(demo, capsys, tmp_path):
     assert len(ds) == len(sharegpt) > 0 and set(ds["lang"]) == {"en", "zh"}
 
 
+def test_every_captioned_image_speaks_chinese_and_chinese_descriptions_are_as_rich(demo):
+    import statistics
+
+    rows = [json.loads(s["json"]) for s in read_split(demo, "stage2")]
+    single = [r for r in rows if len(r["images"]) == 1]
+    assert single and all(any(c["lang"] == "zh" for c in r["conversations"]) for r in single)
+    detailed = {"en": [], "zh": []}
+    for r in single:
+        for c in r["conversations"]:
+            for i in range(0, len(c["turns"]) - 1, 2):
+                if c["turns"][i]["task"] == "detailed_description":
+                    a = c["turns"][i + 1]["content"]
+                    detailed[c["lang"]].append(len(a.split()) if c["lang"] == "en" else len(a))
+    assert detailed["en"] and detailed["zh"]
+    assert statistics.median(detailed["zh"]) >= statistics.median(detailed["en"])  # characters against words
+    synth = next(s for s in json.loads((demo / "manifest.json").read_text())["steps"] if s["name"] == "synthesize")["stats"]
+    assert set(synth["yes_share"]) == {"family", "label"} and "existence" in synth["yes_share"]["family"]
+
+
 def test_demo_has_every_scene_family_in_both_polarities_and_languages(demo):
     """Visual Genome-style annotations give relation, universal and grounding items; Wukong feeds stage 1."""
     seen = Counter()

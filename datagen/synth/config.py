@@ -18,7 +18,7 @@ SCENE_FAMILIES = ("relation", "universal", "grounding")  # datagen.synth.scene: 
 POLAR_FAMILIES += SCENE_FAMILIES
 NEUTRAL_FAMILIES = ("brief_description", "detailed_description")
 POSITIVE_FAMILIES = ("existence", "counting", "spatial", "relative_size", "attribute", "scene_text") + SCENE_FAMILIES
-NEGATIVE_FAMILIES = ("existence", "wrong_count", "spatial", "relative_size", "false_premise", "attribute") + SCENE_FAMILIES
+NEGATIVE_FAMILIES = ("existence", "wrong_count", "spatial", "relative_size", "false_premise", "attribute", "scene_text") + SCENE_FAMILIES
 NEGATIVE_MODES = ("random", "popular", "adversarial")
 
 
@@ -74,10 +74,20 @@ class SynthConfig(BaseModel):
     max_items_per_conversation: int = Field(4, ge=1, le=20, description="Question/answer pairs in one conversation.")
     max_negatives_per_conversation: int = Field(2, ge=1, le=20, description="Cap on refusals (negative answers) in one conversation.")
     spatial_margin: float = Field(0.1, ge=0, le=1, description="Box centres must differ by this fraction of the image side to call left/right/above/below.")
+    spatial_dominance: float = Field(2.0, ge=1, description="The named axis' centre offset (pixels) must be this many times the other axis' offset.")
+    spatial_max_overlap: float = Field(0.5, ge=0, le=1, description="No relation when the boxes' intersection exceeds this share of the smaller box (containment is 1).")
+    stuff_labels: list[str] = Field(["dining table", "bed", "couch"], description="Background-like categories: no spatial relation when their box covers stuff_share of the image.")
+    stuff_share: float = Field(0.6, ge=0, le=1, description="Share of the image a stuff_labels box must cover to count as background.")
+    min_object_share: float = Field(0.005, ge=0, le=1, description="Objects under this share of the image area get no questions (they still count as present).")
+    min_object_side: float = Field(0.02, ge=0, le=1, description="Objects thinner than this share of the image width/height (slivers) get no questions.")
+    min_edge_side: float = Field(0.12, ge=0, le=1, description="Objects on the image border thinner than this share of the image side (cut to a sliver by the frame) get no questions.")
+    popular_top_k: int = Field(5, ge=1, description="Popular and adversarial negatives are drawn uniformly from the top k absent categories (POPE).")
     size_margin: float = Field(2.0, ge=1, description="Area ratio two boxes must exceed to call one bigger.")
     attribute_skip_labels: list[str] = Field(["person"], description="No colour questions about these: a person's colours are their clothes', not theirs.")
     max_count: int = Field(10, ge=1, description="Do not ask to count a category with more instances than this.")
-    ocr_min_score: float = Field(0.5, ge=0, le=1, description="OCR lines below this confidence are not used for scene-text questions.")
+    ocr_min_score: float = Field(0.7, ge=0, le=1, description="OCR lines below this confidence are not used for scene-text questions.")
+    ocr_min_height: float = Field(12.0, ge=0, description="OCR boxes whose shorter side is under this many pixels are not quoted.")
+    ocr_caption_match: float = Field(0.8, ge=0, le=1, description="When the image has captions, OCR text must match a run of caption words this well (difflib ratio) to be quoted.")
     label_stats_path: str | None = Field(None, description="JSON written by SynthesizeStep.prepare (label frequencies and co-occurrence over the dataset).")
     multi_image: MultiImageConfig = Field(default_factory=MultiImageConfig)
     box_format: Literal["qwen", "llava"] = Field(

@@ -215,6 +215,9 @@ class Planner:
                         tries.append(Item("attribute", "negative", {"label": o.label, "asked": rng.choice(wrong), "true": true, "form": fm}))
         elif family in scene.FAMILIES:
             tries = scene.scene_items(f.scene, family, polarity, rng, cfg.box_format, self.used_absent, set(cfg.attribute_skip_labels))
+            # nothing about a category with an instance too small to see (facts.hidden: slivers, specks)
+            tries = [it for it in tries if polarity == "negative" and family == "grounding"
+                     or not {it.facts.get(k) for k in ("label", "s", "o")} & f.hidden]
             if family == "grounding" and polarity == "negative":
                 self.used_absent.update(it.facts["label"] for it in tries)
         elif family == "scene_text":

@@ -93,16 +93,21 @@ def _source_reader(cfg):
     from datagen.sources.coco import read_coco
     from datagen.sources.instructions import read_instructions
     from datagen.sources.tables import read_parquet, read_tsv
+    from datagen.sources.visual_genome import read_visual_genome
 
     return {"coco": read_coco, "laion": read_parquet, "coyo": read_parquet, "parquet": read_parquet,
-            "cc3m": read_tsv, "cc12m": read_tsv, "tsv": read_tsv, "instructions": read_instructions}[cfg.kind]
+            "cc3m": read_tsv, "cc12m": read_tsv, "tsv": read_tsv, "instructions": read_instructions,
+            "wukong": read_parquet, "visual_genome": read_visual_genome}[cfg.kind]
 
 
 def _source_files(cfg, ctx: RunContext) -> list[Path]:
     from datagen.sources.tables import source_files
 
     if cfg.kind == "coco":
-        return [ctx.resolve(p) for p in (cfg.captions, cfg.instances) if p]
+        return [ctx.resolve(p) for p in (cfg.captions, cfg.instances, cfg.zh_captions) if p]
+    if cfg.kind == "visual_genome":
+        from datagen.sources.visual_genome import vg_files
+        return vg_files(cfg, ctx)
     return source_files(cfg.path, ctx, cfg.name)
 
 

@@ -25,6 +25,7 @@ OBJECT_TYPE = pa.struct(
         ("score", pa.float64()),  # null for human annotations
         ("attributes", pa.list_(pa.string())),  # Visual Genome style, may be empty
         ("iscrowd", pa.bool_()),  # COCO crowd regions: never counted
+        ("synsets", pa.list_(pa.string())),  # WordNet synsets (Visual Genome); null or empty: a closed vocabulary (COCO)
     ]
 )
 

@@ -187,3 +187,20 @@ def test_every_captioned_image_speaks_chinese_and_chinese_descriptions_are_as_ri
     assert statistics.median(detailed["zh"]) >= statistics.median(detailed["en"])  # characters against words
     synth = next(s for s in json.loads((demo / "manifest.json").read_text())["steps"] if s["name"] == "synthesize")["stats"]
     assert set(synth["yes_share"]) == {"family", "label"} and "existence" in synth["yes_share"]["family"]
+
+
+def test_demo_has_every_scene_family_in_both_polarities_and_languages(demo):
+    """Visual Genome-style annotations give relation, universal and grounding items; Wukong feeds stage 1."""
+    seen = Counter()
+    for s in read_split(demo, "stage2"):
+        for conv in json.loads(s["json"])["conversations"]:
+            for t in conv["turns"]:
+                if t["role"] == "assistant":
+                    seen[(t["task"], t["polarity"], conv["lang"])] += 1
+    for task in ("relation", "universal", "grounding"):
+        for pol in ("positive", "negative"):
+            for lang in ("en", "zh"):
+                assert seen[(task, pol, lang)] > 0, (task, pol, lang)
+    wukong = [json.loads(s["json"]) for s in read_split(demo, "stage1") if json.loads(s["json"])["source"] == "wukong"]
+    assert len(wukong) >= 10 and all(json.loads(r["meta"])["lang"] == "zh" for r in wukong)  # meta is JSON text
+    assert all(any("\u4e00" <= ch <= "\u9fff" for ch in r["caption"]) for r in wukong)

@@ -7,8 +7,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # What a text-only LLM can produce from an image's symbolic context (LLaVA's three kinds,
 # plus LRV-style negatives: nonexistent objects/activities and wrong attributes).
-LLMTask = Literal["conversation", "detailed_description", "complex_reasoning", "negative"]
-ALL_TASKS: tuple[str, ...] = ("conversation", "detailed_description", "complex_reasoning", "negative")
+# "knowledge" is LRV's third kind: wrong knowledge about a named thing (brand, place, text) that
+# the captions or OCR name; opt-in, since most images name nothing (datagen.llm.knowledge).
+LLMTask = Literal["conversation", "detailed_description", "complex_reasoning", "negative", "knowledge"]
+DEFAULT_TASKS: tuple[str, ...] = ("conversation", "detailed_description", "complex_reasoning", "negative")
+ALL_TASKS: tuple[str, ...] = DEFAULT_TASKS + ("knowledge",)
 
 DEFAULT_PROMPTS = {task: f"prompts/llm/{task}.yaml" for task in ALL_TASKS}
 
@@ -20,7 +23,7 @@ class LLMGenerateConfig(BaseModel):
     model: str
     api_key_env: str = Field("OPENAI_API_KEY", description="Environment variable that holds the key.")
     tasks: list[LLMTask] = Field(
-        default_factory=lambda: list(ALL_TASKS),
+        default_factory=lambda: list(DEFAULT_TASKS),
         description="What to generate per image; each task is one request per image.",
     )
     prompts: dict[str, str] = Field(

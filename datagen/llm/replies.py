@@ -59,11 +59,21 @@ class NegativeReply(_Reply):
     items: list[NegativeItem] = Field(min_length=1, max_length=20)
 
 
+class KnowledgeItem(QA):
+    claim: Text  # the wrong knowledge the question asserts ("Honda")
+    evidence: Text  # what the image shows instead, as the captions or OCR write it ("YAMAHA")
+
+
+class KnowledgeReply(_Reply):
+    items: list[KnowledgeItem] = Field(min_length=1, max_length=20)
+
+
 REPLY_MODELS: dict[str, type[_Reply]] = {
     "conversation": ConversationReply,
     "detailed_description": DescriptionReply,
     "complex_reasoning": ReasoningReply,
     "negative": NegativeReply,
+    "knowledge": KnowledgeReply,
 }
 
 
@@ -166,6 +176,25 @@ def _singular(word: str) -> str:
 def present_names(row: dict) -> set[str]:
     """Singular lower-case labels of the objects annotated in the image."""
     return {_singular(o["label"]) for o in (row.get("objects") or []) if o and o.get("label")}
+
+
+def check_knowledge(item: KnowledgeItem, row: dict, ocr_min_score: float = 0.5) -> str | None:
+    """Reason code when a knowledge item is not grounded, else None.
+
+    The correction must rest on what the image shows: the evidence is written in
+    a caption or in OCR text, the answer states it and denies the question, and
+    the claimed knowledge is nowhere in that text (else it may be true)."""
+    texts = [str(c) for c in (row.get("captions") or []) + [row.get("caption") or ""]]
+    texts += [str(t.get("text") or "") for t in (row.get("ocr") or [])
+              if t and (t.get("score") is None or t["score"] >= ocr_min_score)]
+    seen = " \n ".join(texts).lower()
+    if not _NEGATION.search(item.answer):
+        return "llm_knowledge_not_denied"
+    if item.evidence.lower() not in seen or item.evidence.lower() not in item.answer.lower():
+        return "llm_knowledge_ungrounded"
+    if item.claim.lower() in seen:
+        return "llm_knowledge_claim_present"
+    return None
 
 
 def check_negative(item: NegativeItem, present: set[str]) -> str | None:

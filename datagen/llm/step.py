@@ -30,10 +30,12 @@ from datagen.llm.prompts import PromptSpec, build_context, build_messages, load_
 from datagen.llm.replies import (
     ConversationReply,
     DescriptionReply,
+    KnowledgeReply,
     LeakChecker,
     MalformedReply,
     NegativeReply,
     ReasoningReply,
+    check_knowledge,
     check_negative,
     parse_reply,
     present_names,
@@ -257,6 +259,15 @@ class LLMGenerateStep(Step):
             if leak:
                 return [], [leak]
             return [self._qa(base, [(reply.question, reply.answer)], "complex_reasoning", "positive")], drops
+        if isinstance(reply, KnowledgeReply):
+            convs = []
+            for n, item in enumerate(reply.items[: self.config.negatives_per_image]):
+                why = self._leak(item.question, item.answer) or check_knowledge(item, row, self.config.ocr_min_score)
+                if why:
+                    drops.append(why)
+                    continue
+                convs.append(self._qa(f"{base}-{n}", [(item.question, item.answer)], "knowledge", "negative"))
+            return convs, drops
         if isinstance(reply, NegativeReply):
             present = present_names(row)
             convs = []

@@ -30,6 +30,7 @@ from datagen.records import PAIR_SCHEMA, make_key, reject, rejects_table, to_jso
 from datagen.sources.config import CocoSource
 from datagen.sources.errors import InputFileError, brief
 from datagen.sources.tables import portable_path
+from datagen.sources.zh_captions import read_zh_captions
 from datagen.steps import RunContext, StepOutput
 
 _CHUNK = 50_000
@@ -114,7 +115,7 @@ def read_coco(cfg: CocoSource, ctx: RunContext) -> Iterator[StepOutput]:
     captions_path = ctx.resolve(cfg.captions)
     instances_path = ctx.resolve(cfg.instances) if cfg.instances else None
     image_dir = ctx.resolve(cfg.images)
-    for p in [captions_path, instances_path]:
+    for p in [captions_path, instances_path, ctx.resolve(cfg.zh_captions) if cfg.zh_captions else None]:
         if p is not None and not p.is_file():
             raise FileNotFoundError(f"source {cfg.name!r}: COCO file not found: {p}")
     if not image_dir.is_dir():
@@ -166,12 +167,16 @@ def read_coco(cfg: CocoSource, ctx: RunContext) -> Iterator[StepOutput]:
         if cfg.limit:
             joined = joined.head(cfg.limit)
         joined.sink_parquet(tmp / "joined.parquet")
+        zh = read_zh_captions(ctx.resolve(cfg.zh_captions)) if cfg.zh_captions else {}
         orphans = _orphans(images, annotation_frames)
         if orphans:
             yield StepOutput(pa.Table.from_pylist([], schema=PAIR_SCHEMA),
                              _orphan_rejects(orphans, cfg, captions_path, instances_path))
         for batch in pq.ParquetFile(tmp / "joined.parquet").iter_batches(batch_size=cfg.batch_size):
-            yield StepOutput(_to_pairs(batch.to_pylist(), cfg, url_dir, has_instances=instances_path is not None,
+            rows = batch.to_pylist()
+            for r in rows:  # COCO-CN: Chinese captions after the English ones
+                r["captions"] = (r.get("captions") or []) + zh.get(r["id"], [])
+            yield StepOutput(_to_pairs(rows, cfg, url_dir, has_instances=instances_path is not None,
                                        instances_path=instances_path))
 
 

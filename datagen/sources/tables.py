@@ -25,7 +25,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from datagen.records import PAIR_SCHEMA, make_key, reject, rejects_table
-from datagen.sources.config import PARQUET_PRESETS, TSV_PRESETS, ParquetSource, TsvSource
+from datagen.sources.config import PARQUET_PRESETS, PRESET_LANG, TSV_PRESETS, ParquetSource, TsvSource
 from datagen.sources.errors import InputFileError
 from datagen.steps import RunContext, StepOutput
 
@@ -65,6 +65,7 @@ def _key(name: str, n_files: int, file_idx: int, row: int) -> str:
 def read_parquet(cfg: ParquetSource, ctx: RunContext) -> Iterator[StepOutput]:
     mapping = {**PARQUET_PRESETS[cfg.kind], **cfg.columns}
     files = source_files(cfg.path, ctx, cfg.name)
+    lang = cfg.lang or PRESET_LANG.get(cfg.kind)
     emitted = 0
     for fi, path in enumerate(files):
         try:
@@ -102,7 +103,8 @@ def read_parquet(cfg: ParquetSource, ctx: RunContext) -> Iterator[StepOutput]:
                     "caption": get("caption"),
                     "width": get("width"),
                     "height": get("height"),
-                    "meta": json.dumps({c: cols[c][i] for c in meta_cols}, ensure_ascii=False, default=str),
+                    "meta": json.dumps({**{c: cols[c][i] for c in meta_cols}, **({"lang": lang} if lang else {})},
+                                       ensure_ascii=False, default=str),
                 })
             row += batch.num_rows
             emitted += n
@@ -190,7 +192,7 @@ def read_tsv(cfg: TsvSource, ctx: RunContext) -> Iterator[StepOutput]:
                     "source": cfg.name,
                     "url": resolve_url(cols["url"][i], path.parent, ctx.recipe_dir),
                     "caption": cols["caption"][i],
-                    "meta": json.dumps({"file": path.name, "line": line}),
+                    "meta": json.dumps({"file": path.name, "line": line, **({"lang": cfg.lang} if cfg.lang else {})}),
                 })
             rejects = [
                 reject({"key": _key(cfg.name, len(files), fi, n), "source": cfg.name}, "source", "malformed_row",

@@ -21,6 +21,7 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 
+from datagen.synth import scene_checker
 from datagen.synth.items import COLOURS
 from datagen.synth.lexicon import EN_NUMBER_WORDS, LEXICON, parse_zh_number
 
@@ -150,6 +151,7 @@ class Truth:
     ocr: list[dict]  # every OCR line as given: text, score, bbox
     captions: list[str]
     ocr_ran: bool = False
+    raw: dict | None = None  # the pair row itself, for the scene families (scene_checker)
 
     @classmethod
     def from_row(cls, row: dict[str, Any], ocr_min_score: float = 0.0) -> "Truth":
@@ -171,8 +173,9 @@ class Truth:
             if c:
                 c = c[0].upper() + c[1:]
                 norm.append(c if c[-1] in ".!?。！？" else c + ("。" if "\u4e00" <= c[-1] <= "\u9fff" else "."))
+        present |= scene_checker.implied_present(row)  # open vocabulary: no "animal" absent next to a dog
         return cls(float(row.get("width") or 0), float(row.get("height") or 0), present, counts, crowd, boxes, attrs, ocr, norm,
-                   isinstance(row.get("ocr"), list))
+                   isinstance(row.get("ocr"), list), row)
 
     def unique(self, lab: str) -> bool:
         return self.counts.get(lab) == 1 and lab not in self.crowd
@@ -203,6 +206,10 @@ class Truth:
         is a tennis racket, not a 球): a weaker test than the generator's synonym list, so every
         label it flags the generator also avoids."""
         return lab in self._named
+
+
+# The pair-row columns the checker reads (meta: Visual Genome relationships and regions).
+PAIR_COLUMNS = ("key", "width", "height", "objects", "captions", "caption", "ocr", "meta")
 
 
 @dataclass
@@ -403,6 +410,8 @@ class Checker:
 
     def check_turn(self, t: Truth, task: str, lang: str, q: str, a: str) -> list[str]:
         q = q.removeprefix("<image>\n")
+        if task in scene_checker.TASKS:
+            return scene_checker.check(t.raw or {}, task, lang, q, a)
         probs = self.wording_problems(t, task, lang, q)
         return probs + self._check_facts(t, task, lang, q, a)
 
@@ -742,5 +751,5 @@ class Checker:
         return out
 
     def check_tables(self, pairs: pa.Table, conversations: pa.Table) -> list[Disagreement]:
-        cols = [c for c in ("key", "width", "height", "objects", "captions", "caption", "ocr") if c in pairs.column_names]
+        cols = [c for c in PAIR_COLUMNS if c in pairs.column_names]
         return self.check_rows(pairs.select(cols).to_pylist(), conversations.to_pylist())

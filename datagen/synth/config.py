@@ -14,9 +14,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 POLAR_FAMILIES = ("existence", "counting", "wrong_count", "spatial", "relative_size", "false_premise", "attribute", "scene_text")
+SCENE_FAMILIES = ("relation", "universal", "grounding")  # datagen.synth.scene: relationships, quantifiers, boxes
+POLAR_FAMILIES += SCENE_FAMILIES
 NEUTRAL_FAMILIES = ("brief_description", "detailed_description")
-POSITIVE_FAMILIES = ("existence", "counting", "spatial", "relative_size", "attribute", "scene_text")
-NEGATIVE_FAMILIES = ("existence", "wrong_count", "spatial", "relative_size", "false_premise", "attribute", "scene_text")
+POSITIVE_FAMILIES = ("existence", "counting", "spatial", "relative_size", "attribute", "scene_text") + SCENE_FAMILIES
+NEGATIVE_FAMILIES = ("existence", "wrong_count", "spatial", "relative_size", "false_premise", "attribute", "scene_text") + SCENE_FAMILIES
 NEGATIVE_MODES = ("random", "popular", "adversarial")
 
 
@@ -31,6 +33,9 @@ DEFAULT_FAMILY_WEIGHTS = {
     "scene_text": 1.0,
     "brief_description": 1.0,
     "detailed_description": 1.0,
+    "relation": 1.0,
+    "universal": 0.7,
+    "grounding": 1.0,
 }
 DEFAULT_NEGATIVE_MODES = {"random": 1.0, "popular": 1.0, "adversarial": 1.0}
 
@@ -85,6 +90,9 @@ class SynthConfig(BaseModel):
     ocr_caption_match: float = Field(0.8, ge=0, le=1, description="When the image has captions, OCR text must match a run of caption words this well (difflib ratio) to be quoted.")
     label_stats_path: str | None = Field(None, description="JSON written by SynthesizeStep.prepare (label frequencies and co-occurrence over the dataset).")
     multi_image: MultiImageConfig = Field(default_factory=MultiImageConfig)
+    box_format: Literal["qwen", "llava"] = Field(
+        "qwen", description="Boxes in grounding items: qwen = Qwen-VL <ref>..</ref><box>(x1,y1),(x2,y2)</box> on a 0-1000 grid; "
+        "llava = LLaVA-1.5/Shikra [x1, y1, x2, y2] in 0-1. Both are in the stored (resized) image.")
     check: bool = Field(True, description="Re-derive every template answer with the independent checker after synthesis; disagreements are counted in the manifest and warned about.")
 
     @field_validator("family_weights", mode="before")

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from datagen.synth.lexicon import LEXICON
+from datagen.synth.scene import scene_from_row
 
 
 class BadAnnotation(ValueError):
@@ -109,6 +110,7 @@ class ImageFacts:
     present: set[str] = field(default_factory=set)  # any annotation, crowd and tiny ones included
     counts: dict[str, int] = field(default_factory=dict)  # non-crowd instances
     crowd: set[str] = field(default_factory=set)
+    scene: Any = None  # datagen.synth.scene.Scene: relations, quantifiers, grounding, open vocabulary
     hidden: set[str] = field(default_factory=set)  # labels with an instance too small to ask about
     visible: set[str] = field(default_factory=set)  # labels with at least one instance big enough
     mentioned: set[str] = field(default_factory=set)  # labels the captions name: never "absent"
@@ -316,7 +318,10 @@ def facts_from_row(row: dict[str, Any], ocr: OcrRules | float | None = None, geo
         raise BadAnnotation("missing_key", f"pair row without a key (source {row.get('source')!r})")
     width, height = row.get("width"), row.get("height")
     objs = []
-    for i, o in enumerate(row.get("objects") or []):
+    # Open-vocabulary rows (Visual Genome: objects carry synsets) feed only the scene families;
+    # the COCO families below would read their names as COCO categories.
+    open_vocab = any(o and o.get("synsets") for o in row.get("objects") or [])
+    for i, o in enumerate([] if open_vocab else row.get("objects") or []):
         label = o.get("label")
         if label not in LEXICON:
             raise BadAnnotation("unknown_label", f"row {key!r} objects[{i}].label={label!r} is not a COCO category name")
@@ -325,6 +330,8 @@ def facts_from_row(row: dict[str, Any], ocr: OcrRules | float | None = None, geo
             raise BadAnnotation("bad_bbox", f"row {key!r} objects[{i}].bbox={bbox!r}: expected [x, y, w, h] with w, h > 0")
         objs.append(Obj(label, tuple(float(v) for v in bbox), tuple(a.lower() for a in (o.get("attributes") or [])), bool(o.get("iscrowd"))))
     if objs and (not width or not height or width <= 0 or height <= 0):
+        raise BadAnnotation("bad_size", f"row {key!r} has objects but width={width!r} height={height!r}")
+    if open_vocab and (not width or not height or width <= 0 or height <= 0):
         raise BadAnnotation("bad_size", f"row {key!r} has objects but width={width!r} height={height!r}")
     captions = _clean_captions(row)
     texts, dropped = _clean_ocr(row, ocr, captions)
@@ -338,4 +345,5 @@ def facts_from_row(row: dict[str, Any], ocr: OcrRules | float | None = None, geo
         geo=geo or Geometry(),
         ocr_ran=isinstance(row.get("ocr"), list),
         ocr_dropped=dropped,
+        scene=scene_from_row(row),
     )

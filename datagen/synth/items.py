@@ -54,6 +54,9 @@ class Item:
             "scene_text": ("polarity",),
             "brief_description": (),
             "detailed_description": (),
+            "relation": ("s", "p", "o"),
+            "universal": ("label", "asked"),
+            "grounding": ("form", "label"),
         }[self.family]
         # A spatial pair is one question whichever way round it is asked: never state it reversed.
         extra = {"pair": tuple(sorted((f.get("a", ""), f.get("b", "")))), "polarity": self.polarity}

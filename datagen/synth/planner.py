@@ -28,6 +28,7 @@ from itertools import combinations, permutations
 from datagen.synth.config import NEGATIVE_FAMILIES, NEGATIVE_MODES, NEUTRAL_FAMILIES, POSITIVE_FAMILIES, SynthConfig
 from datagen.synth.facts import OPPOSITE, ImageFacts, Obj, spatial_relation
 from datagen.synth.items import COLOURS, WRONG_COLOUR_CHOICES, Item, inventory
+from datagen.synth import scene
 from datagen.synth.lexicon import LEXICON
 from datagen.synth.stats import LabelStats
 
@@ -91,6 +92,7 @@ class Planner:
             "relative_size": len(self._size_pairs()),
             "attribute": len(self._coloured()),
             "scene_text": len(f.ocr_texts[:1]),
+            **scene.positive_candidates(f.scene, self.cfg.box_format, set(self.cfg.attribute_skip_labels)),
         }
 
     # ------------------------------------------------------------------ absent labels
@@ -100,7 +102,11 @@ class Planner:
         (uniform), popular or adversarial (uniform over the top ``popular_top_k`` of the ranking).
         Categories the captions name are not absent, whatever the boxes say."""
         excluded = self.f.not_absent() | self.used_absent
-        if mode == "random":
+        if self.f.scene is not None and self.f.scene.open_vocab:
+            # Open vocabulary (VG): only COCO names no present synset relates to (no "animal" next to a dog).
+            pool = [lab for lab in self.f.scene.absent_names() if lab in LEXICON and lab not in excluded]
+            mode = "random"
+        elif mode == "random":
             pool = sorted(lab for lab in LEXICON if lab not in excluded)
         else:
             if mode not in self._ranked:  # one ranking per image and mode
@@ -207,6 +213,13 @@ class Planner:
                     wrong = [c for c in WRONG_COLOUR_CHOICES if COLOURS[c] not in true_zh]
                     if fm:
                         tries.append(Item("attribute", "negative", {"label": o.label, "asked": rng.choice(wrong), "true": true, "form": fm}))
+        elif family in scene.FAMILIES:
+            tries = scene.scene_items(f.scene, family, polarity, rng, cfg.box_format, self.used_absent, set(cfg.attribute_skip_labels))
+            # nothing about a category with an instance too small to see (facts.hidden: slivers, specks)
+            tries = [it for it in tries if polarity == "negative" and family == "grounding"
+                     or not {it.facts.get(k) for k in ("label", "s", "o")} & f.hidden]
+            if family == "grounding" and polarity == "negative":
+                self.used_absent.update(it.facts["label"] for it in tries)
         elif family == "scene_text":
             texts = f.ocr_texts[:3]
             if polarity == "positive" and texts:
@@ -282,7 +295,7 @@ class Planner:
         prefer open forms ("Where is...", "How many...") over yes/no."""
         cfg, rng = self.cfg, self.rng
         items: list[Item] = []
-        if self.f.objects:
+        if self.f.objects or self.f.scene is not None:
             target_neg = 1.0 - cfg.positive_ratio
             k = cfg.items_per_image
             pos_cap = sum(self.positive_candidates().values())

@@ -34,13 +34,13 @@ from datagen.synth.stats import LabelStats, label_stats_from_tables
 
 IMAGE = "<image>\n"
 RENDERERS = {"en": templates_en.render, "zh": templates_zh.render}
-_COLUMNS = ("key", "source", "url", "caption", "captions", "objects", "width", "height", "ocr")
+_COLUMNS = ("key", "source", "url", "caption", "captions", "objects", "width", "height", "ocr", "meta")
 
 
 class SynthesizeStep(Step):
     name = "synthesize"
     kind = "expand"
-    version = 1
+    version = 2  # 2: scene families (relation, universal, grounding) and open-vocabulary rows
 
     def __init__(self, config: SynthConfig | None, ctx: RunContext):
         super().__init__(config or SynthConfig(), ctx)
@@ -106,7 +106,7 @@ class SynthesizeStep(Step):
             except BadAnnotation as e:
                 rejects.append(reject(row, self.name, e.reason, e.detail))
                 continue
-            if not facts.objects and not facts.captions and not facts.ocr_texts:
+            if not facts.objects and not facts.captions and not facts.ocr_texts and facts.scene is None:
                 rejects.append(reject(row, self.name, "no_annotations", "no objects, captions or OCR text to ask about"))
                 continue
             planner = Planner(facts, cfg, stats, self._plan_rng(facts.key))

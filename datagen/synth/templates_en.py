@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import random
 
+from datagen.synth import scene_templates
 from datagen.synth.items import Item
 from datagen.synth.lexicon import animate, en_count_phrase, en_number, en_with_article, indefinite_article, term
+from datagen.synth.scene import FAMILIES as SCENE_FAMILIES
 
 REL = {"left": "to the left of", "right": "to the right of", "above": "above", "below": "below"}
 OPP_SIZE = {"bigger": "smaller", "larger": "smaller", "smaller": "bigger"}
@@ -177,6 +179,8 @@ def render(item: Item, rng: random.Random, full: bool) -> tuple[str, str] | None
     f = item.facts
     fam = item.family
     pick = rng.choice
+    if fam in SCENE_FAMILIES:
+        return scene_templates.render_en(item, rng, full)
     if fam == "existence":
         lab = f["label"]
         ax = en_with_article(lab)

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import random
 
+from datagen.synth import scene_templates
 from datagen.synth.items import COLOURS, Item
 from datagen.synth.lexicon import animate, term, zh_count_phrase, zh_number
+from datagen.synth.scene import FAMILIES as SCENE_FAMILIES
 
 REL = {"left": "左边", "right": "右边", "above": "上方", "below": "下方"}
 SIZE = {"bigger": "大", "larger": "大", "smaller": "小"}
@@ -131,6 +133,8 @@ def render(item: Item, rng: random.Random, full: bool) -> tuple[str, str] | None
     f = item.facts
     fam = item.family
     pick = rng.choice
+    if fam in SCENE_FAMILIES:
+        return scene_templates.render_zh(item, rng, full)
     if fam == "existence":
         x = _n(f["label"])
         q, verb = pick(EXISTENCE_Q)

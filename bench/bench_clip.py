@@ -38,8 +38,8 @@ def main() -> None:
     import torch
 
     from datagen.filters.clip import TINY_UNTRAINED_CONFIG, ClipConfig, ClipScoreStep, _decode, clip_scores
-    from datagen.records import pairs_table
-    from datagen.steps import RunContext
+    from datagen.core.records import pairs_table
+    from datagen.core.steps import RunContext
 
     torch.set_num_threads(args.threads)
     rows = [{"key": f"b{i}", "source": "bench", "caption": f"a photo of thing number {i}", "image": _jpeg(i)}

@@ -35,8 +35,8 @@ from PIL import Image  # noqa: E402
 
 from datagen.fetch import FetchConfig, FetchStep  # noqa: E402
 from datagen.fetch.http import ClientSlots  # noqa: E402
-from datagen.records import pairs_table  # noqa: E402
-from datagen.steps import RunContext  # noqa: E402
+from datagen.core.records import pairs_table  # noqa: E402
+from datagen.core.steps import RunContext  # noqa: E402
 
 
 def small_jpeg(i: int) -> bytes:

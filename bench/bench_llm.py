@@ -26,8 +26,8 @@ from servers import LocalServer, Reply  # noqa: E402
 from datagen.llm.config import LLMGenerateConfig  # noqa: E402
 from datagen.llm.prompts import BUNDLED_RECIPES_DIR  # noqa: E402
 from datagen.llm.step import LLMGenerateStep  # noqa: E402
-from datagen.records import pairs_table  # noqa: E402
-from datagen.steps import RunContext  # noqa: E402
+from datagen.core.records import pairs_table  # noqa: E402
+from datagen.core.steps import RunContext  # noqa: E402
 
 REPLY = json.dumps({"question": "Why is the kite flying?", "answer": "It is windy on the beach, so it stays up."})
 

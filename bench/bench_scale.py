@@ -162,8 +162,8 @@ class RandomLookup:
 def stage2_bench(root: Path, n: int, baseline_lookups: int, kb: int = 100) -> dict:
     from datagen.config import OutputConfig, StageConfig
     from datagen.core.parts import PartWriter
-    from datagen.pipeline import Shard
-    from datagen.records import PAIR_SCHEMA, conversations_table, pairs_table
+    from datagen.core.pipeline import Shard
+    from datagen.core.records import PAIR_SCHEMA, conversations_table, pairs_table
     from datagen.sinks.stages import write_stage2
 
     work = root / "stage2"

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datagen.steps import RunContext  # noqa: E402
+from datagen.core.steps import RunContext  # noqa: E402
 from datagen.synth.checker import Checker  # noqa: E402
 from datagen.synth.config import MultiImageConfig, SynthConfig  # noqa: E402
 from datagen.synth.facts import Geometry, facts_from_row, is_stuff, overlap_of_smaller, spatial_relation  # noqa: E402

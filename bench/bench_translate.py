@@ -24,8 +24,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from servers import LocalServer  # noqa: E402
 from test_translate_support import FakeOpenAI  # noqa: E402
 
-from datagen.records import conversations_table  # noqa: E402
-from datagen.steps import RunContext  # noqa: E402
+from datagen.core.records import conversations_table  # noqa: E402
+from datagen.core.steps import RunContext  # noqa: E402
 from datagen.translate.config import TranslateConfig  # noqa: E402
 from datagen.translate.step import TranslateStep  # noqa: E402
 

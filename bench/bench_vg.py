@@ -69,7 +69,7 @@ elif mode == "json_load":
 else:
     from datagen.sources.config import VisualGenomeSource
     from datagen.sources.visual_genome import read_visual_genome
-    from datagen.steps import RunContext
+    from datagen.core.steps import RunContext
     (root / "run").mkdir(exist_ok=True)
     ctx = RunContext(run_dir=root / "run", recipe_dir=root)
     cfg = VisualGenomeSource(name="vg", kind="visual_genome", images=".", **{k: f"{k}.json" for k in

@@ -22,10 +22,10 @@ from pathlib import Path
 
 def _run(args: argparse.Namespace) -> int:
     from datagen.core.lock import RunLock
-    from datagen.pipeline import clean_run_dir, preflight, run
+    from datagen.core.pipeline import clean_run_dir, preflight, run
     from datagen.recipe import load_recipe
     from datagen.sinks.manifest import finish, summary
-    from datagen.steps import RunContext
+    from datagen.core.steps import RunContext
 
     recipe, raw = load_recipe(args.recipe, args.set)
     out = Path(args.out or recipe.out or f"out/{recipe.name}")

@@ -19,8 +19,8 @@ import pyarrow as pa
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
-from datagen.records import rejects_table
-from datagen.steps import Step, StepOutput
+from datagen.core.records import rejects_table
+from datagen.core.steps import Step, StepOutput
 
 
 class DedupConfig(BaseModel):

@@ -22,8 +22,8 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from datagen.records import reject, rejects_table
-from datagen.steps import RunContext, Step, StepOutput
+from datagen.core.records import reject, rejects_table
+from datagen.core.steps import RunContext, Step, StepOutput
 
 OCR_ITEM_TYPE = pa.struct([("text", pa.string()), ("bbox", pa.list_(pa.float64())), ("score", pa.float64())])
 OCR_TYPE = pa.list_(OCR_ITEM_TYPE)

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 @pytest.fixture
 def ctx(tmp_path):
-    from datagen.steps import RunContext
+    from datagen.core.steps import RunContext
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

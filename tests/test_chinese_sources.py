@@ -64,8 +64,8 @@ def test_coco_cn_captions_join_coco_rows_by_image_id(tmp_path, ctx):
 
 
 def test_chinese_captions_give_native_chinese_descriptions_the_checker_accepts(tmp_path):
-    from datagen.records import pairs_table
-    from datagen.steps import RunContext
+    from datagen.core.records import pairs_table
+    from datagen.core.steps import RunContext
     from datagen.synth.checker import Checker
     from datagen.synth.config import DEFAULT_FAMILY_WEIGHTS, SynthConfig
     from datagen.synth.step import SynthesizeStep

@@ -28,8 +28,8 @@ from datagen.filters.clip import (  # noqa: E402
     clip_scores,
     resolve_weights,
 )
-from datagen.records import pairs_table  # noqa: E402
-from datagen.steps import RunContext  # noqa: E402
+from datagen.core.records import pairs_table  # noqa: E402
+from datagen.core.steps import RunContext  # noqa: E402
 
 TINY = {
     "embed_dim": 32,

@@ -7,7 +7,7 @@ import pytest
 
 from datagen.filters.clip import ClipConfig
 from datagen.filters.threshold import ClipThresholdStep, cutoff
-from datagen.records import pairs_table
+from datagen.core.records import pairs_table
 
 
 def scored(tmp_path, scores):
@@ -57,7 +57,7 @@ def test_changing_the_threshold_reuses_the_scores(tmp_path):
     from PIL import Image
 
     from datagen.filters.clip import TINY_UNTRAINED_CONFIG
-    from datagen.pipeline import run as run_recipe
+    from datagen.core.pipeline import run as run_recipe
     from datagen.recipe import load_recipe
 
     (tmp_path / "imgs").mkdir()

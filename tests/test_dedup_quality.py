@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 
 from datagen.dedup import DedupConfig, DedupStep, PhashStep, find_duplicates
 from datagen.filters.quality import QualityConfig, QualityFilterStep
-from datagen.records import pairs_table
+from datagen.core.records import pairs_table
 
 
 def jpeg(color, size=(32, 32)):

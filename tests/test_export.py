@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from datagen.records import CONVERSATION_SCHEMA, PAIR_SCHEMA
+from datagen.core.records import CONVERSATION_SCHEMA, PAIR_SCHEMA
 from datagen.sinks import export as export_mod
 from datagen.sinks.export import export, inline_images, llava_single, mplug_task_type
 from datagen.sinks.shards import SplitWriter, json_bytes, sample_images, shard_json, stage2_images

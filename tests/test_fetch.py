@@ -22,8 +22,8 @@ from PIL import Image, ImageOps
 from datagen.fetch import FetchConfig, FetchStep
 from datagen.fetch.http import parse_retry_after
 from datagen.fetch.image import transform_bbox
-from datagen.records import PAIR_SCHEMA, REJECT_SCHEMA, pairs_table
-from datagen.steps import RunContext
+from datagen.core.records import PAIR_SCHEMA, REJECT_SCHEMA, pairs_table
+from datagen.core.steps import RunContext
 from servers import LocalServer, Reply
 
 RED_BOX = [8.0, 4.0, 20.0, 12.0]  # x, y, w, h in the raw (stored-on-disk) pixels

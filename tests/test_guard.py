@@ -17,8 +17,8 @@ from PIL import Image
 from datagen.fetch import FetchConfig, FetchStep
 from datagen.fetch.guard import AddressPolicy, classify
 from datagen.fetch.optout import opt_out
-from datagen.records import pairs_table
-from datagen.steps import RunContext
+from datagen.core.records import pairs_table
+from datagen.core.steps import RunContext
 from servers import LocalServer, Reply
 
 

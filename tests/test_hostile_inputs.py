@@ -25,12 +25,12 @@ from PIL import Image
 from datagen.cli import main
 from datagen.fetch import FetchConfig, FetchStep
 from datagen.filters.quality import QualityConfig, QualityFilterStep
-from datagen.records import pairs_table
+from datagen.core.records import pairs_table
 from datagen.sources.coco import read_coco
 from datagen.sources.config import CocoSource, ParquetSource, TsvSource
 from datagen.sources.errors import InputFileError
 from datagen.sources.tables import read_parquet, read_tsv
-from datagen.steps import RunContext
+from datagen.core.steps import RunContext
 from servers import LocalServer, Reply
 
 SECRET = b"root:x:0:0:TOP-SECRET-INTERNAL"

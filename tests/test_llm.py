@@ -22,8 +22,8 @@ from datagen.llm.config import ALL_TASKS, LLMGenerateConfig
 from datagen.llm.prompts import BUNDLED_RECIPES_DIR, build_context, load_prompt
 from datagen.llm.replies import LeakChecker, MalformedReply, check_negative, parse_reply
 from datagen.llm.step import LLMGenerateStep
-from datagen.records import CONVERSATION_SCHEMA, pairs_table
-from datagen.steps import RunContext
+from datagen.core.records import CONVERSATION_SCHEMA, pairs_table
+from datagen.core.steps import RunContext
 from servers import LocalServer, Reply
 from test_llm_client import SECRET, chat_completion, chat_server
 

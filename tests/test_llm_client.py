@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from datagen.cache import RequestCache
+from datagen.core.cache import RequestCache
 from datagen.llm.client import ChatClient, ChatResult, LLMRequestError, retry_after_seconds
 from servers import LocalServer, Reply
 

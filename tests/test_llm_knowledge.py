@@ -9,7 +9,7 @@ from datagen.llm.config import ALL_TASKS, LLMGenerateConfig
 from datagen.llm.prompts import BUNDLED_RECIPES_DIR
 from datagen.llm.replies import KnowledgeItem, check_knowledge
 from datagen.llm.step import LLMGenerateStep
-from datagen.steps import RunContext
+from datagen.core.steps import RunContext
 from servers import Reply
 from test_llm import pair_rows
 from test_llm_client import chat_completion, chat_server

@@ -11,8 +11,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from datagen.llm.prompts import build_context
 from datagen.ocr import OCR_TYPE, OcrConfig, OcrStep, quad_to_xywh
-from datagen.records import pairs_table
-from datagen.steps import RunContext
+from datagen.core.records import pairs_table
+from datagen.core.steps import RunContext
 
 
 def render(text: str, size=(360, 120), at=(30, 25)) -> bytes:

@@ -12,9 +12,9 @@ from datagen.core.executor import merge_stats
 from datagen.core.parts import PartWriter
 from datagen.fetch.step import FetchStep
 from datagen.filters.quality import QualityFilterStep
-from datagen.pipeline import run
+from datagen.core.pipeline import run
 from datagen.recipe import load_recipe
-from datagen.records import PAIR_SCHEMA, pairs_table
+from datagen.core.records import PAIR_SCHEMA, pairs_table
 
 
 def rows(n):
@@ -140,11 +140,11 @@ def test_keep_intermediate_false_drops_the_images_after_the_run(small_recipe, tm
 def test_derived_stats_are_recomputed_after_merging_parts(tmp_path):
     """Synthesis over many shards in two processes gives the same shares as one shard in one."""
     from datagen.core.executor import ShardTask, StepFactory, execute, merge_parts
-    from datagen.steps import RunContext
+    from datagen.core.steps import RunContext
     from datagen.synth.config import SynthConfig
     from datagen.synth.fakecoco import fake_coco_pairs
     from datagen.synth.step import SynthesizeStep
-    from datagen.records import CONVERSATION_SCHEMA
+    from datagen.core.records import CONVERSATION_SCHEMA
 
     table = fake_coco_pairs(60, seed=1)
     results = []

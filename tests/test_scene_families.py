@@ -16,8 +16,8 @@ import pyarrow as pa
 import pytest
 from PIL import Image, ImageDraw
 
-from datagen.records import pairs_table
-from datagen.steps import RunContext
+from datagen.core.records import pairs_table
+from datagen.core.steps import RunContext
 from datagen.synth import scene_checker, vocab
 from datagen.synth.checker import Checker
 from datagen.synth.config import DEFAULT_FAMILY_WEIGHTS, SynthConfig

@@ -6,13 +6,13 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from datagen.records import conversations_table, pairs_table
+from datagen.core.records import conversations_table, pairs_table
 from datagen.sinks.export import mplug_owl_text
 from datagen.sinks.shards import SplitWriter, image_ext
 from datagen.config import OutputConfig, StageConfig
 from datagen.core.parts import PartWriter
-from datagen.pipeline import Shard
-from datagen.records import PAIR_SCHEMA
+from datagen.core.pipeline import Shard
+from datagen.core.records import PAIR_SCHEMA
 from datagen.sinks.buckets import repeats
 from datagen.sinks.stages import write_stage1, write_stage2
 

@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from datagen.records import CONVERSATION_SCHEMA, PAIR_SCHEMA
+from datagen.core.records import CONVERSATION_SCHEMA, PAIR_SCHEMA
 from datagen.sources.coco import read_coco
 from datagen.sources.config import CocoSource, InstructionSource, ParquetSource, TsvSource
 from datagen.sources.instructions import read_instructions

@@ -10,8 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from datagen.records import CONVERSATION_SCHEMA, pairs_table
-from datagen.steps import RunContext
+from datagen.core.records import CONVERSATION_SCHEMA, pairs_table
+from datagen.core.steps import RunContext
 from datagen.synth.checker import Checker, en_categories, zh_categories
 from datagen.synth.config import SynthConfig
 from datagen.synth.facts import facts_from_row

@@ -8,8 +8,8 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from datagen.records import CONVERSATION_SCHEMA
-from datagen.steps import RunContext
+from datagen.core.records import CONVERSATION_SCHEMA
+from datagen.core.steps import RunContext
 from datagen.synth.checker import Checker
 from datagen.synth.config import MultiImageConfig, SynthConfig
 from datagen.synth.fakecoco import fake_coco_pairs

@@ -13,8 +13,8 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from datagen.records import pairs_table
-from datagen.steps import RunContext
+from datagen.core.records import pairs_table
+from datagen.core.steps import RunContext
 from datagen.synth.checker import Checker, en_categories, zh_categories, zh_question_verb
 from datagen.synth.config import MultiImageConfig, SynthConfig
 from datagen.synth.fakecoco import fake_coco_pairs, pairs_from_coco_files

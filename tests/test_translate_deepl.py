@@ -9,8 +9,8 @@ import pytest
 from servers import LocalServer
 from test_translate_support import FakeDeepL
 
-from datagen.records import CONVERSATION_SCHEMA, conversations_table, pairs_table
-from datagen.steps import RunContext
+from datagen.core.records import CONVERSATION_SCHEMA, conversations_table, pairs_table
+from datagen.core.steps import RunContext
 from datagen.translate.config import TranslateConfig
 from datagen.translate.errors import BackendConfigError, QuotaExhausted
 from datagen.translate.step import TranslateStep

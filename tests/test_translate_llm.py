@@ -9,8 +9,8 @@ from servers import LocalServer
 from test_translate_deepl import EXPECTED_REJECTS, conv, rows, translated
 from test_translate_support import FakeOpenAI
 
-from datagen.records import conversations_table
-from datagen.steps import RunContext
+from datagen.core.records import conversations_table
+from datagen.core.steps import RunContext
 from datagen.translate.config import TranslateConfig
 from datagen.translate.llm_backend import build_messages, parse_reply
 from datagen.translate.step import TranslateStep

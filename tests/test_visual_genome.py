@@ -3,7 +3,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from datagen.records import PAIR_SCHEMA
+from datagen.core.records import PAIR_SCHEMA
 from datagen.sources.config import VisualGenomeSource
 from datagen.sources.visual_genome import read_visual_genome
 from vg_fixture import write_vg

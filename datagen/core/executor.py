@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from datagen.core.parts import PartWriter, iter_batches
-from datagen.steps import RunContext, Step
+from datagen.core.steps import RunContext, Step
 
 
 class StepFactory:

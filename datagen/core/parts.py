@@ -28,7 +28,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datagen.records import REJECT_SCHEMA
+from datagen.core.records import REJECT_SCHEMA
 
 RUN_ID = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"  # temporary names are unique per process
 TMP_MARK = ".tmp-"

@@ -18,7 +18,7 @@ Why it is built this way:
 - Local files are read in the same thread pool, never through the network
   limits.
 - ``cache_downloads`` (off by default) keeps raw bytes and permanent failures
-  in ``<run>/cache/fetch.sqlite`` (``datagen.cache.RequestCache``, keyed by the
+  in ``<run>/cache/fetch.sqlite`` (``datagen.core.cache.RequestCache``, keyed by the
   URL only), so changing e.g. ``max_side`` re-encodes without re-downloading.
   Step checkpoints already cover reruns with the same config.
 - Counts go to ``ctx.stat("fetch")``: rows_in, ok, passthrough, reencoded,
@@ -37,14 +37,14 @@ from typing import Any, Optional, Union
 import pyarrow as pa
 from PIL import ImageFile
 
-from datagen.cache import RequestCache
+from datagen.core.cache import RequestCache
 from datagen.fetch.config import FetchConfig
 from datagen.fetch.errors import FetchError
 from datagen.fetch.http import Downloader, policy_summary
 from datagen.fetch.image import StoredImage, probe_size, process_image
 from datagen.fetch.location import locate, read_file
-from datagen.records import PAIR_SCHEMA, reject, rejects_table
-from datagen.steps import RunContext, Step, StepOutput
+from datagen.core.records import PAIR_SCHEMA, reject, rejects_table
+from datagen.core.steps import RunContext, Step, StepOutput
 
 
 class _Passthrough:

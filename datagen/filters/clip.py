@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from datagen.filters.clip_config import TINY_UNTRAINED_CONFIG, ClipConfig  # noqa: F401 - the step's config
-from datagen.records import reject, rejects_table
-from datagen.steps import RunContext, Step, StepOutput
+from datagen.core.records import reject, rejects_table
+from datagen.core.steps import RunContext, Step, StepOutput
 from datagen.weights import ClipWeightsUnavailable, LoadedClip, WeightsPlan, load_clip, resolve_weights  # noqa: F401
 
 

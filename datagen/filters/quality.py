@@ -20,8 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
-from datagen.records import reject, rejects_table
-from datagen.steps import Step, StepOutput
+from datagen.core.records import reject, rejects_table
+from datagen.core.steps import Step, StepOutput
 
 
 class QualityConfig(BaseModel):

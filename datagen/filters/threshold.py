@@ -19,8 +19,8 @@ import polars as pl
 import pyarrow as pa
 
 from datagen.filters.clip_config import ClipConfig
-from datagen.records import reject, rejects_table
-from datagen.steps import Step
+from datagen.core.records import reject, rejects_table
+from datagen.core.steps import Step
 
 
 def cutoff(scores: np.ndarray, min_score: float | None, top_fraction: float | None) -> float | None:

@@ -10,7 +10,7 @@ module adds what a data pipeline needs on top of it and nothing else:
   retry, 429 and 5xx is counted in :attr:`ChatClient.stats` and lands in the
   manifest: exponential backoff with jitter, honouring ``Retry-After`` and
   ``retry-after-ms``;
-- the persistent request cache (:class:`datagen.cache.RequestCache`) keyed by
+- the persistent request cache (:class:`datagen.core.cache.RequestCache`) keyed by
   namespace + model + messages + sampling options, so a rerun of a recipe sends
   zero requests and pays nothing twice;
 - token and cost accounting.
@@ -34,7 +34,7 @@ from typing import Any
 
 import openai
 
-from datagen.cache import RequestCache
+from datagen.core.cache import RequestCache
 
 log = logging.getLogger("datagen.llm")
 

@@ -23,7 +23,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from datagen.cache import RequestCache
+from datagen.core.cache import RequestCache
 from datagen.llm.client import ChatClient, ChatResult, LLMRequestError
 from datagen.llm.config import LLMGenerateConfig
 from datagen.llm.prompts import PromptSpec, build_context, build_messages, load_prompt, resolve_prompt_path
@@ -40,8 +40,8 @@ from datagen.llm.replies import (
     parse_reply,
     present_names,
 )
-from datagen.records import CONVERSATION_SCHEMA, conversations_table, reject, rejects_table, to_json
-from datagen.steps import RunContext, Step, StepOutput
+from datagen.core.records import CONVERSATION_SCHEMA, conversations_table, reject, rejects_table, to_json
+from datagen.core.steps import RunContext, Step, StepOutput
 
 CACHE_NAMESPACE = "llm_generate"
 NUDGE = ("Your previous reply could not be used: {error}. Reply again with only the JSON object in the "

@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 from datagen import __version__
 from datagen.core.lock import RunLock
 from datagen.core.parts import tmp_name
-from datagen.pipeline import RunState, drop_intermediate_images, prune_stale
-from datagen.records import CONVERSATION_SCHEMA, REJECT_SCHEMA, rejects_table
+from datagen.core.pipeline import RunState, drop_intermediate_images, prune_stale
+from datagen.core.records import CONVERSATION_SCHEMA, REJECT_SCHEMA, rejects_table
 from datagen.sinks.hf import card_header, image_members, shard_features
 from datagen.sinks.shards import json_fields, shard_dicts
 from datagen.sinks.stages import STAGE1, STAGE2, STAGE2_TEXT, write_stage1, write_stage2

@@ -26,12 +26,12 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datagen.records import PAIR_SCHEMA, make_key, reject, rejects_table, to_json
+from datagen.core.records import PAIR_SCHEMA, make_key, reject, rejects_table, to_json
 from datagen.sources.config import CocoSource
 from datagen.sources.errors import InputFileError, brief
 from datagen.sources.tables import portable_path
 from datagen.sources.zh_captions import read_zh_captions
-from datagen.steps import RunContext, StepOutput
+from datagen.core.steps import RunContext, StepOutput
 
 _CHUNK = 50_000
 

@@ -15,11 +15,11 @@ from typing import Iterator
 import ijson
 import pyarrow as pa
 
-from datagen.records import CONVERSATION_SCHEMA, make_key, reject, rejects_table
+from datagen.core.records import CONVERSATION_SCHEMA, make_key, reject, rejects_table
 from datagen.sources.config import InstructionSource
 from datagen.sources.errors import InputFileError, brief
 from datagen.sources.tables import source_files
-from datagen.steps import RunContext, StepOutput
+from datagen.core.steps import RunContext, StepOutput
 from datagen.text import guess_lang
 
 class BadItem(ValueError):

@@ -24,10 +24,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from datagen.records import PAIR_SCHEMA, make_key, reject, rejects_table
+from datagen.core.records import PAIR_SCHEMA, make_key, reject, rejects_table
 from datagen.sources.config import PARQUET_PRESETS, PRESET_LANG, TSV_PRESETS, ParquetSource, TsvSource
 from datagen.sources.errors import InputFileError
-from datagen.steps import RunContext, StepOutput
+from datagen.core.steps import RunContext, StepOutput
 
 
 def source_files(pattern: str, ctx: RunContext, source: str) -> list[Path]:

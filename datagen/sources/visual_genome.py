@@ -35,10 +35,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datagen.records import PAIR_SCHEMA, make_key, to_json
+from datagen.core.records import PAIR_SCHEMA, make_key, to_json
 from datagen.sources.config import VisualGenomeSource
 from datagen.sources.tables import portable_path
-from datagen.steps import RunContext, StepOutput
+from datagen.core.steps import RunContext, StepOutput
 
 _CHUNK = 5_000  # rows buffered per part file before a write
 IMAGES_PER_PART = 5_000  # the per-image join runs one id range of about this many images at a time

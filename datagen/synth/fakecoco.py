@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from datagen.records import PAIR_SCHEMA, make_key, to_json
+from datagen.core.records import PAIR_SCHEMA, make_key, to_json
 from datagen.synth.lexicon import BY_ID, LEXICON, en_count_phrase, en_with_article, term, zh_count_phrase
 
 SCENES: dict[str, list[str]] = {

@@ -21,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from datagen.records import to_json
+from datagen.core.records import to_json
 from datagen.synth.facts import ImageFacts
 from datagen.synth.lexicon import LEXICON, en_count_phrase, en_number, en_with_article, term, zh_count_phrase, zh_number
 

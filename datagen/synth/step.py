@@ -22,8 +22,8 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 
-from datagen.records import conversations_table, reject, rejects_table, to_json
-from datagen.steps import RunContext, Step, StepOutput
+from datagen.core.records import conversations_table, reject, rejects_table, to_json
+from datagen.core.steps import RunContext, Step, StepOutput
 from datagen.synth import templates_en, templates_zh
 from datagen.synth.config import SynthConfig
 from datagen.synth.facts import BadAnnotation, Geometry, ImageFacts, OcrRules, facts_from_row

@@ -27,7 +27,7 @@ from typing import Any, Iterator, Mapping
 
 import deepl
 
-from datagen.cache import RequestCache
+from datagen.core.cache import RequestCache
 from datagen.translate.config import DeepLSettings
 from datagen.translate.errors import BackendConfigError, QuotaExhausted
 from datagen.translate.lexicon_check import TermLike

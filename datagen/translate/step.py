@@ -28,9 +28,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from datagen.cache import RequestCache
-from datagen.records import CONVERSATION_SCHEMA, rejects_table, reject
-from datagen.steps import RunContext, Step, StepOutput
+from datagen.core.cache import RequestCache
+from datagen.core.records import CONVERSATION_SCHEMA, rejects_table, reject
+from datagen.core.steps import RunContext, Step, StepOutput
 from datagen.translate.checks import CHECK_ORDER, first_failure, run_checks
 from datagen.translate.config import TranslateConfig
 from datagen.translate.translator import CachedTranslator, Translation

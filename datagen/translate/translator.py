@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterator, Protocol
 
-from datagen.cache import RequestCache
+from datagen.core.cache import RequestCache
 from datagen.translate.errors import QuotaExhausted
 from datagen.translate.protect import Masked, ProtectedSpanError, mask, restore
 

@@ -1,7 +1,7 @@
 """What a pipeline step is.
 
 A step is a small class built from a pydantic config and a :class:`RunContext`,
-with one method over an Arrow batch. The executor (``datagen.pipeline``) owns
+with one method over an Arrow batch. The executor (``datagen.core.pipeline``) owns
 everything else: batching, checkpoints, counting, progress. Nothing in a step
 may assume it runs in one process: a step keeps no state between batches that
 the result depends on (caches of models and clients are fine).
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pyarrow as pa
 from pydantic import BaseModel
 
-from datagen.records import REJECT_SCHEMA
+from datagen.core.records import REJECT_SCHEMA
 
 if TYPE_CHECKING:
     import polars as pl

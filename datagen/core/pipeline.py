@@ -32,8 +32,8 @@ from datagen.config import Recipe
 from datagen.core.executor import ShardTask, StepFactory, execute, merge_parts
 from datagen.core.lock import RunLock
 from datagen.core.parts import Part, chain, columns_except, file_fingerprint, remove_temporaries, tmp_name, write_json_atomic
-from datagen.records import CONVERSATION_SCHEMA, PAIR_SCHEMA, REJECT_SCHEMA
-from datagen.steps import RunContext
+from datagen.core.records import CONVERSATION_SCHEMA, PAIR_SCHEMA, REJECT_SCHEMA
+from datagen.core.steps import RunContext
 
 log = logging.getLogger("datagen")
 

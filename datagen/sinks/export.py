@@ -45,6 +45,7 @@ path RELATIVE TO ``<dest>`` (``images/<key>.<n>.jpg``): point the trainer's imag
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -59,6 +60,7 @@ MPLUG_SYSTEM = ("The following is a conversation between a curious human and AI 
 _PLACEHOLDER = re.compile(r"<image(?:_(\d+))?>")
 FORMATS = ("llava", "mplug_owl", "sharegpt", "hf")
 HF_ROWS_PER_FILE = 1000
+SUMS = "SHA256SUMS"  # the images' sha256 (``sha256sum -c SHA256SUMS`` in the export folder; ``datagen check``)
 
 
 def iter_samples(out: Path, split: str) -> Iterator[dict]:
@@ -142,9 +144,11 @@ def mplug_task_type(conv: dict) -> str:
     return f"datagen_{task}_{conv['lang']}_sft"
 
 
-def _records(out: Path, images_dir: Path | None) -> Iterator[tuple[dict, dict, list[str], list[bytes]]]:
+def _records(out: Path, images_dir: Path | None, sums: dict[str, str] | None = None,
+             ) -> Iterator[tuple[dict, dict, list[str], list[bytes]]]:
     """(row, conversation, image paths relative to the export folder, image bytes) for every
-    conversation of stage2 and stage2_text; images are written under ``images_dir`` when given."""
+    conversation of stage2 and stage2_text; images are written under ``images_dir`` when given,
+    and their sha256 recorded in ``sums`` (path -> hex)."""
     for split in ("stage2", "stage2_text"):
         for sample in iter_samples(out, split):
             images = sample_images(sample)
@@ -152,8 +156,31 @@ def _records(out: Path, images_dir: Path | None) -> Iterator[tuple[dict, dict, l
             if images_dir is not None:
                 for path, data in zip(paths, images):
                     (images_dir.parent / path).write_bytes(data)
+                    if sums is not None:
+                        sums[path] = hashlib.sha256(data).hexdigest()
             for conv in sample["json"]["conversations"]:
                 yield sample["json"], conv, paths, images
+
+
+def read_sums(folder: Path) -> dict[str, str] | None:
+    """``SHA256SUMS`` (``sha256sum``'s format: ``<hex>  <path relative to folder>``), or None."""
+    path = folder / SUMS
+    if not path.exists():
+        return None
+    sums = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            hexdigest, _, name = line.partition("  ")
+            sums[name.lstrip("*")] = hexdigest
+    return sums
+
+
+def write_sums(folder: Path, sums: dict[str, str]) -> Path:
+    """Merge ``sums`` (path relative to ``folder`` -> sha256) into ``folder/SHA256SUMS``."""
+    merged = (read_sums(folder) or {}) | sums
+    path = folder / SUMS
+    path.write_text("".join(f"{h}  {name}\n" for name, h in sorted(merged.items())))
+    return path
 
 
 def _write_json(path: Path, items: list) -> Path:
@@ -172,7 +199,12 @@ def export(out: Path, dest: Path, fmt: str, image_root: str | None = None) -> li
     if fmt == "hf":
         return [export_hf(out, dest / "hf")]
     (dest / "images").mkdir(exist_ok=True)
-    records = _records(out, dest / "images")
+    sums: dict[str, str] = {}
+    written = _export_files(out, dest, fmt, image_root, _records(out, dest / "images", sums))
+    return written + [write_sums(dest, sums)]
+
+
+def _export_files(out: Path, dest: Path, fmt: str, image_root: str | None, records) -> list[Path]:
     if fmt == "llava":
         single, interleaved = [], []
         for row, conv, paths, _ in records:

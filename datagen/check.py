@@ -172,6 +172,7 @@ class Template:
     assistant: str  # text before an assistant message
     user_end: str  # text after a user message
     assistant_end: str  # after an assistant message; "{eos}" is the tokenizer's eos token
+    reply_prefix: str = ""  # text before a message that the model generates (LLaVA: the space after "ASSISTANT:")
 
     def render(self, turns: list[tuple[str, str]], eos: str) -> tuple[str, list[tuple[int, int]]]:
         text, targets = self.system, []
@@ -181,20 +182,23 @@ class Template:
             else:
                 text += self.assistant
                 start = len(text)
-                text += message + self.assistant_end.replace("{eos}", eos)
+                text += self.reply_prefix + message + self.assistant_end.replace("{eos}", eos)
                 targets.append((start, len(text)))
         return text, targets
 
 
 # LLaVA ``llava/conversation.py``: conv_llava_v1 / conv_vicuna_v1, SeparatorStyle.TWO with
-# sep=" ", sep2="</s>": ``ret = system + sep``, then ``role + ": " + message + seps[i % 2]``.
+# sep=" ", sep2="</s>": ``ret = system + sep``, then ``role + ": " + message + seps[i % 2]``. At
+# inference the prompt ends "ASSISTANT:" (``role + ":"``), so the space after it is the model's to
+# generate: a LLaMA tokenizer merges it into the reply's first piece ("▁The") or, before a piece
+# that does not start a word (Chinese), keeps it as "▁", which preprocess_v1 trains on too.
 _LLAVA_V1_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
                     "The assistant gives helpful, detailed, and polite answers to the human's questions.")
 _VICUNA_V1_SYSTEM = ("A chat between a curious user and an artificial intelligence assistant. "
                      "The assistant gives helpful, detailed, and polite answers to the user's questions.")
 TEMPLATES = {
-    "llava_v1": Template("llava_v1", _LLAVA_V1_SYSTEM + " ", "USER: ", "ASSISTANT: ", " ", "</s>"),
-    "vicuna_v1": Template("vicuna_v1", _VICUNA_V1_SYSTEM + " ", "USER: ", "ASSISTANT: ", " ", "</s>"),
+    "llava_v1": Template("llava_v1", _LLAVA_V1_SYSTEM + " ", "USER: ", "ASSISTANT:", " ", "</s>", " "),
+    "vicuna_v1": Template("vicuna_v1", _VICUNA_V1_SYSTEM + " ", "USER: ", "ASSISTANT:", " ", "</s>", " "),
     # mPLUG-Owl: system line, "Human: " / "AI: " lines; the reply and eos are trained on.
     "mplug_owl": Template("mplug_owl", MPLUG_SYSTEM, "\nHuman: ", "\nAI: ", "", "{eos}"),
     "chatml": Template("chatml", "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n",
@@ -321,10 +325,11 @@ def llava_v1_labels(conversation: str, tok, has_image: bool, model_max_length: i
 
 
 class TokenCheck:
-    def __init__(self, report: Report, tokenizer, template: str, max_len: int, tokens_per_image: int):
-        if template not in TEMPLATES:
+    def __init__(self, report: Report, tokenizer, template: str | Template, max_len: int, tokens_per_image: int):
+        if isinstance(template, str) and template not in TEMPLATES:
             raise ValueError(f"unknown template {template!r}: expected one of {', '.join(TEMPLATES)}")
-        self.report, self.tok, self.template = report, tokenizer, TEMPLATES[template]
+        self.report, self.tok = report, tokenizer
+        self.template = TEMPLATES[template] if isinstance(template, str) else template
         self.max_len, self.tokens_per_image = max_len, tokens_per_image
 
     def _piece(self, text: str, span: tuple[int, int]) -> str:
@@ -338,6 +343,7 @@ class TokenCheck:
         if length > self.max_len:
             self.report.add("too_long", s.where, f"{length} tokens ({s.n_images} image(s) x {self.tokens_per_image})"
                             f" > --max-len {self.max_len}")
+            return  # truncated: the trainer cuts the replies, so no mask can be right
         # The tokens a loss should fall on: those overlapping a reply. A token that also holds
         # instruction text (or text after the reply's end-of-turn) cannot be labelled right.
         expected = []

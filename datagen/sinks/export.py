@@ -189,7 +189,8 @@ def _write_json(path: Path, items: list) -> Path:
 
 
 def export(out: Path, dest: Path, fmt: str, image_root: str | None = None) -> list[Path]:
-    """Write ``fmt`` for the run in ``out`` under ``dest``; returns the files written.
+    """Write ``fmt`` for the run in ``out`` under ``dest``; returns the data files written (the images
+    go under ``dest/images/``, their sha256 into ``dest/SHA256SUMS``, which ``datagen check`` verifies).
     ``image_root`` (mplug_owl): write image paths as ``<image_root>/images/...``."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}: expected one of {', '.join(FORMATS)}")
@@ -201,7 +202,8 @@ def export(out: Path, dest: Path, fmt: str, image_root: str | None = None) -> li
     (dest / "images").mkdir(exist_ok=True)
     sums: dict[str, str] = {}
     written = _export_files(out, dest, fmt, image_root, _records(out, dest / "images", sums))
-    return written + [write_sums(dest, sums)]
+    write_sums(dest, sums)
+    return written
 
 
 def _export_files(out: Path, dest: Path, fmt: str, image_root: str | None, records) -> list[Path]:

@@ -80,6 +80,10 @@ class Report:
         return {"ok": self.ok, "checked": dict(self.checked), "problems": dict(self.problems),
                 "examples": self.examples, "notes": self.notes}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Report":
+        return cls(Counter(d["checked"]), Counter(d["problems"]), d["examples"], d["notes"])
+
     def text(self) -> str:
         lines = ["checked: " + (", ".join(f"{fmt} {n} samples" for fmt, n in self.checked.items()) or "nothing")]
         lines += [f"note: {n}" for n in self.notes]
@@ -675,3 +679,11 @@ def check(out: Path, formats: list[str] | None = None, tokenizer: str | Any | No
     if tok is None:
         report.notes.append("no --tokenizer: templates and label masks not checked")
     return report
+
+
+def check_run(out: Path, config, recipe_dir: Path) -> Report:
+    """The recipe's ``output.check`` (``datagen.check_config.CheckConfig``) over a finished run."""
+    tokenizer = config.tokenizer
+    if tokenizer and not Path(tokenizer).is_absolute() and (recipe_dir / tokenizer).exists():
+        tokenizer = str(recipe_dir / tokenizer)
+    return check(out, None, tokenizer, config.template, config.max_len, config.tokens_per_image)

@@ -41,6 +41,12 @@ def _run(args: argparse.Namespace) -> int:
         manifest = finish(state, raw | ({"_overrides": args.set} if args.set else {}), recipe_path)
     print(summary(manifest))
     print(f"output: {out}/ (manifest.json, sizes.json, rejects.parquet, README.md)")
+    if "check" in manifest:
+        from datagen.check import Report
+
+        print(Report.from_dict(manifest["check"]).text())
+        if not manifest["check"]["ok"]:
+            return 5
     return 0 if manifest["counts"]["pairs"]["reconciled"] else 3
 
 

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
-    assert main(["run", str(ROOT / "recipes" / "demo.yaml"), "--out", str(out), "--set", "ocr=null"]) == 0
+    assert main(["run", str(ROOT / "recipes" / "demo.yaml"), "--out", str(out), "--set", "ocr=null",
+                 "--set", "output.check={}"]) == 0
     for fmt in ("sharegpt", "hf"):  # the recipe exports llava and mplug_owl
         export(out, out / "export", fmt)
     return out
@@ -85,6 +86,21 @@ def test_exports_record_image_sha256(demo):
     assert len(sums) == len(images) > 0
     for p in images:
         assert sums[f"images/{p.name}"] == hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_recipe_check_runs_at_the_end_and_fails_the_run(demo, toks, tmp_path, capsys):
+    """``output.check`` checks the finished run (the demo fixture ran with it: shards, llava and
+    mplug_owl exports, no problems); a template the data does not fit fails the run with exit 5."""
+    report = json.loads((demo / "manifest.json").read_text())["check"]
+    assert report["ok"] and report["problems"] == {} and report["checked"]["llava"] == n_conversations(demo)
+    out = tmp_path / "run"
+    shutil.copytree(demo, out)  # with _run/: the rerun reuses every step and rewrites the outputs
+    rc = main(["run", str(ROOT / "recipes" / "demo.yaml"), "--out", str(out), "--set", "ocr=null",
+               "--set", f"output.check.tokenizer={toks['byte']}"])
+    assert rc == 5
+    assert "tokenization_mismatch" in capsys.readouterr().out
+    failed = json.loads((out / "manifest.json").read_text())["check"]
+    assert not failed["ok"] and failed["problems"]["tokenization_mismatch"] > 0
 
 
 # ------------------------------------------------------------------------ tokenisation problems

@@ -151,6 +151,11 @@ def _finish(state: RunState, recipe_raw: dict, recipe_path: Path | None) -> dict
 
         for fmt in recipe.output.exports:
             export(out, out / "export", fmt)
+    if recipe.output.check is not None:
+        from datagen.check import check_run
+
+        manifest["check"] = check_run(out, recipe.output.check, ctx.recipe_dir).to_dict()
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False, default=str) + "\n")
     prune_stale(state)
     if not recipe.output.keep_intermediate:
         drop_intermediate_images(state)

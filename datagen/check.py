@@ -405,9 +405,18 @@ def _load_json(report: Report, path: Path) -> Any:
         return None
 
 
+PROVENANCE = ("source", "source_ids", "generator", "recipe_sha256", "datagen")
+
+
 class Checker:
     def __init__(self, report: Report, token_check: TokenCheck | None):
         self.report, self.images, self.token_check = report, ImageChecker(report), token_check
+        self.no_provenance: Counter = Counter()  # format -> exported samples without a complete provenance
+
+    def provenance(self, fmt: str, item: dict) -> None:
+        prov = item.get("provenance")
+        if not isinstance(prov, dict) or any(not prov.get(k) for k in PROVENANCE):
+            self.no_provenance[fmt] += 1
 
     def conversation(self, s: Sample) -> None:
         if check_roles(self.report, s) and self.token_check is not None:
@@ -450,6 +459,7 @@ class Checker:
                                 + ("a list of paths" if fmt == "sharegpt" else "a path, or a list of 2+ paths"))
                 continue
             refs = [images] if single else list(images or [])
+            self.provenance(fmt, it)
             turns = _llava_turns(self.report, where, it.get("conversations"))
             if turns is None:
                 continue
@@ -489,6 +499,7 @@ class Checker:
                 self.report.add("schema_invalid", where, "expected {'image': [paths], 'text': str, 'task_type':"
                                 " '..._sft'} (mPLUG-Owl picks its processor by the part after the last '_')")
                 continue
+            self.provenance("mplug_owl", data)
             for ref in data["image"]:
                 self._file_image(where, folder, ref, sums)
             if data["text"].count("<image>") != len(data["image"]):
@@ -596,6 +607,7 @@ class Checker:
             for n, row in enumerate(rows):
                 self.report.checked["hf"] += 1
                 where = f"{f.name}[{n}] id={row.get('id')}"
+                self.provenance("hf", row)
                 images = row.get("images")
                 if not isinstance(images, list) or not isinstance(row.get("conversations"), list):
                     self.report.add("schema_invalid", where, "needs 'images' and 'conversations' lists")
@@ -676,6 +688,9 @@ def check(out: Path, formats: list[str] | None = None, tokenizer: str | Any | No
         getattr(checker, fmt)(folder)
         if fmt in ("llava", "sharegpt", "mplug_owl") and read_sums(folder) is None:
             report.notes.append(f"{folder}: no {SUMS}, image checksums not verified")
+    for fmt, n in checker.no_provenance.items():
+        report.notes.append(f"{fmt}: {n} samples without provenance (source, source_ids, generator, recipe_sha256,"
+                            " datagen): exported by an older datagen?")
     if tok is None:
         report.notes.append("no --tokenizer: templates and label masks not checked")
     return report

@@ -326,3 +326,47 @@ def test_usage_errors_exit_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["check", str(tmp_path / "empty")]) == 2
     assert "no dataset" in capsys.readouterr().err
+
+
+def test_card_tells_releases_apart_and_lists_shard_checksums(demo):
+    from datagen.sinks.manifest import dataset_card, release_id
+
+    manifest = json.loads((demo / "manifest.json").read_text())
+    card = (demo / "README.md").read_text()
+    assert f"| datagen | {manifest['tools']['datagen']} |" in card and manifest["recipe_sha256"] in card
+    assert f"| release id | `{release_id(manifest['shards'])}` |" in card
+    for s in manifest["shards"]:
+        assert f"| `{s['path']}` | {s['count']} | `{s['sha256']}` |" in card
+    other = json.loads(json.dumps(manifest))  # the same recipe, one shard different
+    other["shards"][0]["sha256"] = "0" * 64
+    assert release_id(other["shards"]) != release_id(manifest["shards"])
+    assert manifest["recipe_sha256"] in dataset_card(other) and release_id(manifest["shards"]) not in dataset_card(other)
+
+
+def test_exported_samples_carry_provenance(demo):
+    manifest = json.loads((demo / "manifest.json").read_text())
+    items = [it for name in ("llava.json", "llava_interleave.json", "sharegpt.json")
+             for it in json.loads((demo / "export" / name).read_text())]
+    items += [json.loads(line) for line in (demo / "export" / "mplug_owl.jsonl").read_text().splitlines()]
+    sources = {s["name"] for s in manifest["recipe"]["sources"]} | {"multi_image"}  # MMICL rows across sources
+    for it in items:
+        prov = it["provenance"]
+        assert prov["recipe_sha256"] == manifest["recipe_sha256"] and prov["datagen"] == manifest["tools"]["datagen"]
+        assert prov["source"] in sources and prov["source_ids"] and prov["generator"]
+    assert {g for it in items for g in it["provenance"]["generator"]} >= {"template", "source"}
+    stage1_keys = {k for split in ("stage1",) for k in _keys(demo, split)}
+    image_ids = {i for it in items if it["provenance"]["source"] in ("coco", "multi_image") for i in it["provenance"]["source_ids"]}
+    assert any(i.startswith("coco_") for i in image_ids) and image_ids <= stage1_keys, "source row ids lead to the stage-1 sample (its url)"
+
+
+def _keys(out, split):
+    return {m.split(".")[0] for p in (out / split).glob("*.tar") for m in tarfile.open(p).getnames()}
+
+
+def test_export_without_provenance_is_noted(copy):
+    items = json.loads((copy / "llava.json").read_text())
+    for it in items:
+        it.pop("provenance")
+    (copy / "llava.json").write_text(json.dumps(items))
+    report = check(copy, ["llava"])
+    assert report.ok and any(f"llava: {len(items)} samples without provenance" in n for n in report.notes)

@@ -231,6 +231,40 @@ def summary(manifest: dict) -> str:
     return "\n".join(lines)
 
 
+def release_id(shards: list[dict]) -> str:
+    """sha256 over every shard's path and sha256: equal exactly when two outputs hold the same bytes."""
+    return hashlib.sha256("".join(f"{s['path']} {s['sha256']}\n" for s in sorted(shards, key=lambda s: s["path"]))
+                          .encode()).hexdigest()
+
+
+def release_section(manifest: dict) -> str:
+    """The card's release section: version, recipe hash, release id and the checksum of every shard, so two
+    releases of one recipe are told apart (and verified: ``datagen check OUT`` compares the shards)."""
+    rows = "\n".join(f"| `{s['path']}` | {s['count']} | `{s['sha256']}` |" for s in manifest["shards"])
+    return f"""
+## Release
+
+| | |
+|---|---|
+| datagen | {manifest['tools']['datagen']} |
+| created | {manifest['created']} |
+| recipe sha256 | `{manifest['recipe_sha256']}` |
+| release id | `{release_id(manifest['shards'])}` |
+
+The recipe sha256 names the recipe; the release id (sha256 over the shard checksums below) names these
+bytes: two releases of one recipe share the first and differ in the second when any sample differs.
+Exported samples carry `provenance` (source, source row ids, generators, recipe sha256, datagen version).
+
+<details><summary>shard checksums (sha256)</summary>
+
+| shard | samples | sha256 |
+|---|---|---|
+{rows}
+
+</details>
+"""
+
+
 def dataset_card(manifest: dict) -> str:
     c = manifest["counts"]
     warn = "".join(f"\n> **Warning:** {w}\n" for w in manifest["warnings"])
@@ -259,5 +293,5 @@ Pairs in {c['pairs']['in']} = kept {c['pairs']['kept']} + rejected {c['pairs']['
 | reject reason | rows |
 |---|---|
 {reasons}
-"""
+""" + release_section(manifest)
 

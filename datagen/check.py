@@ -516,6 +516,8 @@ class Checker:
     # -- shards
     def wds(self, out: Path) -> None:
         manifest = _load_json(self.report, out / "manifest.json")
+        self.run = {"recipe_sha256": (manifest or {}).get("recipe_sha256"),
+                    "datagen": (manifest or {}).get("tools", {}).get("datagen")}
         recorded = {s["path"]: s["sha256"] for s in (manifest or {}).get("shards", [])}
         for rel, sha in recorded.items():
             path = out / rel
@@ -538,6 +540,8 @@ class Checker:
         if not isinstance(body, dict):
             self.report.add("schema_invalid", where, "no <key>.json")
             return
+        if body.get("provenance") != self.run:  # absent, or written by another run than manifest.json's
+            self.no_provenance[f"wds:{split}"] += 1
         if split == "stage1":
             data = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
             if data is None:
@@ -690,7 +694,7 @@ def check(out: Path, formats: list[str] | None = None, tokenizer: str | Any | No
             report.notes.append(f"{folder}: no {SUMS}, image checksums not verified")
     for fmt, n in checker.no_provenance.items():
         report.notes.append(f"{fmt}: {n} samples without provenance (source, source_ids, generator, recipe_sha256,"
-                            " datagen): exported by an older datagen?")
+                            " datagen) or with another recipe's: written by an older datagen or another run?")
     if tok is None:
         report.notes.append("no --tokenizer: templates and label masks not checked")
     return report

@@ -359,6 +359,25 @@ def test_exported_samples_carry_provenance(demo):
     assert any(i.startswith("coco_") for i in image_ids) and image_ids <= stage1_keys, "source row ids lead to the stage-1 sample (its url)"
 
 
+def test_shard_samples_carry_the_run_provenance(demo, tmp_path):
+    manifest = json.loads((demo / "manifest.json").read_text())
+    run = {"recipe_sha256": manifest["recipe_sha256"], "datagen": manifest["tools"]["datagen"]}
+    bodies = [json.loads(t.extractfile(m).read()) for split in ("stage1", "stage2", "stage2_text")
+              for p in sorted((demo / split).glob("*.tar")) for t in [tarfile.open(p)]
+              for m in t.getmembers() if m.name.endswith(".json")]
+    c = manifest["counts"]
+    assert len(bodies) == c["stage1_samples"] + c["stage2_samples"] + c["stage2_text_samples"] > 0
+    assert all(b["provenance"] == run for b in bodies)
+    assert all(b["source"] and b["key"] for b in bodies)
+    # A shard from another run (another recipe) among these is noted.
+    out = tmp_path / "run"
+    shutil.copytree(demo, out, ignore=shutil.ignore_patterns("export", "_run"))
+    m = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps(m | {"recipe_sha256": "f" * 64}))
+    report = check(out, ["wds"])
+    assert report.ok and any("wds:stage1: " in n and "another recipe" in n for n in report.notes)
+
+
 def _keys(out, split):
     return {m.split(".")[0] for p in (out / split).glob("*.tar") for m in tarfile.open(p).getnames()}
 
@@ -370,3 +389,14 @@ def test_export_without_provenance_is_noted(copy):
     (copy / "llava.json").write_text(json.dumps(items))
     report = check(copy, ["llava"])
     assert report.ok and any(f"llava: {len(items)} samples without provenance" in n for n in report.notes)
+
+
+def test_recipe_hash_names_the_data_not_the_machinery():
+    from datagen.recipe import load_recipe
+    from datagen.sinks.manifest import recipe_hash
+
+    demo = str(ROOT / "recipes" / "demo.yaml")
+    base = recipe_hash(load_recipe(demo, [])[0])
+    assert base == recipe_hash(load_recipe(demo, ["executor.workers=2", "output.exports=[]", "output.check={}"])[0])
+    assert base != recipe_hash(load_recipe(demo, ["seed=3"])[0])
+    assert base != recipe_hash(load_recipe(demo, ["synthesize.positive_ratio=0.4"])[0])

@@ -182,6 +182,11 @@ class Template:
         text, targets = self.system, []
         for role, message in turns:
             if role == "user":
+                if self.name == "mplug_owl":  # as the export writes it: one "Human: <image>" line per leading image
+                    lines = message.split("\n")
+                    while len(lines) > 1 and lines[0].strip() == "<image>":
+                        text += self.user + lines.pop(0).strip()
+                    message = "\n".join(lines)
                 text += self.user + message + self.user_end
             else:
                 text += self.assistant
@@ -412,6 +417,7 @@ class Checker:
     def __init__(self, report: Report, token_check: TokenCheck | None):
         self.report, self.images, self.token_check = report, ImageChecker(report), token_check
         self.no_provenance: Counter = Counter()  # format -> exported samples without a complete provenance
+        self.run: dict = {}  # the run's provenance from manifest.json, which every shard sample should carry
 
     def provenance(self, fmt: str, item: dict) -> None:
         prov = item.get("provenance")

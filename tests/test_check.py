@@ -400,3 +400,14 @@ def test_recipe_hash_names_the_data_not_the_machinery():
     assert base == recipe_hash(load_recipe(demo, ["executor.workers=2", "output.exports=[]", "output.check={}"])[0])
     assert base != recipe_hash(load_recipe(demo, ["seed=3"])[0])
     assert base != recipe_hash(load_recipe(demo, ["synthesize.positive_ratio=0.4"])[0])
+
+
+def test_mplug_owl_template_renders_as_the_export_writes(demo):
+    from datagen.sinks.export import MPLUG_SYSTEM
+
+    line = (demo / "export" / "mplug_owl.jsonl").read_text().splitlines()[0]
+    text = json.loads(line)["text"]
+    turns = parse_mplug_text(text)
+    rendered, targets = TEMPLATES["mplug_owl"].render(turns, "</s>")
+    assert rendered.replace("</s>", "") == text and rendered.startswith(MPLUG_SYSTEM)
+    assert all(rendered[b:e].endswith("</s>") for b, e in targets)

@@ -411,3 +411,8 @@ def test_mplug_owl_template_renders_as_the_export_writes(demo):
     rendered, targets = TEMPLATES["mplug_owl"].render(turns, "</s>")
     assert rendered.replace("</s>", "") == text and rendered.startswith(MPLUG_SYSTEM)
     assert all(rendered[b:e].endswith("</s>") for b, e in targets)
+
+
+def test_tokenizer_that_is_not_a_local_folder_exits_2(demo, tmp_path, capsys):
+    assert main(["check", str(demo), "--format", "llava", "--tokenizer", str(tmp_path / "no-such-tokenizer")]) == 2
+    assert "not a local tokenizer folder" in capsys.readouterr().err

@@ -3,6 +3,7 @@
     datagen run RECIPE [--out DIR] [--set key.path=value ...] [--dry-run] [--fresh]
     datagen validate RECIPE [--set ...]          check a recipe without running it
     datagen export OUT --format llava|mplug_owl|sharegpt|hf [--dest DIR]
+    datagen check OUT [--format F ...] [--tokenizer DIR] [--template llava_v1]  verify before training
     datagen report OUT                           summary + plots of a finished run
     datagen view OUT [--split stage2] [-n 3]     print a few samples from the shards
     datagen schema [--check]                     (re)write schemas/recipe.schema.json
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -41,6 +43,12 @@ def _run(args: argparse.Namespace) -> int:
         manifest = finish(state, raw | ({"_overrides": args.set} if args.set else {}), recipe_path)
     print(summary(manifest))
     print(f"output: {out}/ (manifest.json, sizes.json, rejects.parquet, README.md)")
+    if "check" in manifest:
+        from datagen.check import Report
+
+        print(Report.from_dict(manifest["check"]).text())
+        if not manifest["check"]["ok"]:
+            return 5
     return 0 if manifest["counts"]["pairs"]["reconciled"] else 3
 
 
@@ -59,6 +67,15 @@ def _export(args: argparse.Namespace) -> int:
     for path in export(Path(args.out), dest, args.format, image_root=args.image_root):
         print(path)
     return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from datagen.check import check
+
+    report = check(Path(args.out), args.format, args.tokenizer, args.template, args.max_len,
+                   args.tokens_per_image, args.examples)
+    print(json.dumps(report.to_dict(), indent=1, ensure_ascii=False) if args.json else report.text())
+    return 0 if report.ok else 1
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -127,6 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dest", help="default <out>/export")
     e.add_argument("--image-root", help="mplug_owl: write image paths as IMAGE_ROOT/images/... (default: relative to DEST)")
     e.set_defaults(fn=_export)
+
+    c = sub.add_parser("check", help="verify a run or export before training: images, placeholders, roles, "
+                       "template tokenisation; exit 1 on any problem")
+    c.add_argument("out", help="a run's output folder (its shards and export/) or an export folder")
+    c.add_argument("--format", action="append", choices=["wds", "llava", "mplug_owl", "sharegpt", "hf"],
+                   help="check only these formats (repeatable; default: every one found)")
+    c.add_argument("--tokenizer", help="a local tokenizer folder: render and tokenise every conversation")
+    c.add_argument("--template", default="llava_v1", choices=["llava_v1", "vicuna_v1", "mplug_owl", "chatml"])
+    c.add_argument("--max-len", type=int, default=2048, help="longest sequence the trainer keeps (tokens)")
+    c.add_argument("--tokens-per-image", type=int, default=576, help="tokens one image takes (LLaVA-1.5: 576)")
+    c.add_argument("--examples", type=int, default=3, help="examples shown per problem")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.set_defaults(fn=_check)
 
     rep = sub.add_parser("report", help="write report.md with plots for a finished run")
     rep.add_argument("out")

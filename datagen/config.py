@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from datagen.check_config import CheckConfig
 from datagen.dedup import DedupConfig
 from datagen.fetch.config import FetchConfig
 from datagen.filters.clip_config import ClipConfig
@@ -49,6 +50,9 @@ class OutputConfig(_Strict):
     keep_intermediate: bool = Field(
         True, description="Keep the fetched images in <out>/_run/ after a successful run, so that editing a later "
         "step reuses them; false deletes them (a later run fetches again).")
+    check: CheckConfig | None = Field(
+        None, description="Run `datagen check` over the shards and exports at the end of the run: any problem "
+        "(a sample a trainer would drop or mis-train) fails the run with exit code 5; the report is in manifest.json.")
 
 
 class ExecutorConfig(_Strict):

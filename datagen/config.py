@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from datagen.dedup import DedupConfig
 from datagen.fetch.config import FetchConfig
 from datagen.filters.clip_config import ClipConfig
+from datagen.filters.meta import MetaRule
 from datagen.filters.quality import QualityConfig
 from datagen.llm.config import LLMGenerateConfig
 from datagen.ocr import OcrConfig
@@ -27,6 +28,9 @@ class _Strict(BaseModel):
 
 
 class FiltersConfig(_Strict):
+    meta: list[MetaRule] = Field(
+        default_factory=list, description="Rules over the source's own columns (LAION punsafe, COYO "
+        "aesthetic_score_laion_v2...), applied before any download; each failing rule rejects as meta_<column>.")
     quality: QualityConfig = Field(default_factory=QualityConfig)
     clip: ClipConfig | None = Field(None, description="CLIP score filter; null skips it.")
 

@@ -192,6 +192,10 @@ def _pair_steps(recipe: Recipe) -> list[StepFactory]:
     from datagen.filters.quality import QualityFilterStep
 
     steps = [StepFactory(FetchStep, recipe.fetch), StepFactory(QualityFilterStep, recipe.filters.quality)]
+    if recipe.filters.meta:  # first: rows the source's own scores reject are never fetched
+        from datagen.filters.meta import MetaFilterConfig, MetaFilterStep
+
+        steps.insert(0, StepFactory(MetaFilterStep, MetaFilterConfig(rules=recipe.filters.meta)))
     if recipe.filters.clip is not None:
         from datagen.filters.clip import ClipScoreStep
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from datagen.dedup import DedupConfig
 from datagen.fetch.config import FetchConfig
+from datagen.filters.caption import CaptionRulesConfig
 from datagen.filters.clip_config import ClipConfig
 from datagen.filters.meta import MetaRule
 from datagen.filters.quality import QualityConfig
@@ -31,6 +32,9 @@ class FiltersConfig(_Strict):
     meta: list[MetaRule] = Field(
         default_factory=list, description="Rules over the source's own columns (LAION punsafe, COYO "
         "aesthetic_score_laion_v2...), applied before any download; each failing rule rejects as meta_<column>.")
+    caption: CaptionRulesConfig | None = Field(
+        None, description="Language ID (caption_lang column, optional allow-list) and alt-text junk patterns, "
+        "before any download; null skips them.")
     quality: QualityConfig = Field(default_factory=QualityConfig)
     clip: ClipConfig | None = Field(None, description="CLIP score filter; null skips it.")
 

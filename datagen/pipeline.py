@@ -192,6 +192,10 @@ def _pair_steps(recipe: Recipe) -> list[StepFactory]:
     from datagen.filters.quality import QualityFilterStep
 
     steps = [StepFactory(FetchStep, recipe.fetch), StepFactory(QualityFilterStep, recipe.filters.quality)]
+    if recipe.filters.caption is not None:  # judges the caption only: before fetch too
+        from datagen.filters.caption import CaptionRulesStep
+
+        steps.insert(0, StepFactory(CaptionRulesStep, recipe.filters.caption))
     if recipe.filters.meta:  # first: rows the source's own scores reject are never fetched
         from datagen.filters.meta import MetaFilterConfig, MetaFilterStep
 

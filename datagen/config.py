@@ -16,6 +16,7 @@ from datagen.fetch.config import FetchConfig
 from datagen.filters.caption import CaptionRulesConfig
 from datagen.filters.clip_config import ClipConfig
 from datagen.filters.meta import MetaRule
+from datagen.filters.semdedup import SemDedupConfig
 from datagen.filters.quality import QualityConfig
 from datagen.llm.config import LLMGenerateConfig
 from datagen.ocr import OcrConfig
@@ -37,6 +38,14 @@ class FiltersConfig(_Strict):
         "before any download; null skips them.")
     quality: QualityConfig = Field(default_factory=QualityConfig)
     clip: ClipConfig | None = Field(None, description="CLIP score filter; null skips it.")
+    semantic_dedup: SemDedupConfig | None = Field(
+        None, description="SemDeDup over the CLIP image embeddings (needs filters.clip); null skips it.")
+
+    @model_validator(mode="after")
+    def _semantic_needs_clip(self) -> "FiltersConfig":
+        if self.semantic_dedup is not None and self.clip is None:
+            raise ValueError("filters.semantic_dedup reads the CLIP image embeddings: set filters.clip too")
+        return self
 
 
 class StageConfig(_Strict):

@@ -183,7 +183,8 @@ def shard_source(state: RunState, src) -> tuple[str, list[Shard]]:
 def _clip_scorer(recipe: Recipe):
     """The CLIP config for scoring only: the threshold is its own barrier (``ClipThresholdStep``),
     so editing it never recomputes scores."""
-    return recipe.filters.clip.model_copy(update={"min_score": None, "top_fraction": None})
+    return recipe.filters.clip.model_copy(update={"min_score": None, "top_fraction": None,
+                                                  "keep_embedding": recipe.filters.semantic_dedup is not None})
 
 
 def _pair_steps(recipe: Recipe) -> list[StepFactory]:
@@ -229,6 +230,10 @@ def _barriers(recipe: Recipe) -> list[StepFactory]:
         from datagen.dedup import DedupStep
 
         out.append(StepFactory(DedupStep, recipe.dedup))
+    if recipe.filters.semantic_dedup is not None:
+        from datagen.filters.semdedup import SemDedupStep
+
+        out.append(StepFactory(SemDedupStep, recipe.filters.semantic_dedup))
     return out
 
 

@@ -16,6 +16,7 @@ from datagen.fetch.config import FetchConfig
 from datagen.filters.caption import CaptionRulesConfig
 from datagen.filters.clip_config import ClipConfig
 from datagen.filters.meta import MetaRule
+from datagen.filters.nsfw import NsfwConfig
 from datagen.filters.semdedup import SemDedupConfig
 from datagen.filters.quality import QualityConfig
 from datagen.llm.config import LLMGenerateConfig
@@ -37,6 +38,9 @@ class FiltersConfig(_Strict):
         None, description="Language ID (caption_lang column, optional allow-list) and alt-text junk patterns, "
         "before any download; null skips them.")
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    nsfw: NsfwConfig | None = Field(
+        None, description="NudeNet on the fetched pictures (pip install 'datagen[nsfw]'): nsfw_score column and a "
+        "threshold; null skips it.")
     clip: ClipConfig | None = Field(None, description="CLIP score filter; null skips it.")
     semantic_dedup: SemDedupConfig | None = Field(
         None, description="SemDeDup over the CLIP image embeddings (needs filters.clip); null skips it.")

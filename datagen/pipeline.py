@@ -201,6 +201,10 @@ def _pair_steps(recipe: Recipe) -> list[StepFactory]:
         from datagen.filters.meta import MetaFilterConfig, MetaFilterStep
 
         steps.insert(0, StepFactory(MetaFilterStep, MetaFilterConfig(rules=recipe.filters.meta)))
+    if recipe.filters.nsfw is not None:
+        from datagen.filters.nsfw import NsfwStep
+
+        steps.append(StepFactory(NsfwStep, recipe.filters.nsfw))
     if recipe.filters.clip is not None:
         from datagen.filters.clip import ClipScoreStep
 
@@ -260,7 +264,11 @@ def _conversation_translate(recipe: Recipe) -> list[StepFactory]:
 
 def preflight(recipe: Recipe, ctx: RunContext) -> None:
     """Fail before any work on what is already knowable: CLIP weights that cannot be had
-    (unless the recipe allows the untrained fallback)."""
+    (unless the recipe allows the untrained fallback), a missing NSFW detector."""
+    if recipe.filters.nsfw is not None:
+        from datagen.filters.nsfw import require_nudenet
+
+        require_nudenet()
     if recipe.filters.clip is not None:
         from datagen.filters.clip import ClipScoreStep
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from datagen.dedup import DedupConfig
 from datagen.fetch.config import FetchConfig
+from datagen.filters.aesthetic import AestheticConfig
 from datagen.filters.caption import CaptionRulesConfig
 from datagen.filters.clip_config import ClipConfig
 from datagen.filters.meta import MetaRule
@@ -42,13 +43,17 @@ class FiltersConfig(_Strict):
         None, description="NudeNet on the fetched pictures (pip install 'datagen[nsfw]'): nsfw_score column and a "
         "threshold; null skips it.")
     clip: ClipConfig | None = Field(None, description="CLIP score filter; null skips it.")
+    aesthetic: AestheticConfig | None = Field(
+        None, description="LAION aesthetic predictor over the CLIP ViT-L/14 image embeddings (needs filters.clip "
+        "with ViT-L-14/openai); null skips it.")
     semantic_dedup: SemDedupConfig | None = Field(
         None, description="SemDeDup over the CLIP image embeddings (needs filters.clip); null skips it.")
 
     @model_validator(mode="after")
-    def _semantic_needs_clip(self) -> "FiltersConfig":
-        if self.semantic_dedup is not None and self.clip is None:
-            raise ValueError("filters.semantic_dedup reads the CLIP image embeddings: set filters.clip too")
+    def _embeddings_need_clip(self) -> "FiltersConfig":
+        for name in ("semantic_dedup", "aesthetic"):
+            if getattr(self, name) is not None and self.clip is None:
+                raise ValueError(f"filters.{name} reads the CLIP image embeddings: set filters.clip too")
         return self
 
 

@@ -184,7 +184,8 @@ def _clip_scorer(recipe: Recipe):
     """The CLIP config for scoring only: the threshold is its own barrier (``ClipThresholdStep``),
     so editing it never recomputes scores."""
     return recipe.filters.clip.model_copy(update={"min_score": None, "top_fraction": None,
-                                                  "keep_embedding": recipe.filters.semantic_dedup is not None})
+                                                  "keep_embedding": recipe.filters.semantic_dedup is not None
+                                                  or recipe.filters.aesthetic is not None})
 
 
 def _pair_steps(recipe: Recipe) -> list[StepFactory]:
@@ -209,6 +210,10 @@ def _pair_steps(recipe: Recipe) -> list[StepFactory]:
         from datagen.filters.clip import ClipScoreStep
 
         steps.append(StepFactory(ClipScoreStep, _clip_scorer(recipe)))
+        if recipe.filters.aesthetic is not None:  # an MLP over the embedding the CLIP step just stored
+            from datagen.filters.aesthetic import AestheticStep
+
+            steps.append(StepFactory(AestheticStep, recipe.filters.aesthetic))
     if recipe.dedup is not None and "phash" in recipe.dedup.by:
         from datagen.dedup import PhashStep
 
@@ -269,6 +274,12 @@ def preflight(recipe: Recipe, ctx: RunContext) -> None:
         from datagen.filters.nsfw import require_nudenet
 
         require_nudenet()
+    if recipe.filters.aesthetic is not None and not recipe.filters.aesthetic.allow_skip:
+        from datagen.filters.aesthetic import AestheticWeightsUnavailable, resolve, unavailable_message
+
+        kind, _, checked = resolve(recipe.filters.aesthetic, ctx.resolve)
+        if kind == "unavailable":
+            raise AestheticWeightsUnavailable(unavailable_message(recipe.filters.aesthetic, checked))
     if recipe.filters.clip is not None:
         from datagen.filters.clip import ClipScoreStep
 

@@ -19,6 +19,7 @@ from datagen.filters.clip_config import ClipConfig
 from datagen.filters.meta import MetaRule
 from datagen.filters.nsfw import NsfwConfig
 from datagen.filters.semdedup import SemDedupConfig
+from datagen.filters.watermark import WatermarkConfig
 from datagen.filters.quality import QualityConfig
 from datagen.llm.config import LLMGenerateConfig
 from datagen.ocr import OcrConfig
@@ -42,6 +43,9 @@ class FiltersConfig(_Strict):
     nsfw: NsfwConfig | None = Field(
         None, description="NudeNet on the fetched pictures (pip install 'datagen[nsfw]'): nsfw_score column and a "
         "threshold; null skips it.")
+    watermark: WatermarkConfig | None = Field(
+        None, description="LAION's watermark detector on the fetched pictures (a local watermark_model_v1.pt); "
+        "null skips it.")
     clip: ClipConfig | None = Field(None, description="CLIP score filter; null skips it.")
     aesthetic: AestheticConfig | None = Field(
         None, description="LAION aesthetic predictor over the CLIP ViT-L/14 image embeddings (needs filters.clip "

@@ -206,6 +206,10 @@ def _pair_steps(recipe: Recipe) -> list[StepFactory]:
         from datagen.filters.nsfw import NsfwStep
 
         steps.append(StepFactory(NsfwStep, recipe.filters.nsfw))
+    if recipe.filters.watermark is not None:
+        from datagen.filters.watermark import WatermarkStep
+
+        steps.append(StepFactory(WatermarkStep, recipe.filters.watermark))
     if recipe.filters.clip is not None:
         from datagen.filters.clip import ClipScoreStep
 
@@ -274,6 +278,10 @@ def preflight(recipe: Recipe, ctx: RunContext) -> None:
         from datagen.filters.nsfw import require_nudenet
 
         require_nudenet()
+    if recipe.filters.watermark is not None and not recipe.filters.watermark.allow_skip:
+        from datagen.filters.watermark import check_weights
+
+        check_weights(recipe.filters.watermark, ctx.resolve)
     if recipe.filters.aesthetic is not None and not recipe.filters.aesthetic.allow_skip:
         from datagen.filters.aesthetic import AestheticWeightsUnavailable, resolve, unavailable_message
 

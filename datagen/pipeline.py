@@ -1,9 +1,10 @@
 """A recipe as shard tasks and barriers (DESIGN.md section 4).
 
     sources --(cut into input shards of executor.shard_rows rows)--> _run/sources/<name>/<fp>/shard-N.parquet
-    each pair shard --(fused: fetch -> quality -> [clip score] -> [phash] -> [ocr] -> [caption translation])-->
+    each pair shard --(fused: [meta] -> [caption rules] -> fetch -> quality -> [nsfw] -> [watermark] -> [clip score]
+                       -> [aesthetic] -> [phash] -> [ocr] -> [caption translation])-->
         _run/pairs/<fp>/<shard>/  (kept rows with image bytes, rejects, stats; once, atomically)
-    all pair parts' metadata --(barriers: [clip_threshold], [dedup])--> _run/barriers/*.parquet (key decisions)
+    all pair parts' metadata --(barriers: [clip_threshold], [dedup], [semantic_dedup])--> _run/barriers/*.parquet (key decisions)
     each pair shard minus decisions --([synthesize] + [llm_generate] -> [translate])--> _run/convs/<fp>/<shard>/
     text-only shards --([translate])--> _run/convs/<fp>/<shard>/
     parts + decisions --(sinks: hash-ordered buckets)--> stage1 / stage2 / stage2_text shards

@@ -27,11 +27,14 @@ dataset: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-## make train: both mPLUG-Owl stages, tiny model, on the demo's shards (runs `make dataset` first if needed)
+## make train: both mPLUG-Owl stages, tiny model, on the demo's shards (runs `make dataset` first if needed),
+## then one `datagen chat` answer about a demo picture
 train: $(STAMP)
 	@test -f out/demo/manifest.json || $(MAKE) dataset
 	$(BIN)/datagen train recipes/train/stage1_tiny.yaml --no-resume
 	$(BIN)/datagen train recipes/train/stage2_tiny.yaml --no-resume
+	$(BIN)/datagen chat out/train/stage2_tiny --image datagen/assets/demo/images/motorcycle_shelf.jpg \
+		--max-new-tokens 40 "How many motorcycles does the photo show?"
 
 ## make bench: throughput benchmarks, each printing a ratio against a baseline measured in the same run
 bench: $(STAMP)

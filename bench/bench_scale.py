@@ -13,7 +13,7 @@
    per-row-group reads (``RandomLookup``, a copy of the removed ``ImageStore``),
    timed on a sample of lookups because the full run would take hours.
 
-    python bench/bench_scale.py [--rows 100000] [--stage2 100000]
+    python bench/bench_scale.py [--rows 100000] [--stage2 100000] [--stage2-kb 100]
     python bench/bench_scale.py --rows 1000000      # the figures in the README
 """
 from __future__ import annotations
@@ -159,7 +159,7 @@ class RandomLookup:
         return self._groups[g][j]
 
 
-def stage2_bench(root: Path, n: int, baseline_lookups: int) -> dict:
+def stage2_bench(root: Path, n: int, baseline_lookups: int, kb: int = 100) -> dict:
     from datagen.config import OutputConfig, StageConfig
     from datagen.core.parts import PartWriter
     from datagen.pipeline import Shard
@@ -167,8 +167,9 @@ def stage2_bench(root: Path, n: int, baseline_lookups: int) -> dict:
     from datagen.sinks.stages import write_stage2
 
     work = root / "stage2"
-    jpg = io.BytesIO()  # about 100 KB, like the web images the issue measured (mean 116 KB)
-    Image.fromarray(np.random.default_rng(1).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(jpg, "JPEG", quality=85)
+    jpg = io.BytesIO()  # ``kb`` KB of noise JPEG; the issue measured web images of 116 KB on average
+    side = int(200 * (kb / 31) ** 0.5)  # noise JPEG at quality 85: about 31 KB at 200x200
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (side, side, 3), dtype=np.uint8)).save(jpg, "JPEG", quality=85)
     img = jpg.getvalue()
     parts, shard_rows = [], 10_000
     for s in range(0, n, shard_rows):
@@ -221,12 +222,20 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=100_000, help="the larger size; the smaller is one tenth")
     ap.add_argument("--stage2", type=int, default=100_000, help="stage-2 samples written in shuffled order")
     ap.add_argument("--baseline-lookups", type=int, default=300)
+    ap.add_argument("--stage2-kb", type=int, default=100, help="stage-2 image size (the issue measured a mean of 116 KB); "
+                    "needs about 3 x samples x size of free disk for a moment")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--keep", help="work folder to keep (default: a temporary one)")
+    ap.add_argument("--stage2-only", action="store_true", help="only the stage-2 writing comparison")
     args = ap.parse_args()
     root = Path(args.keep or tempfile.mkdtemp(prefix="bench_scale-"))
     root.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.stage2_only:
+        s2 = stage2_bench(root, args.stage2, args.baseline_lookups, args.stage2_kb)
+        print(f"stage-2 writing: {json.dumps(s2)}")
+        print(f"stage-2 bucket join vs random lookups: {s2['speedup']}x faster (bar: >= 20x)")
+        return
     small = run_size(root, args.rows // 10, args.workers)
     print(f"scale {small['rows']:>9} rows: {json.dumps(small)}", flush=True)
     large = run_size(root, args.rows, args.workers)
@@ -235,7 +244,7 @@ def main() -> None:
     print(f"rows/s per core, {small['rows']} over {large['rows']}: {ratio:.2f}x (bar: <= 1.3x)")
     print(f"peak RSS at {large['rows']} rows: {large['peak_rss_gb']} GB (bar at 1M: < 2 GB)")
     print(f"_run/ over shard bytes: {large['run_dir_over_shards']} (bar: <= 1.5)")
-    s2 = stage2_bench(root, args.stage2, args.baseline_lookups)
+    s2 = stage2_bench(root, args.stage2, args.baseline_lookups, args.stage2_kb)
     print(f"stage-2 writing: {json.dumps(s2)}")
     print(f"stage-2 bucket join vs random lookups: {s2['speedup']}x faster (bar: >= 20x)")
     if not args.keep:

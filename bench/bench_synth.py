@@ -8,13 +8,20 @@ Single process, one thread; each timing is the best of --repeat runs. Measures, 
 - baseline: the same step called row by row (one-row Arrow tables), the naive
   way to drive an expand step, over the first 500 images;
 - the checker's own throughput (re-deriving every answer from the text and
-  annotations), and its disagreement count over the whole output (expected 0).
+  annotations), and its disagreement count over the whole output (expected 0);
+- quality, read from the text (issue 13): distinct question phrasings per task and
+  language (names and numbers masked), yes share per family and per top-10 label,
+  activity questions about objects (expected 0), detailed description lengths
+  (English words, Chinese characters), OCR lines dropped by reason, and how many
+  box pairs the old centre-margin rule would have related that the geometry rules
+  now skip (stuff background, overlap/containment, no dominant axis).
 Instructions = user/assistant pairs, both languages counted.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import os
 import sys
 import tempfile
@@ -26,12 +33,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datagen.steps import RunContext  # noqa: E402
 from datagen.synth.checker import Checker  # noqa: E402
 from datagen.synth.config import MultiImageConfig, SynthConfig  # noqa: E402
+from datagen.synth.facts import Geometry, facts_from_row, is_stuff, overlap_of_smaller, spatial_relation  # noqa: E402
 from datagen.synth.fakecoco import fake_coco_pairs  # noqa: E402
+from datagen.synth.quality import activity_questions, detailed_lengths, phrasing_counts  # noqa: E402
 from datagen.synth.step import SynthesizeStep  # noqa: E402
 
 
 def count_instructions(table) -> int:
     return sum(len(c["turns"]) // 2 for convs in table.column("conversations").to_pylist() for c in convs)
+
+
+def spatial_skips(table, cfg) -> dict[str, int]:
+    """Pairs of unique objects the old rule (centres beyond the margin on either axis) would relate,
+    by what the geometry rules make of them now."""
+    geo = Geometry.from_config(cfg)
+    out = {"stated": 0, "stuff_background": 0, "overlap_or_containment": 0, "no_dominant_axis": 0}
+    for row in table.to_pylist():
+        f = facts_from_row(row, None, geo)
+        uniq = [o for o in f.objects if not o.iscrowd and f.counts.get(o.label) == 1 and o.label not in f.crowd]
+        for i, a in enumerate(uniq):
+            for b in uniq[i + 1:]:
+                dx, dy = abs(a.center[0] - b.center[0]) / f.width, abs(a.center[1] - b.center[1]) / f.height
+                if max(dx, dy) <= geo.spatial_margin:
+                    continue  # the old rule skipped these too
+                if spatial_relation(a, b, f.width, f.height, geo):
+                    out["stated"] += 1
+                elif is_stuff(a, f.width, f.height, geo) or is_stuff(b, f.width, f.height, geo):
+                    out["stuff_background"] += 1
+                elif overlap_of_smaller(a, b) > geo.max_overlap:
+                    out["overlap_or_containment"] += 1
+                else:
+                    out["no_dominant_axis"] += 1
+    return out
 
 
 def main() -> int:
@@ -89,6 +122,19 @@ def main() -> int:
     print(f"checker: {n_instr / t_check:,.0f} instructions/s/core (ratio synthesis/checker: {rate / (n_instr / t_check):.2f}x)")
     print(f"negative share: {st['negative_share']} (target {st['negative_share_target']})")
     print(f"per family: {dict(sorted(st['family'].items()))}")
+    rows = [r for o in outs for r in o.kept.to_pylist()]
+    shares = checker.yes_shares(rows)
+    print(f"yes share per family (from the text): {shares['family']}")
+    print(f"yes share, top-10 existence labels: {shares['label']}")
+    for lang, counts in phrasing_counts(rows).items():
+        print(f"question phrasings ({lang}, names/numbers masked): {counts}")
+    print(f"activity questions: {activity_questions(rows)}")
+    lengths = detailed_lengths(rows)
+    if lengths["en"] and lengths["zh"]:
+        print(f"detailed descriptions: median {statistics.median(lengths['en'])} English words, "
+              f"{statistics.median(lengths['zh'])} Chinese characters")
+    print(f"OCR lines not quoted, by reason: {st.get('ocr_dropped', {})}")
+    print(f"box pairs the old rule relates, skipped now: {spatial_skips(table, cfg)}")
     print(f"checker disagreements over all {n_instr} instructions: {len(disagreements)}")
     for d in disagreements[:10]:
         print("  ", d)

@@ -7,6 +7,8 @@
     datagen view OUT [--split stage2] [-n 3]     print a few samples from the shards
     datagen schema [--check]                     (re)write schemas/recipe.schema.json
     datagen train CONFIG [...] / datagen eval ...  the bundled two-stage trainer
+    datagen chat MODEL --image IMG ["question"]    talk to a trained model (REPL without a question)
+    datagen export-model CKPT DEST [--adapter]     a Hugging Face folder of a trained model
 """
 
 from __future__ import annotations
@@ -142,16 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("train", help="train a stage (see `datagen train --help`)", add_help=False)
     sub.add_parser("eval", help="evaluate a checkpoint (see `datagen eval --help`)", add_help=False)
+    sub.add_parser("chat", help="chat with a trained model (see `datagen chat --help`)", add_help=False)
+    sub.add_parser("export-model", help="export a trained model (see `datagen export-model --help`)", add_help=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # The trainer has its own argument parser; hand it everything after the command.
-    if argv and argv[0] in ("train", "eval"):
+    if argv and argv[0] in ("train", "eval", "chat", "export-model"):
         from datagen.train import cli as train_cli
 
-        return (train_cli.train_main if argv[0] == "train" else train_cli.eval_main)(argv[1:])
+        return train_cli.COMMANDS[argv[0]](argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

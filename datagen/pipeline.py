@@ -400,7 +400,8 @@ def _drop_lists(state: RunState) -> dict[str, list[str]]:
 
 
 def _prepare_labels(state: RunState, factory: StepFactory, drops: dict[str, list[str]]) -> None:
-    """The label-statistics barrier for adversarial/popular negatives: reads only ``objects``."""
+    """The label-statistics barrier for adversarial/popular negatives (and the per-label weights the
+    step fits on a sample of images): reads the metadata columns, never the images."""
     import pyarrow.compute as pc
 
     sources = getattr(factory.config, "sources", None)
@@ -410,8 +411,7 @@ def _prepare_labels(state: RunState, factory: StepFactory, drops: dict[str, list
             if sources is not None and shard.source not in sources:
                 continue
             drop = pa.array(drops.get(shard.id, []), type=pa.string())
-            for b in pq.ParquetFile(part.kept).iter_batches(batch_size=4096, columns=["key", "objects"]) \
-                    if "objects" in pq.ParquetFile(part.kept).schema_arrow.names else []:
+            for b in pq.ParquetFile(part.kept).iter_batches(batch_size=4096, columns=columns_except(part.kept, "image")):
                 t = pa.Table.from_batches([b])
                 yield t.filter(pc.invert(pc.is_in(t.column("key"), value_set=drop))) if len(drop) else t
 

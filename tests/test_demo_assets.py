@@ -105,7 +105,11 @@ def test_every_image_has_five_distinct_sentence_captions(captions, instances):
     all_caps = [c for caps in per_image.values() for c in caps]
     assert len(set(all_caps)) == len(all_caps), "a caption is reused"
     for image_id, caps in per_image.items():
+        zh = [c for c in caps if any("\u4e00" <= ch <= "\u9fff" for ch in c)]
+        caps = [c for c in caps if c not in zh]
         assert len(caps) == 5, (image_id, caps)
+        # every image also has Chinese captions (COCO-CN style), so Chinese descriptions have a source
+        assert len(zh) == 2 and all(c.endswith("。") and len(c) >= 10 for c in zh), (image_id, zh)
         for c in caps:
             assert c[0].isupper() and c.endswith("."), c
             assert c.count(". ") == 0, f"more than one sentence: {c!r}"

@@ -168,3 +168,22 @@ def test_report_view_and_other_exports(demo, capsys, tmp_path):
     assert main(["export", str(demo), "--format", "hf", "--dest", str(demo / "x")]) == 0
     ds = datasets.load_dataset(str(demo / "x" / "hf"), split="train", cache_dir=str(tmp_path / "hf-cache"))
     assert len(ds) == len(sharegpt) > 0 and set(ds["lang"]) == {"en", "zh"}
+
+
+def test_every_captioned_image_speaks_chinese_and_chinese_descriptions_are_as_rich(demo):
+    import statistics
+
+    rows = [json.loads(s["json"]) for s in read_split(demo, "stage2")]
+    single = [r for r in rows if len(r["images"]) == 1]
+    assert single and all(any(c["lang"] == "zh" for c in r["conversations"]) for r in single)
+    detailed = {"en": [], "zh": []}
+    for r in single:
+        for c in r["conversations"]:
+            for i in range(0, len(c["turns"]) - 1, 2):
+                if c["turns"][i]["task"] == "detailed_description":
+                    a = c["turns"][i + 1]["content"]
+                    detailed[c["lang"]].append(len(a.split()) if c["lang"] == "en" else len(a))
+    assert detailed["en"] and detailed["zh"]
+    assert statistics.median(detailed["zh"]) >= statistics.median(detailed["en"])  # characters against words
+    synth = next(s for s in json.loads((demo / "manifest.json").read_text())["steps"] if s["name"] == "synthesize")["stats"]
+    assert set(synth["yes_share"]) == {"family", "label"} and "existence" in synth["yes_share"]["family"]

@@ -105,18 +105,23 @@ def test_stream_is_deterministic_and_epochs_differ(shards, tok):
     assert a == b and a != c
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_resume_position_reproduces_the_rest_of_the_stream(shards, tok, workers):
-    """Skipping k consumed batches (odd k, so worker roles rotate) and crossing an epoch boundary."""
+@pytest.mark.parametrize("workers, group", [(0, 0), (2, 0), (0, 2), (2, 3)])
+def test_resume_position_reproduces_the_rest_of_the_stream(shards, tok, workers, group):
+    """Skipping k consumed batches (odd k, so worker roles rotate) and crossing an epoch boundary,
+    with and without length grouping (a resume inside a window)."""
     torch.set_num_threads(1)
-    s = spec(shards, tok, text_ratio=0.2)
+    s = spec(shards, tok, text_ratio=0.2, group_by_length=group)
     full_pos = StreamPosition()
-    full = [(b["keys"], b["input_ids"]) for b in islice(training_batches(s, full_pos, num_workers=workers, epoch_batches=4), 7)]
+    full = [(b["keys"], b["input_ids"]) for b in islice(training_batches(s, full_pos, num_workers=workers, epoch_batches=8), 11)]
     assert full_pos.epoch == 1 and full_pos.batch == 3
+    pos = StreamPosition(epoch=0, batch=5)
+    rest = [(b["keys"], b["input_ids"]) for b in islice(training_batches(s, pos, num_workers=workers, epoch_batches=8), 6)]
+    assert [k for k, _ in rest] == [k for k, _ in full[5:]]
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(rest, full[5:]))
     pos = StreamPosition(epoch=0, batch=3)
-    rest = [(b["keys"], b["input_ids"]) for b in islice(training_batches(s, pos, num_workers=workers, epoch_batches=4), 4)]
-    assert [k for k, _ in rest] == [k for k, _ in full[3:]]
-    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(rest, full[3:]))
+    rest = [(b["keys"], b["input_ids"]) for b in islice(training_batches(s, pos, num_workers=workers, epoch_batches=8), 4)]
+    assert [k for k, _ in rest] == [k for k, _ in full[3:7]]
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(rest, full[3:7]))
     assert Counter(k for keys, _ in full for k in keys)  # non-empty
 
 
@@ -150,3 +155,61 @@ def test_multi_image_samples_with_a_held_out_image_stay_out_of_training(shards, 
     trained = {k for b in build_dataset(s) for k in b["keys"]}
     assert trained and not {m["key"] for m in leaky} & trained
     assert not any(in_holdout(k, frac) for k in trained)
+
+
+def _wide_image_with_object_at_the_left_edge():
+    """300x100 black picture, a red box in the leftmost 40 columns: a centre crop to a square
+    (the middle 100 columns) would cut the object out entirely."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (300, 100), (0, 0, 0))
+    ImageDraw.Draw(img).rectangle([0, 20, 39, 79], fill=(255, 0, 0))
+    return img
+
+
+def test_squash_keeps_every_object_and_matches_mplug_owl_preprocessing():
+    import torchvision.transforms as T
+
+    from datagen.train.data import ImageTransform
+
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    img = _wide_image_with_object_at_the_left_edge()
+    x = ImageTransform(48, mean, std, "squash")(img)
+    # mPLUG-Owl's own pipeline: Resize((224, 224), BICUBIC), ToTensor, Normalize
+    ref = T.Compose([T.Resize((48, 48), interpolation=T.InterpolationMode.BICUBIC), T.ToTensor(),
+                     T.Normalize(mean, std)])(img)
+    assert x.shape == (3, 48, 48)
+    assert torch.allclose(x, ref, atol=1e-5)
+    red = x[0] * std[0] + mean[0]  # back to [0, 1]
+    assert red[16:32, :4].mean() > 0.9  # the box is still in the picture (left 40/300 of the width)
+    assert red[:, 10:].max() < 0.2  # and squashed into the left columns only
+
+
+def test_pad_keeps_the_aspect_ratio_with_mean_colour_bands():
+    from datagen.train.data import ImageTransform
+
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.2, 0.2)
+    x = ImageTransform(30, mean, std, "pad")(_wide_image_with_object_at_the_left_edge())
+    assert x.shape == (3, 30, 30)
+    assert x[:, :8].abs().max() < 0.1 and x[:, -8:].abs().max() < 0.1  # mean colour -> 0 after normalising
+    red = x[0] * std[0] + mean[0]
+    assert red[13:17, :3].mean() > 0.9  # the object kept at the left edge, box 60/300 high -> rows 12..17
+    with pytest.raises(ValueError, match="squash' or 'pad"):
+        ImageTransform(30, mean, std, "crop")
+
+
+def _padding(batches) -> float:
+    cells = sum(b["attention_mask"].numel() for b in batches)
+    return 1 - sum(int(b["attention_mask"].sum()) for b in batches) / cells
+
+
+def test_length_grouping_cuts_padding_and_keeps_every_example(shards, tok):
+    """Same examples (a finite pass over the shards), batched plainly and length-grouped."""
+    base = dict(resampled=False, shuffle_buffer=0, text_ratio=0.0, batch_size=3)
+    plain = list(build_dataset(spec(shards, tok, **base)))
+    grouped = list(build_dataset(spec(shards, tok, group_by_length=4, **base)))
+    keys = lambda bs: Counter(k for b in bs for k in b["keys"])  # noqa: E731
+    assert keys(grouped) == keys(plain) and sum(keys(plain).values()) > 20
+    assert _padding(grouped) < 0.5 * _padding(plain)
+    for b in grouped:  # padding stays consistent: labels never on a padded cell
+        assert ((b["labels"] != -100) & (b["attention_mask"] == 0)).sum() == 0

@@ -13,7 +13,7 @@ from datagen.train.eval import existence_question, pope_metrics, pope_questions
         ("dog", "Is there a dog in the image?"),
         ("umbrella", "Is there an umbrella in the image?"),
         ("orange", "Is there an orange in the image?"),
-        ("hair drier", "Is there a hair drier in the image?"),
+        ("hair drier", "Is there a hair dryer in the image?"),  # COCO's name, the word people write
         ("scissors", "Is there a pair of scissors in the image?"),  # COCO: the lexicon's surface form
         ("tv", "Is there a TV in the image?"),
         ("hour glass", "Is there an hour glass in the image?"),  # not COCO: article by sound

@@ -21,7 +21,9 @@ from datagen.train.synthetic import write_synthetic_shards
 torch.set_num_threads(2)
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "train"
-FAST = ["data.num_workers=0", "data.batch_size=4", "data.max_seq_len=128", "log_every=100"]
+FAST = ["data.num_workers=0", "data.batch_size=4", "data.max_seq_len=128", "log_every=100", "eval_every=null"]
+# stage2_tiny trains the whole tiny LLM (so `make train` shows learning); these tests check mPLUG-Owl's LoRA
+LORA = ["train_llm=false", "lora={r: 8, alpha: 32, dropout: 0.05, target_modules: [q_proj, v_proj]}"]
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,7 @@ def stage1(shards, tmp_path_factory):
 def stage2(shards, stage1, tmp_path_factory):
     out = tmp_path_factory.mktemp("s2")
     cfg = load_config(RECIPES / "stage2_tiny.yaml",
-                      [f"data.dir={shards}", f"out={out}", f"init_from={stage1[0]}", "max_steps=4", *FAST])
+                      [f"data.dir={shards}", f"out={out}", f"init_from={stage1[0]}", "max_steps=4", *FAST, *LORA])
     result = train(cfg, quiet=True)
     return out, result
 
@@ -102,15 +104,17 @@ def test_exact_resume_n_steps_equals_half_resume_half(shards, stage1, tmp_path):
     boundary inside the second half: the weights must be bit-identical."""
     base = [f"data.dir={shards}", f"init_from={stage1[0]}", "max_steps=6", "data.epoch_batches=4",
             "data.num_workers=2", "data.batch_size=3", "data.max_seq_len=128", "data.text_ratio=0.3",
-            "optim.warmup_steps=2", "log_every=100"]
+            "optim.warmup_steps=2", "log_every=100", "data.group_by_length=2",
+            "eval_every=2", "eval_batches=1", "eval_pope_images=2", "data.holdout_fraction=0.3", *LORA]
     full = train(load_config(RECIPES / "stage2_tiny.yaml", base + [f"out={tmp_path / 'full'}"]), quiet=True)
     first = train(load_config(RECIPES / "stage2_tiny.yaml", base + [f"out={tmp_path / 'split'}", "stop_at_step=3"]),
                   quiet=True)
     second = train(load_config(RECIPES / "stage2_tiny.yaml", base + [f"out={tmp_path / 'split'}"]), quiet=True)
     assert first["step"] == 3 and second["step"] == 6 and len(second["losses"]) == 3
     assert first["losses"] + second["losses"] == full["losses"]
-    log = [json.loads(line)["step"] for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
-    assert log == [1, 2, 3, 4, 5, 6]
+    log = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in log if "eval" in r] == [2, 3, 4, 6]  # every 2 steps and at each stop
     a, b = _state(full["checkpoint"]), _state(second["checkpoint"])
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -148,7 +152,8 @@ def test_grad_accumulation_matches_one_big_batch(shards, tmp_path):
     def run(bs, accum, name, *extra):
         cfg = load_config(RECIPES / "stage1_tiny.yaml", [
             f"data.dir={shards}", f"out={tmp_path / name}", "data.num_workers=0", f"data.batch_size={bs}",
-            f"optim.grad_accum={accum}", "max_steps=1", "data.max_seq_len=128", "log_every=100", *extra])
+            f"optim.grad_accum={accum}", "max_steps=1", "data.max_seq_len=128", "log_every=100",
+            "data.group_by_length=0", *extra])
         train(cfg, quiet=True)
         return json.loads((tmp_path / name / "log.jsonl").read_text().splitlines()[0])
 
@@ -192,7 +197,8 @@ def test_ddp_two_processes_gloo_keep_replicas_identical(shards, stage1, tmp_path
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={_free_port()}", str(script), str(RECIPES / "stage2_tiny.yaml"),
            f"data.dir={shards}", f"out={out}", f"init_from={stage1[0]}", "max_steps=2", "data.num_workers=0",
-           "data.batch_size=2", "data.max_seq_len=96", "optim.grad_accum=2", "data.text_ratio=0.3", "log_every=1"]
+           "data.batch_size=2", "data.max_seq_len=96", "optim.grad_accum=2", "data.text_ratio=0.3", "log_every=1",
+           "eval_every=null", *LORA]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -214,7 +220,8 @@ def test_eval_reports_heldout_loss_and_pope(stage2, shards, tmp_path, capsys):
     out2, _ = stage2
     report_path = tmp_path / "report.json"
     rc = eval_main([str(out2), "--data", str(shards), "--max-batches", "2", "--batch-size", "4",
-                    "--pope-per-image", "1", "--holdout-fraction", "0.5", "--out", str(report_path)])
+                    "--pope-per-image", "1", "--holdout-fraction", "0.5", "--max-new-tokens", "4",
+                    "--out", str(report_path)])
     assert rc == 0
     report = json.loads(report_path.read_text())
     assert report["split"] == "stage2" and report["heldout"]["tokens"] > 0
@@ -224,6 +231,8 @@ def test_eval_reports_heldout_loss_and_pope(stage2, shards, tmp_path, capsys):
         assert pope["images"] > 0 and pope["n"] == 2 * pope["images"] and pope["skipped_no_translation"] == 0
         for k in ("accuracy", "f1", "yes_ratio"):
             assert 0.0 <= pope[k] <= 1.0
+        gen = report["pope_generate"][lang]  # the same questions, answered by generation
+        assert gen["n"] == pope["n"] and 0 <= gen["unparsed"] <= gen["n"] and gen["examples"]
     assert '"pope"' in capsys.readouterr().out
 
 
@@ -234,32 +243,39 @@ def test_train_cli_reports_config_errors(capsys):
 
 
 def test_pope_scoring_matches_next_token_probabilities(stage2, shards):
-    """score_yes_no against a direct computation: one forward over the prompt, then compare
-    p(first token of "Yes") and p(first token of "No") at the reply position."""
+    """score_yes_no against a direct computation: one forward over the generation prompt plus the
+    reply tokens "Yes" and "No" share, then compare p(Yes's next token) and p(No's next token)."""
     from datagen.train.data import DataSpec, Encoder
-    from datagen.train.eval import _stage1_annotations, existence_question, load_for_eval, score_yes_no
+    from datagen.train.eval import _stage1_annotations, existence_question, score_yes_no
+    from datagen.train.inference import load_model
     from datagen.train.template import IMAGE_TOKEN_ID, encode, render_mplug
 
     out2, _ = stage2
-    model, tok, pre, meta = load_for_eval(out2, torch.device("cpu"))
-    tpi = meta["model"]["abstractor"]["num_queries"] + 1
+    loaded = load_model(out2, torch.device("cpu"))
+    model, tok, pre, tpi = loaded.model, loaded.tokenizer, loaded.pre, loaded.tokens_per_image
     encoder = Encoder(DataSpec(data_dir=str(shards), stage=2, tokenizer=tok, template="mplug_owl",
                                tokens_per_image=tpi, image_size=pre["image_size"], max_len=10_000))
     images, _ = _stage1_annotations(str(shards), 0.0, 3)
     qs = [{"key": im["key"], "image": im["image"], "question": existence_question(lbl)}
           for im in images for lbl in sorted(im["labels"])[:1] + ["car"]]
     got = score_yes_no(model, encoder, qs, batch_size=3, device=torch.device("cpu"))
-    yes, no = tok("Yes", add_special_tokens=False)["input_ids"][0], tok("No", add_special_tokens=False)["input_ids"][0]
+
+    def ids(turns, gen=False):
+        return encode(render_mplug(turns, tok.eos_token, add_generation_prompt=gen), tok, num_images=1,
+                      tokens_per_image=tpi, max_len=10_000).input_ids
+
     for q, decided in zip(qs, got):
-        turns = [{"role": "user", "content": "<image>\n" + q["question"]}, {"role": "assistant", "content": "Yes"}]
-        enc = encode(render_mplug(turns, tok.eos_token), tok, num_images=1, tokens_per_image=tpi, max_len=10_000)
-        reply_at = next(i for i, lab in enumerate(enc.labels) if lab != -100)
-        ids = torch.tensor([enc.input_ids[:reply_at]])
-        assert (ids == IMAGE_TOKEN_ID).sum() == tpi
-        pixels = encoder({"key": q["key"], "images": [q["image"]], "turns": turns})["pixel_values"]
+        user = {"role": "user", "content": "<image>\n" + q["question"]}
+        prompt = ids([user], gen=True)
+        yes = ids([user, {"role": "assistant", "content": "Yes"}])[len(prompt):]
+        no = ids([user, {"role": "assistant", "content": "No"}])[len(prompt):]
+        c = next(i for i, (a, b) in enumerate(zip(yes, no)) if a != b)
+        x = torch.tensor([prompt + yes[:c]])
+        assert (x == IMAGE_TOKEN_ID).sum() == tpi
+        pixels = encoder({"key": q["key"], "images": [q["image"]], "turns": [user, {"role": "assistant", "content": "Yes"}]})["pixel_values"]
         with torch.no_grad():
-            probs = torch.softmax(model(ids, torch.ones_like(ids), pixels)[0, -1], -1)
-        assert decided == bool(probs[yes] > probs[no])
+            probs = torch.softmax(model(x, torch.ones_like(x), pixels)[0, -1], -1)
+        assert decided == bool(probs[yes[c]] > probs[no[c]])
 
 
 def test_rerun_resumes_or_starts_over(shards, tmp_path, capsys):
@@ -272,3 +288,68 @@ def test_rerun_resumes_or_starts_over(shards, tmp_path, capsys):
     assert "done: 2 steps" in capsys.readouterr().out
     steps = [json.loads(line)["step"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2]  # the fresh run replaced the old log
+
+
+def test_evaluation_during_training_logs_heldout_loss_and_pope_to_tensorboard(shards, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = load_config(RECIPES / "stage1_tiny.yaml", [
+        f"data.dir={shards}", f"out={tmp_path}", "max_steps=4", *FAST, "eval_every=2", "eval_batches=2",
+        "eval_pope_images=3", "data.holdout_fraction=0.4"])
+    train(cfg, quiet=True)
+    evals = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if "eval" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    for r in evals:
+        assert r["eval"]["heldout"]["tokens"] > 0 and r["eval"]["heldout"]["loss"] > 0
+        assert r["eval"]["pope"]["en"]["n"] > 0 and r["eval"]["pope"]["en"]["sampling"] == "adversarial"
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "eval/loss", "eval/pope_en_f1"} <= tags
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert [e.value for e in acc.Scalars("eval/loss")] == pytest.approx([r["eval"]["heldout"]["loss"] for r in evals])
+    with pytest.raises(ValueError, match="holdout_fraction"):
+        load_config(RECIPES / "stage1_tiny.yaml", ["eval_every=2", "data.holdout_fraction=0"])
+
+
+def _torchrun(script, args, out, timeout=300):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+           f"--master_port={_free_port()}", str(script), str(RECIPES / "stage1_tiny.yaml"), *args, f"out={out}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_ddp_matches_one_process_with_the_same_global_batch_and_resumes(tmp_path):
+    """Every example is the same picture and caption, so 2 processes x 2 examples and 1 process x 4
+    examples see the same global batch: the logged loss, the (pre-clip) gradient norm and the weights
+    must agree. Dropping the world-size factor halves DDP's gradients and fails here. The DDP run
+    stops at step 2 and resumes (a new torchrun) to step 4."""
+    data = write_synthetic_shards(tmp_path / "one", n_images=1, n_multi=0, n_text=0)
+    common = [f"data.dir={data}", "data.num_workers=0", "data.holdout_fraction=0", "data.max_seq_len=64",
+              "max_steps=4", "log_every=1", "optim.warmup_steps=0", "tensorboard=false"]
+    single = train(load_config(RECIPES / "stage1_tiny.yaml", common + ["data.batch_size=4", f"out={tmp_path / 'one_proc'}"]),
+                   quiet=True)
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    ddp_out = tmp_path / "ddp"
+    first = _torchrun(script, common + ["data.batch_size=2", "stop_at_step=2"], ddp_out)
+    assert "world 2" in first.stdout
+    second = _torchrun(script, common + ["data.batch_size=2"], ddp_out)
+    assert "resumed from" in second.stdout and "at step 2" in second.stdout
+    log_1 = [json.loads(line) for line in (tmp_path / "one_proc" / "log.jsonl").read_text().splitlines()]
+    log_2 = [json.loads(line) for line in (ddp_out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log_2] == [1, 2, 3, 4]
+    for a, b in zip(log_1, log_2):
+        assert b["tokens"] == a["tokens"]
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+    p0, p1 = torch.load(ddp_out / "params-rank0.pt"), torch.load(ddp_out / "params-rank1.pt")
+    ref = {n: p.detach() for n, p in single["model"].named_parameters() if p.requires_grad}
+    assert p0.keys() == ref.keys()
+    for k in ref:
+        assert torch.equal(p0[k], p1[k])
+        # atol: coordinates whose gradient is ~0 take Adam steps of any sign; lr x steps = 8e-3
+        torch.testing.assert_close(p0[k], ref[k], rtol=1e-4, atol=1e-4)

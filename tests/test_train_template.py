@@ -16,6 +16,7 @@ from datagen.train.template import (
     render_caption,
     render_chat,
     render_mplug,
+    training_text,
 )
 from datagen.train.tokenizer import train_bpe_tokenizer
 
@@ -52,8 +53,9 @@ def test_label_mask_token_by_token_on_a_known_example(byte_tok):
     enc = encode(render_mplug(TURNS, "</s>"), byte_tok, num_images=1, tokens_per_image=tpi, max_len=1000)
     eos, bos = byte_tok.eos_token_id, byte_tok.bos_token_id
     # Build the expectation independently: walk the characters of the known text.
-    before, after = MPLUG_SYSTEM + "\nHuman: ", "\nHuman: Is there a dog?\nAI: "
-    middle = "\nHuman: And a cat?\nAI: "
+    # the space before a reply is trained: a generation prompt ends at "AI:", so the model must emit it
+    before, after = MPLUG_SYSTEM + "\nHuman: ", "\nHuman: Is there a dog?\nAI:"
+    middle = "\nHuman: And a cat?\nAI:"
 
     def chars(text, trained):
         ids = [byte_tok.convert_tokens_to_ids(byte_tok.backend_tokenizer.pre_tokenizer.pre_tokenize_str(c)[0][0])
@@ -67,13 +69,13 @@ def test_label_mask_token_by_token_on_a_known_example(byte_tok):
         exp_labels += l
     exp_ids += [IMAGE_TOKEN_ID] * tpi
     exp_labels += [IGNORE] * tpi
-    for text, trained in [(after, False), ("Yes.", True)]:
+    for text, trained in [(after, False), (" Yes.", True)]:
         i, l = chars(text, trained)
         exp_ids += i
         exp_labels += l
     exp_ids.append(eos)
     exp_labels.append(eos)
-    for text, trained in [(middle, False), ("No.", True)]:
+    for text, trained in [(middle, False), (" No.", True)]:
         i, l = chars(text, trained)
         exp_ids += i
         exp_labels += l
@@ -82,7 +84,7 @@ def test_label_mask_token_by_token_on_a_known_example(byte_tok):
     assert enc.input_ids == exp_ids
     assert enc.labels == exp_labels
     assert enc.image_order == [0]
-    assert byte_tok.decode([t for t in enc.labels if t != IGNORE]) == "Yes.</s>No.</s>"
+    assert byte_tok.decode([t for t in enc.labels if t != IGNORE]) == " Yes.</s> No.</s>"
 
 
 def test_chat_template_trains_replies_and_end_of_turn_only(byte_tok):
@@ -138,14 +140,18 @@ def test_recipes_load_and_overrides_keep_types():
     cfg = load_config(RECIPES / "stage1_tiny.yaml", ["optim.lr=3e-4", "data.num_workers=0", "max_steps=7"])
     assert cfg.optim.lr == 3e-4 and cfg.data.num_workers == 0 and cfg.max_steps == 7 and cfg.stage == 1
     cfg2 = load_config(RECIPES / "stage2_tiny.yaml")
-    assert cfg2.stage == 2 and cfg2.lora.r == 8 and cfg2.lora.alpha == 32 and cfg2.lora.target_modules == ["q_proj", "v_proj"]
+    assert cfg2.stage == 2 and cfg2.train_llm and cfg2.lora is None  # the tiny LLM trains whole
     assert cfg2.init_from and cfg2.model is None
-    assert load_config(RECIPES / "stage2_tiny.yaml", ["lora.target_modules=[q_proj, k_proj]"]).lora.target_modules == [
-        "q_proj", "k_proj"]
+    with pytest.raises(ValueError, match="without 'lora'"):
+        load_config(RECIPES / "stage2_tiny.yaml", ["lora={r: 8}"])
     real1 = load_config(RECIPES / "stage1_mplug_owl.yaml")
     assert real1.model.vision.name == "ViT-L-14" and real1.model.abstractor.tokens_per_image == 65
     real2 = load_config(RECIPES / "stage2_mplug_owl.yaml")
-    assert real2.optim.lr == 2e-5 and real2.lora.target_modules == ["q_proj", "v_proj"]
+    assert real2.optim.lr == 2e-5 and real2.lora.r == 8 and real2.lora.alpha == 32
+    assert real2.lora.target_modules == ["q_proj", "v_proj"] and not real2.train_llm
+    assert load_config(RECIPES / "stage2_mplug_owl.yaml", ["lora.target_modules=[q_proj, k_proj]"]).lora.target_modules == [
+        "q_proj", "k_proj"]
+    assert real2.grad_checkpointing and not real1.grad_checkpointing  # stage 1's ~100-token sequences fit
 
 
 def test_config_errors_name_file_and_key_path(tmp_path):
@@ -157,3 +163,75 @@ def test_config_errors_name_file_and_key_path(tmp_path):
     bad.write_text("- a\n- b\n")
     with pytest.raises(ValueError, match="mapping at the top level"):
         load_config(bad)
+
+
+@pytest.fixture(scope="module")
+def llama_tok():
+    """A LLaMA-style SentencePiece tokenizer built offline: BPE over Metaspace pre-tokens
+    ('▁' marks a word start, prepended to the text's first word only), as LLaMA's fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [MPLUG_SYSTEM, "Human: Is there a dog?\nAI: Yes, there is a dog.", "And a cat? No. 图中有猫吗？没有。"] * 30
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<s>", "</s>"],
+                                                      show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<unk>")
+
+
+def test_the_llama_style_tokenizer_shows_the_piecewise_double_space(llama_tok):
+    """Why encode() tokenises once: the same tokenizer, fed pieces, decodes to other text."""
+    pieces = ["\nAI: ", "Yes.</s>", "\nHuman: And a cat?"]
+    ids = [i for p in pieces for i in llama_tok(p, add_special_tokens=False)["input_ids"]]
+    assert llama_tok.decode(ids) == "\nAI:  Yes.</s> \nHuman: And a cat?"
+    whole = llama_tok("".join(pieces), add_special_tokens=False)["input_ids"]
+    assert llama_tok.decode(whole) == "".join(pieces)
+
+
+def test_sentencepiece_training_text_is_the_rendered_text_and_labels_cover_the_replies(llama_tok):
+    turns = [*TURNS[:3], {"role": "assistant", "content": "没有。"}]
+    r = render_mplug(turns, "</s>")
+    enc = encode(r, llama_tok, num_images=1, tokens_per_image=4, max_len=1000)
+    assert enc.input_ids[0] == llama_tok.bos_token_id and enc.input_ids.count(IMAGE_TOKEN_ID) == 4
+    assert training_text(enc, llama_tok) == r.text  # no double space, no stray space, exactly the text
+    # labelled tokens: contiguous runs, one per reply; their pieces spell the reply (with the
+    # word-start mark SentencePiece puts on the reply's first word) and nothing else
+    runs, cur = [], []
+    for tid, lab in zip(enc.input_ids, enc.labels):
+        if lab != IGNORE:
+            assert lab == tid
+            cur.append(tid)
+        elif cur:
+            runs.append(cur)
+            cur = []
+    runs.append(cur) if cur else None
+    spelled = ["".join(llama_tok.convert_ids_to_tokens(run)).replace("▁", " ") for run in runs]
+    assert spelled == [" Yes.</s>", " 没有。</s>"]
+    # the token before each reply ends with 'AI:': the prompt ends where the reply begins
+    first = next(i for i, lab in enumerate(enc.labels) if lab != IGNORE)
+    assert llama_tok.convert_ids_to_tokens(enc.input_ids[first - 1]).endswith("AI:")
+    # and a generation prompt over the same history is exactly the training prefix
+    prompt = encode(render_mplug(turns[:1], "</s>", add_generation_prompt=True), llama_tok, num_images=1,
+                    tokens_per_image=4, max_len=1000)
+    assert prompt.input_ids == enc.input_ids[:first]
+    second = next(i for i in range(first + 1, len(enc.labels))
+                  if enc.labels[i] != IGNORE and enc.labels[i - 1] == IGNORE)
+    prompt2 = encode(render_mplug(turns[:3], "</s>", add_generation_prompt=True), llama_tok, num_images=1,
+                     tokens_per_image=4, max_len=1000)
+    assert prompt2.input_ids == enc.input_ids[:second]
+
+
+def test_caption_and_chat_text_round_trip_with_sentencepiece(llama_tok):
+    from datagen.train.tokenizer import CHATML_TEMPLATE
+
+    cap = render_caption("a dog on a sofa", "</s>")
+    enc = encode(cap, llama_tok, num_images=1, tokens_per_image=2, max_len=100)
+    assert training_text(enc, llama_tok) == cap.text
+    tok = llama_tok
+    tok.chat_template = CHATML_TEMPLATE.replace("<|im_start|>", "").replace("<|im_end|>", "</s>")
+    r = render_chat(TURNS, tok)
+    enc = encode(r, tok, num_images=1, tokens_per_image=2, max_len=1000, add_bos=False)
+    assert training_text(enc, tok) == r.text

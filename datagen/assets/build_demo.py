@@ -217,6 +217,9 @@ def load_source(path: Path = SOURCE_YAML) -> list[dict]:
             raise ValueError(f"{where}: origin {e['origin']!r} has no licence entry in ORIGIN_LICENSE")
         if len(e["captions"]) != 5 or len(set(e["captions"])) != 5:
             raise ValueError(f"{where}: expected five distinct captions, got {len(set(e['captions']))}")
+        zh = e.get("captions_zh") or []
+        if zh and (len(set(zh)) != len(zh) or not all(any("\u4e00" <= ch <= "\u9fff" for ch in c) for c in zh)):
+            raise ValueError(f"{where}: captions_zh must be distinct Chinese sentences")
         for j, o in enumerate(e["objects"]):
             if o["label"] not in CATEGORY_ID:
                 raise ValueError(f"{where}: objects[{j}] label {o['label']!r} is not a COCO category")
@@ -250,7 +253,7 @@ def coco_files(entries: list[dict], sizes: dict[str, tuple[int, int]]) -> tuple[
         width, height = sizes[e["file"]]
         images.append({"id": image_id, "file_name": e["file"], "width": width, "height": height,
                        "license": ORIGIN_LICENSE[e["origin"]], "coco_url": None})
-        for text in e["captions"]:
+        for text in e["captions"] + list(e.get("captions_zh") or []):  # English first: a row's caption is its first
             captions.append({"id": len(captions) + 1, "image_id": image_id, "caption": text})
         for j, o in enumerate(e["objects"]):
             x, y, w, h = (int(v) for v in o["bbox"])

@@ -62,45 +62,51 @@ def plan_samples(meta: pl.DataFrame, weights: dict[str, float], seed: int, shuff
 
 
 class BucketSpill:
-    """Rows scattered into one length-prefixed Arrow IPC file per bucket, appended in batches."""
+    """Rows scattered into one length-prefixed Arrow IPC file per bucket.
+
+    ``add`` only buffers (the batch and its bucket ids); ``flush`` sorts everything buffered by
+    bucket once, and appends each bucket's slice to its file as one IPC stream: one sort and one
+    write per bucket per flush, however small the batches."""
 
     def __init__(self, folder: Path, budget: int = 64 << 20):
         self.folder = folder
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         self.budget = budget
-        self._buffers: dict[int, list[pa.Table]] = {}
+        self._buffers: list[tuple[np.ndarray, pa.Table]] = []
         self._size = 0
 
     def add(self, buckets: np.ndarray, table: pa.Table) -> None:
         if not table.num_rows:
             return
-        order = np.argsort(buckets, kind="stable")
-        sorted_b = buckets[order]
-        cuts = np.flatnonzero(np.diff(sorted_b)) + 1
-        for chunk in np.split(np.arange(len(order)), cuts):
-            b = int(sorted_b[chunk[0]])
-            part = table.take(pa.array(order[chunk]))
-            self._buffers.setdefault(b, []).append(part)
-            self._size += part.nbytes
+        self._buffers.append((np.asarray(buckets), table))
+        self._size += table.nbytes
         if self._size > self.budget:
             self.flush()
 
     def flush(self) -> None:
-        for b, tables in self._buffers.items():
-            with open(self.folder / f"{b:08d}.arrows", "ab") as f:
-                i = 0
-                while i < len(tables):  # one stream per run of tables with the same schema
-                    sink = pa.BufferOutputStream()
-                    with ipc.new_stream(sink, tables[i].schema) as w:
-                        j = i
-                        while j < len(tables) and tables[j].schema == tables[i].schema:
-                            w.write_table(tables[j])
-                            j += 1
-                    buf = sink.getvalue()
+        if not self._buffers:
+            return
+        i = 0
+        while i < len(self._buffers):  # one pass per run of batches with the same schema
+            schema = self._buffers[i][1].schema
+            j = i
+            while j < len(self._buffers) and self._buffers[j][1].schema == schema:
+                j += 1
+            buckets = np.concatenate([b for b, _ in self._buffers[i:j]])
+            table = pa.concat_tables([t for _, t in self._buffers[i:j]])
+            order = np.argsort(buckets, kind="stable")
+            table, buckets = table.take(pa.array(order)), buckets[order]
+            cuts = np.flatnonzero(np.diff(buckets)) + 1
+            for start, stop in zip(np.r_[0, cuts], np.r_[cuts, len(buckets)]):
+                sink = pa.BufferOutputStream()
+                with ipc.new_stream(sink, schema) as w:
+                    w.write_table(table.slice(start, stop - start))
+                buf = sink.getvalue()
+                with open(self.folder / f"{int(buckets[start]):08d}.arrows", "ab") as f:
                     f.write(len(buf).to_bytes(8, "little"))
                     f.write(buf)
-                    i = j
+            i = j
         self._buffers.clear()
         self._size = 0
 

@@ -20,7 +20,7 @@ from typing import Any
 import pyarrow as pa
 
 from datagen.records import PAIR_SCHEMA, make_key, to_json
-from datagen.synth.lexicon import BY_ID, LEXICON, en_count_phrase, en_with_article, term
+from datagen.synth.lexicon import BY_ID, LEXICON, en_count_phrase, en_with_article, term, zh_count_phrase
 
 SCENES: dict[str, list[str]] = {
     "street": ["person", "car", "bus", "truck", "traffic light", "stop sign", "bicycle", "motorcycle", "fire hydrant", "parking meter", "bench", "handbag", "umbrella"],
@@ -72,8 +72,32 @@ def _image(rng: random.Random, idx: int, image_id: int) -> tuple[dict, list[dict
         if lab in SIGN_TEXTS and rng.random() < 0.7:
             box = next(a["bbox"] for a in anns if a["label"] == lab)
             ocr.append({"text": rng.choice(SIGN_TEXTS[lab]), "bbox": box, "score": round(rng.uniform(0.3, 0.99), 3)})
+    # A separate stream, so the annotations above stay what they were before these were added.
+    side = random.Random(f"fakecoco-side:{image_id}")
+    if ocr and side.random() < 0.8:  # people describing a sign usually say what it reads
+        captions[-1] = f"{captions[0].rstrip('.')} with a sign that reads {ocr[0]['text'].lower()}"
+    if side.random() < 0.5:  # COCO-CN style: Chinese captions for half of the images
+        captions += _zh_captions(side, anns)
     info = {"id": image_id, "file_name": f"{image_id:012d}.jpg", "width": width, "height": height}
     return info, anns, captions, ocr
+
+
+def _zh_captions(rng: random.Random, anns: list[dict]) -> list[str]:
+    counts: dict[str, int] = {}
+    for a in anns:
+        if not a["iscrowd"]:
+            counts[a["label"]] = counts.get(a["label"], 0) + 1
+    labs = sorted(counts, key=lambda lab: -counts[lab]) or [anns[0]["label"]]
+    main = zh_count_phrase(labs[0], counts.get(labs[0], 2)) if counts else f"许多{term(labs[0]).zh}"
+    other = term(labs[1]).zh if len(labs) > 1 else None
+    templates = [
+        f"画面中有{main}" + (f"，旁边还有{other}。" if other else "。"),
+        f"这是一张拍摄{main}的照片" + (f"，背景里能看到{other}。" if other else "，画面很清楚。"),
+        f"照片里可以看到{main}" + (f"和{other}。" if other else "。"),
+        f"一张关于{main}的照片，构图简单，主体位于画面中央。",
+    ]
+    rng.shuffle(templates)
+    return templates[:2]
 
 
 def _captions(rng: random.Random, anns: list[dict]) -> list[str]:

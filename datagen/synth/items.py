@@ -47,21 +47,30 @@ class Item:
             "existence": ("label",),
             "counting": ("label",),
             "wrong_count": ("label",),
-            "spatial": ("a", "b"),
+            "spatial": ("pair",),
             "relative_size": ("a", "b"),
             "false_premise": ("label",),
             "attribute": ("label",),
-            "scene_text": (),
+            "scene_text": ("polarity",),
             "brief_description": (),
             "detailed_description": (),
         }[self.family]
-        return (self.family, *(f[k] for k in keys))
+        # A spatial pair is one question whichever way round it is asked: never state it reversed.
+        extra = {"pair": tuple(sorted((f.get("a", ""), f.get("b", "")))), "polarity": self.polarity}
+        return (self.family, *(extra[k] if k in extra else f[k] for k in keys))
 
 
-def inventory(counts: dict[str, int], crowd: set[str]) -> list[tuple[str, int | None]]:
-    """(label, count) for every annotated category; count None where a crowd region makes it unknown.
+def inventory(counts: dict[str, int], crowd: set[str], hidden: set[str] = frozenset(),
+              visible: set[str] | None = None) -> list[tuple[str, int | str]]:
+    """(label, count) for the categories one can make out; count "many" where a crowd region
+    makes it unknown, "some" where a too-small instance makes it uncertain. Labels with no
+    visible instance are left out (the list is what one sees, never a claim of completeness).
 
     Ordered by count (larger first) then name, so descriptions read naturally and stably."""
-    inv: list[tuple[str, int | None]] = [(lab, n) for lab, n in counts.items() if lab not in crowd]
-    inv += [(lab, None) for lab in crowd]
-    return sorted(inv, key=lambda t: (-(t[1] if t[1] is not None else 1000), t[0]))
+    inv: list[tuple[str, int | str]] = []
+    for lab in set(counts) | set(crowd):
+        if visible is not None and lab not in visible:
+            continue
+        inv.append((lab, "many" if lab in crowd else "some" if lab in hidden else counts[lab]))
+    rank = {"many": 1000, "some": 999}
+    return sorted(inv, key=lambda t: (-(rank[t[1]] if isinstance(t[1], str) else t[1]), t[0]))

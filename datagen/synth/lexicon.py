@@ -136,7 +136,8 @@ _ROWS: list[tuple[int, str, str, str, str, str, tuple[str, ...], str]] = [
     (86, "vase", "vase", "vases", "花瓶", "个", ("瓦斯",), "indoor"),
     (87, "scissors", "pair of scissors", "pairs of scissors", "剪刀", "把", ("剪刀手",), "indoor"),
     (88, "teddy bear", "teddy bear", "teddy bears", "泰迪熊", "只", ("泰迪承受",), "indoor"),
-    (89, "hair drier", "hair drier", "hair driers", "吹风机", "个", ("干燥剂", "头发干燥剂"), "indoor"),
+    # COCO names the category "hair drier"; sentences say "hair dryer"
+    (89, "hair drier", "hair dryer", "hair dryers", "吹风机", "个", ("干燥剂", "头发干燥剂"), "indoor"),
     (90, "toothbrush", "toothbrush", "toothbrushes", "牙刷", "把", ("牙刷子们",), "indoor"),
 ]
 
@@ -225,6 +226,11 @@ def en_with_article(label: str) -> str:
     """"an orange", "a sports ball", "a TV", "an umbrella"."""
     t = term(label)
     return f"{t.en_article} {t.en}"
+
+
+def animate(label: str) -> bool:
+    """People and animals: the only categories one can ask what they are doing or why."""
+    return term(label).supercategory in ("person", "animal")
 
 
 def zh_count_phrase(label: str, n: int) -> str:

@@ -102,23 +102,51 @@ def _which_images(idxs: list[int], lang: str) -> str:
     return "和".join(f"图{i}" for i in idxs)
 
 
-def cross_image_items(facts: list[ImageFacts], n_neg: int, rng) -> dict[str, Any]:
-    """Plan the questions of one cross-image sample; ``n_neg`` (0-2) of its three polar items
-    ("which image shows X", "does image k show X") ask about an absent category."""
+def cross_image_items(facts: list[ImageFacts], neg_slots: set[str], rng) -> dict[str, Any]:
+    """Plan the questions of one cross-image sample; the polar items named in ``neg_slots``
+    ("which": which image shows X, "exists": does image k show X) ask about an absent category."""
     present = sorted(set().union(*(f.present for f in facts)))
-    absent = sorted(set(LEXICON) - set(present))
-    neg_slots = set(rng.sample(["which", "exists"], min(n_neg, 2)))
-    which_label = rng.choice(absent if "which" in neg_slots else present)
+    seen = sorted(set().union(*(f.visible for f in facts)))  # ask only about what one can make out
+    absent = sorted(set(LEXICON) - set().union(*(f.not_absent() for f in facts)))
+    which_label = rng.choice(absent if "which" in neg_slots else seen)
     k = rng.randrange(len(facts))
-    exists_label = rng.choice(sorted(set(absent) - {which_label}) if "exists" in neg_slots else sorted(facts[k].present))
-    countable = sorted(lab for lab in present if all(lab not in f.crowd for f in facts) and sum(f.counts.get(lab, 0) for f in facts) > 0)
+    exists_label = rng.choice(sorted(set(absent) - {which_label}) if "exists" in neg_slots else sorted(facts[k].visible))
+    countable = sorted(lab for lab in present if all(lab not in f.crowd and lab not in f.hidden for f in facts)
+                       and sum(f.counts.get(lab, 0) for f in facts) > 0)
     i, j = rng.sample(range(len(facts)), 2)
     return {
         "which": (which_label, [x for x, f in enumerate(facts) if which_label in f.present]),
         "exists": (k, exists_label, exists_label in facts[k].present),
         "count": rng.choice(countable) if countable else None,
-        "diff": (i, j, sorted(facts[i].present - facts[j].present)),
+        "diff": (i, j, sorted(facts[i].visible - facts[j].present)),
     }
+
+
+WHICH_Q_EN = ["Which image shows {ax}?", "In which of the images can you see {ax}?", "Which of these images contains {ax}?",
+              "Which picture has {ax} in it?", "In which image does {ax} appear?", "Where can I find {ax}: which image?"]
+WHICH_Q_ZH = ["哪张图片里有{x}？", "在哪张图中可以看到{x}？", "这些图片中，哪张包含{x}？", "哪一张图里出现了{x}？", "{x}出现在哪张图片中？", "请指出哪张图里有{x}。"]
+EXISTS_Q_EN = ["Is there {ax} in image {k}?", "Does image {k} show {ax}?", "Can you see {ax} in image {k}?",
+               "Is {ax} visible in image {k}?", "Does image {k} contain {ax}?", "Look at image {k}: is there {ax}?"]
+EXISTS_Q_ZH = [("图{k}中有{x}吗？", "有"), ("图{k}里能看到{x}吗？", "能"), ("图{k}中是否有{x}？", "有"),
+               ("图{k}里有没有{x}？", "有"), ("在图{k}中能找到{x}吗？", "能"), ("请看图{k}：里面有{x}吗？", "有")]
+COUNT_Q_EN = ["How many {xs} are there across all the images?", "Counting every image, how many {xs} can you see?",
+              "How many {xs} do the images show in total?", "Across these pictures, how many {xs} are there?",
+              "Add up the {xs} in all the images: how many?", "What is the total number of {xs} over all the images?"]
+COUNT_Q_ZH = ["所有图片里一共有几{m}{x}？", "把每张图都算上，一共有多少{m}{x}？", "这些图片中总共有几{m}{x}？",
+              "所有图加起来有多少{m}{x}？", "数一数全部图片里的{x}，一共几{m}？", "这几张图里{x}的总数是多少？"]
+DIFF_Q_EN = ["What does image {i} show that image {j} does not?", "Which kinds of objects are in image {i} but not in image {j}?",
+             "What does image {i} have that is missing from image {j}?", "What appears in image {i} and not in image {j}?",
+             "Name the objects of image {i} that image {j} lacks.", "What can you find in image {i} that you cannot find in image {j}?"]
+DIFF_Q_ZH = ["图{i}里有哪些东西是图{j}里没有的？", "图{i}和图{j}相比，多了哪些物体？", "哪些物体出现在图{i}中却不在图{j}中？",
+             "图{i}有什么是图{j}没有的？", "请列出图{i}里有而图{j}里没有的物体。", "对比图{i}和图{j}，图{i}独有哪些东西？"]
+
+
+def _en_shown(label: str, f: ImageFacts) -> str:
+    """How many of ``label`` an image shows, agreeing in number: "a horse", "two horses", "many people"."""
+    n = f.counts.get(label, 0)
+    if label in f.crowd or label in f.hidden:
+        return f"some {term(label).en_plural}"
+    return en_with_article(label) if n == 1 else en_count_phrase(label, n)
 
 
 def render_cross(items: dict, facts: list[ImageFacts], lang: str, rng) -> list[dict[str, Any]]:
@@ -128,43 +156,47 @@ def render_cross(items: dict, facts: list[ImageFacts], lang: str, rng) -> list[d
     pol = "positive" if which else "negative"
     if lang == "en":
         ax = en_with_article(label)
-        q = rng.choice([f"Which image shows {ax}?", f"In which of the images can you see {ax}?", f"Which of these images contains {ax}?"])
+        q = rng.choice(WHICH_Q_EN).format(ax=ax)
         a = f"{_which_images(which, 'en')}." if which else f"None of the images shows {ax}."
     else:
         x = term(label).zh
-        q = rng.choice([f"哪张图片里有{x}？", f"在哪张图中可以看到{x}？", f"这些图片中，哪张包含{x}？"])
+        q = rng.choice(WHICH_Q_ZH).format(x=x)
         a = f"{_which_images(which, 'zh')}。" if which else f"这些图片里都没有{x}。"
     turns.append(("multi_image_which", pol, q, a))
     k, lab, yes = items["exists"]
     if lang == "en":
         ax = en_with_article(lab)
-        q = rng.choice([f"Is there {ax} in image {k}?", f"Does image {k} show {ax}?", f"Can you see {ax} in image {k}?"])
-        a = f"Yes, image {k} shows {ax}." if yes else f"No, there is no {term(lab).en} in image {k}."
+        q = rng.choice(EXISTS_Q_EN).format(ax=ax, k=k)
+        a = f"Yes, image {k} shows {_en_shown(lab, facts[k])}." if yes else f"No, there is no {term(lab).en} in image {k}."
     else:
         x = term(lab).zh
-        q = rng.choice([f"图{k}中有{x}吗？", f"图{k}里能看到{x}吗？", f"图{k}中是否有{x}？"])
-        a = f"有，图{k}中有{x}。" if yes else f"没有，图{k}中没有{x}。"
+        q, verb = rng.choice(EXISTS_Q_ZH)
+        q = q.format(k=k, x=x)
+        if verb == "能":
+            a = f"能，图{k}中可以看到{x}。" if yes else f"不能，图{k}中看不到{x}。"
+        else:
+            a = f"有，图{k}中有{x}。" if yes else f"没有，图{k}中没有{x}。"
     turns.append(("multi_image_existence", "positive" if yes else "negative", q, a))
     if items["count"]:
         lab = items["count"]
         total = sum(f.counts.get(lab, 0) for f in facts)
         if lang == "en":
-            q = rng.choice([f"How many {term(lab).en_plural} are there across all the images?", f"Counting every image, how many {term(lab).en_plural} can you see?"])
+            q = rng.choice(COUNT_Q_EN).format(xs=term(lab).en_plural)
             a = f"{en_number(total).capitalize()} in total: " + ", ".join(
                 f"{en_count_phrase(lab, f.counts.get(lab, 0))} in image {k}" for k, f in enumerate(facts)) + "."
         else:
             t = term(lab)
-            q = rng.choice([f"所有图片里一共有几{t.zh_measure}{t.zh}？", f"把每张图都算上，一共有多少{t.zh_measure}{t.zh}？"])
+            q = rng.choice(COUNT_Q_ZH).format(m=t.zh_measure, x=t.zh)
             a = f"一共{zh_number(total)}{t.zh_measure}：" + "，".join(f"图{k}中{zh_count_phrase(lab, f.counts.get(lab, 0))}" for k, f in enumerate(facts)) + "。"
         turns.append(("multi_image_count", "positive", q, a))
     i, j, diff = items["diff"]
     if lang == "en":
-        q = f"What does image {i} show that image {j} does not?"
-        a = ("Image {} shows {}, which image {} does not.".format(i, _en_join([term(d).en_plural for d in diff]), j)
+        q = rng.choice(DIFF_Q_EN).format(i=i, j=j)
+        a = ("Image {} shows {}, which image {} does not.".format(i, _en_join([_en_shown(d, facts[i]) for d in diff]), j)
              if diff else f"Nothing: every kind of object in image {i} also appears in image {j}.")
     else:
-        q = f"图{i}里有哪些东西是图{j}里没有的？"
-        a = (f"图{i}里有{_zh_join([term(d).zh for d in diff])}，图{j}里没有。" if diff else f"没有：图{i}里的每类物体在图{j}里都有。")
+        q = rng.choice(DIFF_Q_ZH).format(i=i, j=j)
+        a = (f"图{i}里有{_zh_join([term(d).zh for d in diff])}，图{j}里没有。" if diff else f"图{i}里的每类物体在图{j}里也都有。")
     # A comparison, not a yes/no claim: neutral, so it does not tilt the polarity ratio.
     turns.append(("multi_image_difference", "neutral", q, a))
     out = []
@@ -184,6 +216,17 @@ def _en_join(parts: list[str]) -> str:
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
+# In-context questions (MMICL prompt format); counting ones say "how many"/"几", which the checker reads.
+SHOT_COUNT_EN = ["how many {xs} are in image 0?", "how many {xs} does image 0 show?", "how many {xs} can you count in image 0?",
+                 "how many {xs} appear in image 0?", "in image 0, how many {xs} are there?", "how many {xs} are visible in image 0?"]
+SHOT_EXISTS_EN = ["is there {ax} in image 0?", "does image 0 show {ax}?", "can you see {ax} in image 0?",
+                  "is {ax} visible in image 0?", "does image 0 contain {ax}?", "does {ax} appear in image 0?"]
+SHOT_COUNT_ZH = ["图0中有几{m}{x}？", "图0里一共有几{m}{x}？", "图0中能数出几{m}{x}？", "请问图0中有几{m}{x}？",
+                 "数一数，图0里有几{m}{x}？", "图0中的{x}有几{m}？"]
+SHOT_EXISTS_ZH = [("图0中有{x}吗？", "有"), ("图0里有没有{x}？", "有"), ("图0中是否有{x}？", "有"),
+                  ("图0里能看到{x}吗？", "能"), ("在图0中能找到{x}吗？", "能"), ("请看图0：里面有{x}吗？", "有")]
+
+
 def few_shot_sample(facts: list[ImageFacts], lang: str, rng, query_negative: bool) -> Sample:
     """k solved examples, then a query image, each written as its own one-image sample and merged
     (so each example's <image> is renumbered to its position). Examples mix counting and yes/no
@@ -193,29 +236,30 @@ def few_shot_sample(facts: list[ImageFacts], lang: str, rng, query_negative: boo
     for k, f in enumerate(facts):
         last = k == len(facts) - 1
         negative = query_negative if last else rng.random() < 0.5
-        countable = sorted(lab for lab in f.counts if lab not in f.crowd)
+        countable = sorted(lab for lab in f.counts if lab not in f.crowd and lab not in f.hidden)
         if negative:
-            lab, n, yes = rng.choice(sorted(set(LEXICON) - f.present)), None, False
-        elif countable and rng.random() < 0.5:
+            lab, n, yes = rng.choice(sorted(set(LEXICON) - f.not_absent())), None, False
+        elif countable and not last and rng.random() < 0.5:  # the query stays yes/no: its yes share is the target's
             lab = rng.choice(countable)
             n, yes = f.counts[lab], True
         else:
-            lab, n, yes = rng.choice(sorted(f.present)), None, True
+            lab, n, yes = rng.choice(sorted(f.visible)), None, True
         t = term(lab)
         if lang == "en":
             if n is not None:
-                q = f"Image 0 is <image>. Question: how many {t.en_plural} are in image 0? Answer:"
+                q = "Image 0 is <image>. Question: " + rng.choice(SHOT_COUNT_EN).format(xs=t.en_plural) + " Answer:"
                 a = f"{en_number(n).capitalize()}."
             else:
-                q = f"Image 0 is <image>. Question: is there {en_with_article(lab)} in image 0? Answer:"
+                q = "Image 0 is <image>. Question: " + rng.choice(SHOT_EXISTS_EN).format(ax=en_with_article(lab)) + " Answer:"
                 a = "Yes." if yes else "No."
         else:
             if n is not None:
-                q = f"图0是<image>。问题：图0中有几{t.zh_measure}{t.zh}？回答："
+                q = "图0是<image>。问题：" + rng.choice(SHOT_COUNT_ZH).format(m=t.zh_measure, x=t.zh) + "回答："
                 a = f"{zh_number(n)}{t.zh_measure}。"
             else:
-                q = f"图0是<image>。问题：图0中有{t.zh}吗？回答："
-                a = "有。" if yes else "没有。"
+                q, verb = rng.choice(SHOT_EXISTS_ZH)
+                q = "图0是<image>。问题：" + q.format(x=t.zh) + "回答："
+                a = ("有。" if yes else "没有。") if verb == "有" else ("能。" if yes else "不能。")
         pol = "negative" if negative else "positive"
         if last:
             turns = [{"role": "user", "content": q, "task": "in_context", "polarity": pol, "generator": "template"},
@@ -234,7 +278,7 @@ def compose_multi_image(usable: list[tuple[dict, ImageFacts]], cfg, ctx, counter
     """Multi-image rows for one batch: ``share`` of the batch's images, alternating cross-image
     question samples and few-shot in-context samples."""
     mcfg = cfg.multi_image
-    with_objects = [f for _, f in usable if f.objects]
+    with_objects = [f for _, f in usable if f.visible]
     n_img = mcfg.images_per_sample
     if len(with_objects) < max(n_img, mcfg.few_shot + 1, 2):
         return []
@@ -262,10 +306,10 @@ def compose_multi_image(usable: list[tuple[dict, ImageFacts]], cfg, ctx, counter
                 smp = few_shot_sample(group, lang, ctx.rng("synthesize", cfg.seed, mkey, "shots"), query_negative)
                 convs.append({"id": f"{mkey}-c0-{lang}", "lang": lang, "parent_id": None, "turns": smp.turns})
         else:
-            has_count = any(all(lab not in f.crowd for f in group) for lab in set().union(*(f.present for f in group)))
-            n_polar = 3 if has_count else 2
-            n_neg = min(2, math.floor(n_polar * target_neg + srng.random()))
-            items = cross_image_items(group, n_neg, srng)
+            # Each yes/no slot is negative with the target share on its own, so each family's yes
+            # share is the target's complement (the count question is always positive).
+            neg_slots = {slot for slot in ("which", "exists") if srng.random() < target_neg}
+            items = cross_image_items(group, neg_slots, srng)
             for lang in cfg.languages:
                 turns = render_cross(items, group, lang, ctx.rng("synthesize", cfg.seed, mkey, lang))
                 convs.append({"id": f"{mkey}-c0-{lang}", "lang": lang, "parent_id": None, "turns": turns})

@@ -28,6 +28,19 @@ class LabelStats:
     images: int = 0
     frequency: Counter = field(default_factory=Counter)  # label -> images containing it
     cooccurrence: dict[str, Counter] = field(default_factory=dict)  # a -> b -> images with both
+    existence_weights: dict[str, float] = field(default_factory=dict)  # label -> weight of a positive existence pick
+    negative_weights: dict[str, float] = field(default_factory=dict)  # label -> weight of an absent-label pick
+
+    def existence_weight(self, label: str) -> float:
+        return self.existence_weights.get(label, 1.0)
+
+    def negative_weight(self, label: str) -> float:
+        return self.negative_weights.get(label, 1.0)
+
+    def absent_odds(self, label: str) -> float:
+        """How much more often a negative asks about ``label``: the odds of it being present."""
+        f = self.frequency.get(label, 0)
+        return (f + 0.5) / (max(self.images, 1) - f + 0.5)
 
     def add_image(self, labels: Iterable[str]) -> None:
         labs = sorted(set(labels))
@@ -54,6 +67,8 @@ class LabelStats:
             "images": self.images,
             "frequency": dict(sorted(self.frequency.items())),
             "cooccurrence": {a: dict(sorted(c.items())) for a, c in sorted(self.cooccurrence.items())},
+            "existence_weights": self.existence_weights,
+            "negative_weights": self.negative_weights,
         }
 
     @classmethod
@@ -62,6 +77,8 @@ class LabelStats:
             images=int(data["images"]),
             frequency=Counter(data["frequency"]),
             cooccurrence={a: Counter(c) for a, c in data["cooccurrence"].items()},
+            existence_weights=dict(data.get("existence_weights") or {}),
+            negative_weights=dict(data.get("negative_weights") or {}),
         )
 
     def save(self, path: str | Path) -> Path:
@@ -80,13 +97,33 @@ class LabelStats:
             raise ValueError(f"{path}: not a label stats file written by SynthesizeStep.prepare ({e})") from e
 
 
-def label_stats_from_tables(tables: Iterable[pa.Table]) -> LabelStats:
-    """One pass over pair tables; reads only the ``objects`` column's labels."""
+SAMPLE_COLUMNS = ("key", "width", "height", "objects", "captions", "caption", "ocr")
+
+
+def label_stats_from_tables(tables: Iterable[pa.Table], sample: list[dict] | None = None, sample_size: int = 2000) -> LabelStats:
+    """One pass over pair tables; reads only the ``objects`` column's labels (and, when a
+    ``sample`` list is given, fills it with a reservoir sample of up to ``sample_size`` annotated
+    rows, deterministic for a given input order, for fitting the existence weights)."""
+    import random
+
     stats = LabelStats()
+    rng = random.Random("label-stats-sample")
+    seen = 0
     for table in tables:
         if "objects" not in table.column_names:
             continue
-        for objs in table.column("objects").to_pylist():
-            if objs:
-                stats.add_image(o["label"] for o in objs if o.get("label") in LEXICON)
+        cols = [c for c in SAMPLE_COLUMNS if c in table.column_names] if sample is not None else ["objects"]
+        for row in table.select(cols).to_pylist():
+            objs = row["objects"]
+            if not objs:
+                continue
+            stats.add_image(o["label"] for o in objs if o.get("label") in LEXICON)
+            if sample is not None:
+                seen += 1
+                if len(sample) < sample_size:
+                    sample.append(row)
+                else:
+                    j = rng.randrange(seen)
+                    if j < sample_size:
+                        sample[j] = row
     return stats

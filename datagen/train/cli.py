@@ -1,8 +1,9 @@
-"""``datagen train`` and ``datagen eval``: argument parsing only; the work is in loop.py / eval.py.
+"""``datagen train``, ``eval``, ``chat`` and ``export-model``: argument parsing only; the work is in
+loop.py, eval.py, inference.py and export.py.
 
 Each entry point takes ``argv`` (without the sub-command name) and returns an exit
 code, so the top-level CLI can hand over to it. Also runnable as
-``python -m datagen.train.cli train|eval ...`` (what torchrun launches).
+``python -m datagen.train.cli train|eval|chat|export-model ...`` (torchrun launches ``train``).
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ def train_main(argv: list[str]) -> int:
         print(f"[stage {cfg.stage}] nothing to train: {cfg.out} is already at step {result['step']} "
               f"(raise max_steps, or --no-resume to start over)", flush=True)
     else:
-        print(f"[stage {cfg.stage}] done: {len(losses)} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}; "
-              f"checkpoint {result['checkpoint']}", flush=True)
+        print(f"[stage {cfg.stage}] done: {len(losses)} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f} "
+              f"(uniform guess {result['uniform_loss']:.4f}); checkpoint {result['checkpoint']}", flush=True)
     return 0
 
 
@@ -48,7 +49,7 @@ def eval_main(argv: list[str]) -> int:
         prog="datagen eval",
         description="Held-out loss and a POPE-style yes/no probe for a trained checkpoint.",
     )
-    p.add_argument("checkpoint", help="checkpoint folder or run folder (uses its latest.txt)")
+    p.add_argument("checkpoint", help="checkpoint folder, run folder (uses its latest.txt) or export-model folder")
     p.add_argument("--data", required=True, help="shard folder with stage1/ (probe) and the split to score")
     p.add_argument("--split", default=None, choices=["stage1", "stage2"],
                    help="split for the held-out loss (default: the checkpoint's stage)")
@@ -62,6 +63,9 @@ def eval_main(argv: list[str]) -> int:
     p.add_argument("--lang", action="append", choices=["en", "zh"], default=None,
                    help="probe language(s), repeatable (default: en and zh)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--no-generate", action="store_true",
+                   help="skip the generation-based POPE (parse yes/no from generated replies)")
+    p.add_argument("--max-new-tokens", type=int, default=16, help="reply length for the generation-based POPE")
     p.add_argument("--out", help="write the report as JSON here")
     args = p.parse_args(argv)
 
@@ -72,7 +76,8 @@ def eval_main(argv: list[str]) -> int:
             args.checkpoint, args.data, split=args.split, holdout_fraction=args.holdout_fraction,
             max_batches=args.max_batches, batch_size=args.batch_size, pope_sampling=args.pope_sampling,
             pope_per_image=args.pope_per_image, max_images=args.max_images, device=args.device,
-            langs=tuple(args.lang or ("en", "zh")),
+            langs=tuple(args.lang or ("en", "zh")), generate=not args.no_generate,
+            max_new_tokens=args.max_new_tokens,
         )
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -85,12 +90,106 @@ def eval_main(argv: list[str]) -> int:
     return 0
 
 
+def _device(name: str):
+    import torch
+
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def chat_main(argv: list[str], stdin=None, stdout=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="datagen chat",
+        description="Ask a trained model about images. With a question: print one reply. Without: a "
+                    "multi-turn session reading questions from stdin (an empty line or EOF ends it).")
+    p.add_argument("model", help="checkpoint folder, run folder or export-model folder")
+    p.add_argument("question", nargs="?", help="the question; omit for a multi-turn session")
+    p.add_argument("--image", action="append", default=[], help="image file; repeat for several (<image_0>, ...)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    args = p.parse_intermixed_args(argv)  # the question may come after the options
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+
+    from PIL import Image, UnidentifiedImageError
+
+    from datagen.train.inference import load_model, reply, with_images
+
+    images = []
+    for path in args.image:
+        try:
+            images.append(Image.open(path).convert("RGB"))
+        except (OSError, UnidentifiedImageError) as e:
+            print(f"error: --image {path}: not a readable image ({e})", file=sys.stderr)
+            return 2
+    try:
+        loaded = load_model(args.model, _device(args.device))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    gen = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
+           "seed": args.seed}
+    turns: list[dict] = []
+
+    def ask(question: str) -> str:
+        content = with_images(question, len(images)) if not turns else question
+        turns.append({"role": "user", "content": content})
+        answer = reply(loaded, turns, images, **gen)
+        turns.append({"role": "assistant", "content": answer})
+        return answer
+
+    try:
+        if args.question is not None:
+            print(ask(args.question), file=stdout, flush=True)
+            return 0
+        interactive = hasattr(stdin, "isatty") and stdin.isatty()
+        while True:
+            if interactive:
+                print("you> ", end="", file=stdout, flush=True)
+            line = stdin.readline()
+            if not line or not line.strip():
+                return 0
+            print(("model> " if interactive else "") + ask(line.strip()), file=stdout, flush=True)
+    except ValueError as e:  # a prompt the template cannot take (placeholders vs images, length)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def export_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="datagen export-model",
+        description="Write a trained model as a folder: a Hugging Face causal LM (LoRA merged), the ViT and "
+                    "abstractor as safetensors, the tokenizer and a config. `datagen chat` and `eval` load it.")
+    p.add_argument("checkpoint", help="checkpoint folder or run folder")
+    p.add_argument("dest", help="folder to write")
+    p.add_argument("--adapter", action="store_true", help="keep LoRA as a peft adapter beside the LLM, unmerged")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="LLM weights dtype (default: the training config's)")
+    p.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
+    args = p.parse_args(argv)
+
+    from datagen.train.export import export_model
+
+    try:
+        dest = export_model(args.checkpoint, args.dest, adapter=args.adapter, dtype=args.dtype,
+                            overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"exported {args.checkpoint} -> {dest}")
+    return 0
+
+
+COMMANDS = {"train": train_main, "eval": eval_main, "chat": chat_main, "export-model": export_main}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("train", "eval"):
-        print("usage: python -m datagen.train.cli {train,eval} ...", file=sys.stderr)
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: python -m datagen.train.cli {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
         return 2
-    return (train_main if argv[0] == "train" else eval_main)(argv[1:])
+    return COMMANDS[argv[0]](argv[1:])
 
 
 if __name__ == "__main__":

@@ -29,6 +29,15 @@ class VisionConfig(_Strict):
     name: str | None = Field("ViT-L-14", description="open_clip model name or hf-hub:/local-dir: id.")
     pretrained: str | None = Field("openai", description="open_clip pretrained tag or checkpoint file.")
     config: dict[str, Any] | None = Field(None, description="open_clip vision_cfg for a random-weight ViT.")
+    quick_gelu: bool | None = Field(
+        None, description="QuickGELU activations (OpenAI CLIP weights); null: as the pretrained tag says."
+    )
+    resize: Literal["squash", "pad"] = Field(
+        "squash",
+        description="How an image becomes the ViT's square input. 'squash': resize to size x size, as "
+        "mPLUG-Owl does; 'pad': pad to a square with the mean colour, then resize. Never a crop, which "
+        "can cut annotated objects out of the picture the conversation talks about.",
+    )
 
     @model_validator(mode="after")
     def _one_source(self):
@@ -68,7 +77,10 @@ class LLMConfig(_Strict):
     name: str | None = Field(None, description="Hugging Face id or local folder of a causal LM.")
     config: dict[str, Any] | None = Field(None, description="LlamaConfig kwargs for a random-weight LLaMA.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Weights dtype of the (frozen) LLM when loaded by name."
+        "float32", description="Weights dtype of the LLM (frozen or LoRA-adapted; LoRA weights stay float32)."
+    )
+    attn_implementation: Literal["sdpa", "flash_attention_2", "eager"] = Field(
+        "sdpa", description="LLM attention kernel; flash_attention_2 needs the flash-attn package and a GPU."
     )
 
     @model_validator(mode="after")
@@ -117,6 +129,10 @@ class DataConfig(_Strict):
     holdout_fraction: float = Field(
         0.0, ge=0.0, lt=1.0, description="Keys whose hash falls below this are kept out of training for eval."
     )
+    group_by_length: int = Field(
+        0, ge=0, description="Batch examples of similar length: sort windows of this many batches by length "
+        "(0: off). Cuts the padding share of each batch; resume stays exact."
+    )
 
 
 class OptimConfig(_Strict):
@@ -152,7 +168,18 @@ class TrainConfig(_Strict):
     save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps (the last step always).")
     resume: bool = Field(True, description="Continue from <out>/latest.txt when it exists.")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on CUDA.")
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool = Field(
+        False, description="Recompute activations in backward: for long sequences or big models only (costs ~1/3 more compute)."
+    )
+    train_llm: bool = Field(
+        False, description="Stage 2: train every LLM weight instead of LoRA (small LLMs, e.g. the tiny demo model)."
+    )
+    eval_every: int | None = Field(
+        None, ge=1, description="Every N steps: loss on the held-out split and the POPE probe (needs data.holdout_fraction > 0)."
+    )
+    eval_batches: int = Field(10, ge=1, description="Held-out batches per evaluation.")
+    eval_pope_images: int = Field(20, ge=0, description="Held-out annotated images the POPE probe asks about (0: no probe).")
+    tensorboard: bool = Field(True, description="Also log to <out>/tensorboard (the tensorboard package).")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = Field(False, description="torch.compile the LLM (GPU runs).")
 
@@ -164,6 +191,10 @@ class TrainConfig(_Strict):
             raise ValueError("stage 1 keeps the LLM frozen: remove 'lora'")
         if self.stage == 1 and self.data.text_ratio:
             raise ValueError("data.text_ratio applies to stage 2 only")
+        if self.train_llm and (self.stage != 2 or self.lora is not None):
+            raise ValueError("train_llm trains the whole LLM in stage 2: use it in stage 2, without 'lora'")
+        if self.eval_every and not self.data.holdout_fraction:
+            raise ValueError("eval_every evaluates on held-out keys: set data.holdout_fraction > 0")
         return self
 
 

@@ -6,7 +6,8 @@ Per process (DDP rank) and per DataLoader worker the pipeline is::
       -> tar samples -> examples (a stage-2 sample expands into ALL its
          conversations, every language) -> shuffle buffer
       [stage 2: mixed with text-only examples at data.text_ratio]
-      -> skip (resume) -> decode image + tokenise -> batch   (all in the worker)
+      -> skip (resume) -> decode image + tokenise
+      -> batch, or sort windows of N batches by length and batch   (all in the worker)
       .with_epoch(batches per worker)
 
 Why this shape: every random choice is seeded from (seed, epoch, rank, worker), so
@@ -82,6 +83,7 @@ class DataSpec:
     image_size: int
     mean: tuple[float, ...] = (0.48145466, 0.4578275, 0.40821073)
     std: tuple[float, ...] = (0.26862954, 0.26130258, 0.27577711)
+    resize: str = "squash"  # squash | pad (see ImageTransform)
     max_len: int = 512
     batch_size: int = 8
     text_ratio: float = 0.0
@@ -89,6 +91,7 @@ class DataSpec:
     holdout_fraction: float = 0.0
     holdout: str = "exclude"  # exclude (training) | only (evaluation) | all
     resampled: bool = True
+    group_by_length: int = 0  # sort windows of this many batches by length (0: off)
     seed: int = 0
     splits: list[str] = field(default_factory=list)  # default: by stage
 
@@ -175,16 +178,24 @@ def _mixed(main: Iterator[dict], text: Iterator[dict] | None, ratio: float, rng:
         yield ex
 
 
-def raw_examples(spec: DataSpec, epoch: int, skip_batches: int, num_workers: int) -> Iterator[dict]:
-    """The undecoded example stream of this worker, minus the examples of already consumed batches.
+def _worker_position(skip_batches: int, num_workers: int) -> tuple[int, int]:
+    """(the worker this DataLoader worker plays, batches it made before) after ``skip_batches``.
 
     Batches leave the DataLoader round-robin over workers, so of ``skip_batches``
     consumed batches worker w made ``skip // W + (w < skip % W)``. A fresh DataLoader
     asks its worker 0 first, so worker i plays the part of worker (i + skip) % W: the
     first batch after a resume comes from the worker that owned it before."""
-    rank, _, real_worker, _ = wds.utils.pytorch_worker_info()
+    _, _, real_worker, _ = wds.utils.pytorch_worker_info()
     w = max(num_workers, 1)
     worker = (real_worker + skip_batches) % w
+    return worker, skip_batches // w + (1 if worker < skip_batches % w else 0)
+
+
+def raw_examples(spec: DataSpec, epoch: int, skip_batches: int, num_workers: int) -> Iterator[dict]:
+    """The undecoded example stream of this worker, minus the examples of already consumed batches
+    (with length grouping: of already consumed whole windows; see ``length_grouped``)."""
+    rank = wds.utils.pytorch_worker_info()[0]
+    worker, mine = _worker_position(skip_batches, num_workers)
     seed = wds.utils.make_seed(spec.seed, epoch)
     if spec.stage == 1:
         stream = _examples(shard_urls(spec.data_dir, "stage1"), 1, spec, seed, worker, num_workers)
@@ -198,21 +209,75 @@ def raw_examples(spec: DataSpec, epoch: int, skip_batches: int, num_workers: int
             text = _examples(text_urls, 2, spec, wds.utils.make_seed(seed, 1), worker, num_workers)
         rng = random.Random(wds.utils.make_seed(seed, rank, worker, 23))
         stream = _mixed(main, text, spec.text_ratio, rng)
-    mine = skip_batches // w + (1 if worker < skip_batches % w else 0)
+    if spec.group_by_length:
+        mine -= mine % spec.group_by_length
     return islice(stream, mine * spec.batch_size, None)
 
 
+def length_grouped(spec: DataSpec, epoch: int, skip_batches: int, num_workers: int, collate_fn, src):
+    """Batches of similar length, so little of each batch is padding: windows of
+    ``group_by_length`` batches' worth of examples are sorted by length, cut into batches, and
+    the batches of a window handed out in a seeded random order (so long and short steps mix).
+
+    Exact resume: the window a resume lands in is re-encoded and its first batches dropped."""
+    k, bs = spec.group_by_length, spec.batch_size
+    rank = wds.utils.pytorch_worker_info()[0]
+    worker, mine = _worker_position(skip_batches, num_workers)
+    window, drop = divmod(mine, k)
+    src = iter(src)
+    while True:
+        chunk = list(islice(src, k * bs))
+        if not chunk:
+            return
+        chunk.sort(key=lambda e: len(e["input_ids"]))
+        batches = [chunk[i:i + bs] for i in range(0, len(chunk), bs)]
+        random.Random(wds.utils.make_seed(spec.seed, epoch, rank, worker, window, 31)).shuffle(batches)
+        for b in batches[drop:]:
+            if len(b) == bs or not spec.resampled:
+                yield collate_fn(b)
+        window, drop = window + 1, 0
+
+
 # ----------------------------------------------------------------- examples -> tensors
+
+
+class ImageTransform:
+    """Image -> normalised [3, size, size] tensor, as mPLUG-Owl preprocesses: the whole picture,
+    never a crop (a centre crop can remove the very object a conversation asks about).
+
+    ``squash`` resizes to size x size (bicubic), changing the aspect ratio, like mPLUG-Owl's
+    ``Resize((224, 224))``. ``pad`` first pads the shorter side with the mean colour (LLaVA's
+    expand-to-square), keeping the aspect ratio. One class for training, eval and chat."""
+
+    def __init__(self, size: int, mean, std, resize: str = "squash"):
+        if resize not in ("squash", "pad"):
+            raise ValueError(f"image resize must be 'squash' or 'pad', got {resize!r}")
+        self.size, self.resize = int(size), resize
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        import numpy as np
+
+        img = img.convert("RGB")
+        if self.resize == "pad" and img.width != img.height:
+            side = max(img.width, img.height)
+            fill = tuple(int(round(255 * m)) for m in self.mean.flatten().tolist())
+            square = Image.new("RGB", (side, side), fill)
+            square.paste(img, ((side - img.width) // 2, (side - img.height) // 2))
+            img = square
+        if img.size != (self.size, self.size):
+            img = img.resize((self.size, self.size), Image.BICUBIC)
+        x = torch.from_numpy(np.asarray(img, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
+        return (x - self.mean) / self.std
 
 
 class Encoder:
     """Decode images and tokenise text for one example (runs in the loader worker)."""
 
     def __init__(self, spec: DataSpec):
-        import open_clip  # heavy import; workers inherit it
-
         self.spec = spec
-        self.transform = open_clip.image_transform(spec.image_size, is_train=False, mean=spec.mean, std=spec.std)
+        self.transform = ImageTransform(spec.image_size, spec.mean, spec.std, spec.resize)
 
     def render(self, ex: dict):
         tok = self.spec.tokenizer
@@ -271,11 +336,15 @@ def collate(examples: list[dict], pad_id: int) -> dict:
 def build_dataset(spec: DataSpec, *, epoch: int = 0, skip_batches: int = 0, num_workers: int = 0,
                   batches_per_worker: int | None = None) -> wds.DataPipeline:
     """The batched pipeline; ``batches_per_worker`` sets the nominal epoch (``with_epoch``)."""
-    pad_id = spec.tokenizer.pad_token_id
+    collate_fn = partial(collate, pad_id=spec.tokenizer.pad_token_id)
+    if spec.group_by_length:
+        batcher = partial(length_grouped, spec, epoch, skip_batches, num_workers, collate_fn)
+    else:
+        batcher = wds.batched(spec.batch_size, collation_fn=collate_fn, partial=not spec.resampled)
     pipe = wds.DataPipeline(
         partial(raw_examples, spec, epoch, skip_batches, num_workers),
         wds.map(Encoder(spec)),
-        wds.batched(spec.batch_size, collation_fn=partial(collate, pad_id=pad_id), partial=not spec.resampled),
+        batcher,
     )
     if batches_per_worker is not None:
         pipe = pipe.with_epoch(batches_per_worker)
@@ -283,14 +352,15 @@ def build_dataset(spec: DataSpec, *, epoch: int = 0, skip_batches: int = 0, num_
 
 
 def make_loader(spec: DataSpec, *, epoch: int, skip_batches: int, num_workers: int,
-                batches_per_worker: int | None) -> torch.utils.data.DataLoader:
+                batches_per_worker: int | None, pin_memory: bool = False) -> torch.utils.data.DataLoader:
     ds = build_dataset(spec, epoch=epoch, skip_batches=skip_batches, num_workers=num_workers,
                        batches_per_worker=batches_per_worker)
     # Our own generator: a DataLoader otherwise draws its base seed from the global torch RNG,
     # and a resumed run (which builds its loader later) would then see other dropout masks.
     gen = torch.Generator().manual_seed(spec.seed + epoch)
     return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=num_workers, generator=gen,
-                                       persistent_workers=False, prefetch_factor=2 if num_workers else None)
+                                       persistent_workers=False, prefetch_factor=2 if num_workers else None,
+                                       pin_memory=pin_memory)
 
 
 @dataclass
@@ -302,7 +372,7 @@ class StreamPosition:
 
 
 def training_batches(spec: DataSpec, position: StreamPosition, *, num_workers: int,
-                     epoch_batches: int) -> Iterator[dict]:
+                     epoch_batches: int, pin_memory: bool = False) -> Iterator[dict]:
     """Endless batches, epoch after epoch; ``position`` is updated as batches are handed out,
     so a checkpoint taken between two batches records exactly where to restart."""
     w = max(num_workers, 1)
@@ -312,7 +382,7 @@ def training_batches(spec: DataSpec, position: StreamPosition, *, num_workers: i
         if position.batch >= epoch_len:
             position.epoch, position.batch = position.epoch + 1, 0
         loader = make_loader(spec, epoch=position.epoch, skip_batches=position.batch,
-                             num_workers=num_workers, batches_per_worker=per_worker)
+                             num_workers=num_workers, batches_per_worker=per_worker, pin_memory=pin_memory)
         # with_epoch counts per worker; after a resume each worker owes fewer batches
         got = 0
         for batch in islice(loader, epoch_len - position.batch):

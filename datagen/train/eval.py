@@ -5,26 +5,31 @@ about annotated objects (answer yes) and half about absent ones (answer no),
 with POPE's three ways to pick absent objects: random, popular (most frequent
 overall) and adversarial (co-occurring most with what is present), in English
 and (for COCO labels, through the project's lexicon) in Chinese. The model's
-answer is whichever of "Yes"/"No" (有/没有) it makes more likely as the first
-reply token: a closed-form choice that needs no generation and no answer parsing.
+answer is whichever of "Yes"/"No" (有/没有) it makes more likely at the first reply
+token where the two differ: a closed-form choice that needs no generation and no
+answer parsing.
 Reported: accuracy, precision, recall, F1 (yes = positive) and the yes-ratio
 (a model that says yes to everything has yes-ratio 1 and F1 0.67 on balanced data).
+``pope_generate`` asks the same questions by generation and parses yes/no from the
+reply (POPE's rule), counting the replies that say neither.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import random
+import re
 from collections import Counter
 from itertools import combinations, islice
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
-from datagen.train.checkpoint import load_weights, resolve_checkpoint
-from datagen.train.config import LoraSpec, ModelConfig
 from datagen.train.data import DataSpec, Encoder, build_dataset, collate, in_holdout, shard_urls
-from datagen.train.model import MplugOwl, add_lora, build_model, per_example_logprob, token_loss_sum
+from datagen.train.inference import Loaded, load_model, reply
+from datagen.train.model import MplugOwl, per_example_logprob
 from datagen.train.template import IGNORE
 
 # Plural-only nouns outside the COCO lexicon: "Are there any jeans in the image?".
@@ -102,24 +107,6 @@ def pope_metrics(truth: list[bool], pred: list[bool]) -> dict:
             "f1": f1, "yes_ratio": (tp + fp) / n if n else 0.0}
 
 
-def load_for_eval(checkpoint: str | Path, device: torch.device) -> tuple[MplugOwl, object, dict, dict]:
-    """Rebuild the model a checkpoint describes and load its weights. Returns (model, tokenizer, pre, meta)."""
-    from transformers import AutoTokenizer
-
-    ckpt = resolve_checkpoint(checkpoint)
-    meta = json.loads((ckpt / "meta.json").read_text())
-    mc = ModelConfig.model_validate(meta["model"])
-    tokenizer = AutoTokenizer.from_pretrained(ckpt / "tokenizer")
-    model, pre = build_model(mc.vision, mc.abstractor, mc.llm, vocab_size=len(tokenizer))
-    if meta.get("lora"):
-        add_lora(model, LoraSpec.model_validate(meta["lora"]))
-    parts = set(meta["full_parts"])
-    required = [k for k in model.state_dict() if k.split(".", 1)[0] in parts or "lora_" in k]
-    load_weights(model, ckpt, required=required)  # nothing the run trained may stay random
-    model.to(device).eval()
-    return model, tokenizer, pre, meta
-
-
 def _stage1_annotations(data_dir: str, holdout_fraction: float, max_images: int) -> tuple[list[dict], list[set]]:
     """Held-out annotated images (at most ``max_images``) and the label sets of all images."""
     import webdataset as wds
@@ -146,9 +133,7 @@ def _stage1_annotations(data_dir: str, holdout_fraction: float, max_images: int)
 def heldout_loss(model: MplugOwl, spec: DataSpec, max_batches: int, device) -> dict:
     total, tokens, batches = 0.0, 0, 0
     for batch in islice(build_dataset(spec), max_batches):
-        logits = model(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                       batch["pixel_values"].to(device))
-        s, n = token_loss_sum(logits, batch["labels"].to(device))
+        s, n = model(*(batch[k].to(device) for k in ("input_ids", "attention_mask", "pixel_values", "labels")))
         total, tokens, batches = total + float(s), tokens + n, batches + 1
     return {"loss": total / tokens if tokens else None, "tokens": tokens, "batches": batches}
 
@@ -156,26 +141,31 @@ def heldout_loss(model: MplugOwl, spec: DataSpec, max_batches: int, device) -> d
 @torch.no_grad()
 def score_yes_no(model: MplugOwl, encoder: Encoder, questions: list[dict], batch_size: int, device,
                  lang: str = "en") -> list[bool]:
-    """For each question: is p(first token of "Yes") > p(first token of "No") as the reply?
+    """For each question: does the model make the "Yes" reply more likely than the "No" reply,
+    judged at the first reply token where the two differ?
 
-    The first token only: summed log-probabilities would favour whichever answer
-    tokenises shorter (有 vs 没有), which is not what the model believes."""
+    One token only: summed log-probabilities would favour whichever answer tokenises
+    shorter (有 vs 没有), which is not what the model believes. Tokens the two replies share
+    (a leading space token, say) have the same probability under both and decide nothing."""
     examples = []
     for q in questions:
-        for answer in ANSWERS[lang]:
-            ex = encoder({"key": q["key"], "images": [q["image"]],
-                          "turns": [{"role": "user", "content": "<image>\n" + q["question"]},
-                                    {"role": "assistant", "content": answer}]})
-            labels = ex["labels"]
-            idx = (labels != IGNORE).nonzero().flatten()
-            labels[idx[1:]] = IGNORE
+        pair = [encoder({"key": q["key"], "images": [q["image"]],
+                         "turns": [{"role": "user", "content": "<image>\n" + q["question"]},
+                                   {"role": "assistant", "content": answer}]})
+                for answer in ANSWERS[lang]]
+        (yes, no) = pair
+        n = min(len(yes["input_ids"]), len(no["input_ids"]))
+        differ = (yes["input_ids"][:n] != no["input_ids"][:n]).nonzero().flatten()
+        if not len(differ) or yes["labels"][differ[0]] == IGNORE:
+            raise ValueError(f"{ANSWERS[lang]}: the two replies do not differ in a trained token; cannot score")
+        k = int(differ[0])
+        for ex in pair:
+            keep = ex["labels"][k].clone()
+            ex["labels"].fill_(IGNORE)
+            ex["labels"][k] = keep
             examples.append(ex)
-    tok = encoder.spec.tokenizer
+    pad = encoder.spec.tokenizer.pad_token_id
     scores = []
-    pad = tok.pad_token_id
-    first = {a: tok(a, add_special_tokens=False)["input_ids"][:1] for a in ANSWERS[lang]}
-    if first[ANSWERS[lang][0]] == first[ANSWERS[lang][1]]:
-        raise ValueError(f"the tokenizer starts {ANSWERS[lang]} with the same token; cannot score yes/no")
     for i in range(0, len(examples), batch_size):
         b = collate(examples[i:i + batch_size], pad)
         logits = model(b["input_ids"].to(device), b["attention_mask"].to(device), b["pixel_values"].to(device))
@@ -183,37 +173,100 @@ def score_yes_no(model: MplugOwl, encoder: Encoder, questions: list[dict], batch
     return [scores[2 * j] > scores[2 * j + 1] for j in range(len(questions))]
 
 
+_NO_EN = re.compile(r"\b(no|not|none|nope|never)\b|n't\b")
+_YES_EN = re.compile(r"\b(yes|yeah|yep|there (is|are))\b")
+
+
+def parse_yes_no(text: str, lang: str = "en") -> bool | None:
+    """A generated reply -> yes (True), no (False) or None when it says neither.
+
+    POPE's rule on the first sentence: a negation word means no; English 'yes'/'there is',
+    Chinese 有/是/对 at the start mean yes."""
+    first = re.split(r"[.!?\n。！？]", text.strip(), maxsplit=1)[0].strip().lower()
+    if lang == "zh":
+        if first.startswith(("没有", "没", "不", "否", "无")):
+            return False
+        if first.startswith(("有", "是", "对")):
+            return True
+        return None
+    if _NO_EN.search(first):
+        return False
+    return True if _YES_EN.search(first) else None
+
+
+@torch.no_grad()
+def generate_yes_no(loaded: Loaded, questions: list[dict], lang: str = "en",
+                    max_new_tokens: int = 16) -> tuple[list[bool], list[str], int]:
+    """POPE by generation: the greedy reply to each question, parsed. Unparsed replies count
+    as yes (POPE's convention: anything that does not deny) and are counted apart."""
+    from PIL import Image
+
+    preds, replies, unparsed = [], [], 0
+    for q in questions:
+        turns = [{"role": "user", "content": "<image>\n" + q["question"]}]
+        text = reply(loaded, turns, [Image.open(io.BytesIO(q["image"]))], max_new_tokens=max_new_tokens)
+        said = parse_yes_no(text, lang)
+        unparsed += said is None
+        preds.append(said is not False)
+        replies.append(text)
+    return preds, replies, unparsed
+
+
 def evaluate(checkpoint: str | Path, data_dir: str, *, split: str | None = None,
              holdout_fraction: float | None = None, max_batches: int = 50, batch_size: int = 8,
              pope_sampling: str = "random", pope_per_image: int = 3, max_images: int = 100,
-             device: str = "auto", seed: int = 0, langs: tuple[str, ...] = ("en", "zh")) -> dict:
-    """Held-out loss on ``split`` and POPE metrics per language ("zh" asks COCO labels in Chinese)."""
+             device: str = "auto", seed: int = 0, langs: tuple[str, ...] = ("en", "zh"),
+             generate: bool = True, max_new_tokens: int = 16) -> dict:
+    """Held-out loss on ``split`` and POPE metrics per language ("zh" asks COCO labels in Chinese):
+    ``pope`` by first differing reply token, ``pope_generate`` by parsing generated replies.
+    ``checkpoint``: a checkpoint, run folder or ``datagen export-model`` folder."""
     dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
-    model, tokenizer, pre, meta = load_for_eval(checkpoint, dev)
+    loaded = load_model(checkpoint, dev)
+    meta = loaded.meta
     cfg = meta.get("config") or {}
     if holdout_fraction is None:
         holdout_fraction = float((cfg.get("data") or {}).get("holdout_fraction", 0.0))
-    split = split or f"stage{meta['stage']}"
-    mc = ModelConfig.model_validate(meta["model"])
-    spec = DataSpec(
-        data_dir=str(data_dir), stage=1 if split == "stage1" else 2, tokenizer=tokenizer,
-        template=meta.get("template", "mplug_owl"), tokens_per_image=mc.abstractor.tokens_per_image,
-        image_size=pre["image_size"], mean=tuple(pre["mean"]), std=tuple(pre["std"]),
-        max_len=int((cfg.get("data") or {}).get("max_seq_len", 512)), batch_size=batch_size,
-        shuffle_buffer=0, holdout_fraction=holdout_fraction, holdout="only" if holdout_fraction > 0 else "all",
-        resampled=False, seed=seed,
+    split = split or f"stage{meta.get('stage', 2)}"
+    spec = eval_spec(loaded, data_dir, split, holdout_fraction, batch_size, seed,
+                     max_len=int((cfg.get("data") or {}).get("max_seq_len", 512)))
+    report = {"checkpoint": loaded.source, "data": str(data_dir), "split": split,
+              "holdout_fraction": holdout_fraction, "heldout": heldout_loss(loaded.model, spec, max_batches, dev)}
+    report.update(pope_report(loaded, spec, data_dir, holdout_fraction, sampling=pope_sampling,
+                              per_image=pope_per_image, max_images=max_images, seed=seed, langs=langs,
+                              batch_size=batch_size, device=dev, generate=generate,
+                              max_new_tokens=max_new_tokens))
+    return report
+
+
+def eval_spec(loaded: Loaded, data_dir, split: str, holdout_fraction: float, batch_size: int, seed: int,
+              max_len: int) -> DataSpec:
+    pre = loaded.pre
+    return DataSpec(
+        data_dir=str(data_dir), stage=1 if split == "stage1" else 2, tokenizer=loaded.tokenizer,
+        template=loaded.template, tokens_per_image=loaded.tokens_per_image,
+        image_size=pre["image_size"], mean=tuple(pre["mean"]), std=tuple(pre["std"]), resize=pre["resize"],
+        max_len=max_len, batch_size=batch_size, shuffle_buffer=0, holdout_fraction=holdout_fraction,
+        holdout="only" if holdout_fraction > 0 else "all", resampled=False, seed=seed,
     )
-    report = {"checkpoint": str(resolve_checkpoint(checkpoint)), "data": str(data_dir), "split": split,
-              "holdout_fraction": holdout_fraction, "heldout": heldout_loss(model, spec, max_batches, dev)}
+
+
+def pope_report(loaded: Loaded, spec: DataSpec, data_dir, holdout_fraction: float, *, sampling: str,
+                per_image: int, max_images: int, seed: int, langs: Sequence[str], batch_size: int, device,
+                generate: bool, max_new_tokens: int = 16) -> dict:
     images, stats = _stage1_annotations(str(data_dir), holdout_fraction, max_images)
-    questions = pope_questions(images, sampling=pope_sampling, per_image=pope_per_image, seed=seed, stats=stats)
+    questions = pope_questions(images, sampling=sampling, per_image=per_image, seed=seed, stats=stats)
     encoder = Encoder(spec)
-    report["pope"] = {}
+    out: dict = {"pope": {}, **({"pope_generate": {}} if generate else {})}
     for lang in langs:
         asked = [{**q, "question": existence_question(q["label"], lang)} for q in questions]
         asked = [q for q in asked if q["question"]]
-        pred = score_yes_no(model, encoder, asked, batch_size, dev, lang) if asked else []
-        report["pope"][lang] = {"sampling": pope_sampling, "images": len(images),
-                                "skipped_no_translation": len(questions) - len(asked),
-                                **pope_metrics([q["answer"] for q in asked], pred)}
-    return report
+        truth = [q["answer"] for q in asked]
+        head = {"sampling": sampling, "images": len(images), "skipped_no_translation": len(questions) - len(asked)}
+        pred = score_yes_no(loaded.model, encoder, asked, batch_size, device, lang) if asked else []
+        out["pope"][lang] = {**head, **pope_metrics(truth, pred)}
+        if generate:
+            gpred, replies, unparsed = generate_yes_no(loaded, asked, lang, max_new_tokens) if asked else ([], [], 0)
+            out["pope_generate"][lang] = {**head, **pope_metrics(truth, gpred), "unparsed": unparsed,
+                                          "examples": [{"question": q["question"], "reply": r}
+                                                       for q, r in list(zip(asked, replies))[:3]]}
+    return out

@@ -33,7 +33,7 @@ from datagen.train.checkpoint import (
 )
 from datagen.train.config import ModelConfig, LoraSpec, TrainConfig
 from datagen.train.data import DataSpec, StreamPosition, training_batches
-from datagen.train.model import MplugOwl, add_lora, build_model, count_params, set_trainable, token_loss_sum
+from datagen.train.model import MplugOwl, add_lora, build_model, count_params, param_groups, set_trainable
 from datagen.train.template import IGNORE, MPLUG_SYSTEM
 from datagen.train.tokenizer import load_tokenizer, shard_texts, train_bpe_tokenizer
 
@@ -107,11 +107,12 @@ def build_for_stage(cfg: TrainConfig, rank: int = 0) -> Built:
         lora = None
         full_parts = [p for p, built_from_config in (("vision", model_cfg.vision.config), ("llm", model_cfg.llm.config))
                       if built_from_config is not None]
-    full_parts = sorted(set(full_parts) | {"abstractor"} | ({"vision"} if cfg.stage == 1 else set()))
+    full_parts = sorted(set(full_parts) | {"abstractor"} | ({"vision"} if cfg.stage == 1 else set())
+                        | ({"llm"} if cfg.train_llm else set()))
     if cfg.stage == 2 and cfg.lora is not None and lora is None:
         lora = cfg.lora
         add_lora(model, lora)
-    set_trainable(model, cfg.stage)
+    set_trainable(model, cfg.stage, cfg.train_llm)
     return Built(model, tokenizer, pre, model_cfg, lora, full_parts, init_keys)
 
 
@@ -120,9 +121,10 @@ def data_spec(cfg: TrainConfig, built: Built, **overrides) -> DataSpec:
     fields = dict(
         data_dir=d.dir, stage=cfg.stage, tokenizer=built.tokenizer, template=cfg.template,
         tokens_per_image=built.model_cfg.abstractor.tokens_per_image, image_size=built.pre["image_size"],
-        mean=tuple(built.pre["mean"]), std=tuple(built.pre["std"]), max_len=d.max_seq_len,
+        mean=tuple(built.pre["mean"]), std=tuple(built.pre["std"]), resize=built.pre["resize"], max_len=d.max_seq_len,
         batch_size=d.batch_size, text_ratio=d.text_ratio, shuffle_buffer=d.shuffle_buffer,
         holdout_fraction=d.holdout_fraction, holdout="exclude", resampled=d.resampled, seed=cfg.seed,
+        group_by_length=d.group_by_length,
     )
     fields.update(overrides)
     return DataSpec(**fields)
@@ -178,6 +180,9 @@ def train(cfg: TrainConfig, *, quiet: bool = False) -> dict:
 
 
 def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, quiet: bool) -> dict:
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        # the loader workers have cores of their own; oversubscribed OpenMP threads spin (10x slower)
+        torch.set_num_threads(max(1, ((os.cpu_count() or 1) - cfg.data.num_workers) // world))
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -191,7 +196,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, quiet:
         model.llm.compile()  # in place: parameter names (and so checkpoints) stay the same
     params = [p for p in model.parameters() if p.requires_grad]
     oc = cfg.optim
-    optimizer = torch.optim.AdamW(params, lr=oc.lr, betas=oc.betas, weight_decay=oc.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, oc.weight_decay), lr=oc.lr, betas=oc.betas,
+                                  fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lambda(oc.warmup_steps, cfg.max_steps, oc.min_lr_ratio))
 
     step, position = 0, StreamPosition()
@@ -214,13 +220,15 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, quiet:
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=unused
         )
     spec = data_spec(cfg, built)
-    batches = training_batches(spec, position, num_workers=cfg.data.num_workers, epoch_batches=cfg.data.epoch_batches)
+    batches = training_batches(spec, position, num_workers=cfg.data.num_workers, epoch_batches=cfg.data.epoch_batches,
+                               pin_memory=device.type == "cuda")
 
     counts = count_params(model)
     stop = min(cfg.stop_at_step or cfg.max_steps, cfg.max_steps)
     if not quiet:
         print(f"[stage {cfg.stage}] params {counts['total']:,} (trainable {counts['trainable']:,}); "
-              f"steps {step}->{stop} of {cfg.max_steps}; world {world}; device {device}", flush=True)
+              f"steps {step}->{stop} of {cfg.max_steps}; world {world}; device {device}; "
+              f"uniform-guess loss ln(vocab) = {uniform_loss(built.tokenizer):.3f}", flush=True)
     log_path = out / "log.jsonl"
     if rank == 0 and log_path.exists():  # keep the log in step with the weights: drop steps past the resume point
         kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
@@ -231,6 +239,11 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, quiet:
             "full_parts": built.full_parts, "config": cfg.model_dump(mode="json")}
     last_ckpt = None
     t0, tokens_seen, empty_examples, warned = time.perf_counter(), 0, 0, False
+    writer = None
+    if rank == 0 and cfg.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1)  # a resume drops later events
     runner.train()
     while step < stop:
         micro = [next(batches) for _ in range(oc.grad_accum)]
@@ -247,9 +260,10 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, quiet:
             ctx = runner.no_sync() if not sync else nullcontext()
             with ctx:
                 with _autocast(cfg, device):
-                    logits = runner(b["input_ids"].to(device), b["attention_mask"].to(device),
-                                    b["pixel_values"].to(device))
-                loss_sum, _ = token_loss_sum(logits, b["labels"].to(device))
+                    loss_sum, _ = runner(*(b[k].to(device, non_blocking=True)
+                                           for k in ("input_ids", "attention_mask", "pixel_values", "labels")))
+                # DDP averages gradients over processes; the loss is already normalised by the
+                # global token count, so undo the average: the update of one big batch
                 (loss_sum * world / max(step_tokens, 1.0)).backward()
             loss_sum_local += float(loss_sum.detach())
             tokens_seen += int(b["attention_mask"].sum())
@@ -268,6 +282,22 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, quiet:
                    "tokens": step_tokens}
             with log_path.open("a") as f:
                 f.write(json.dumps(rec) + "\n")
+            if writer is not None:
+                for k in ("loss", "lr", "grad_norm", "tokens"):
+                    writer.add_scalar(f"train/{k}", rec[k], step)
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == stop):
+            if rank == 0:
+                report = evaluate_during_training(cfg, built, model, device)
+                with log_path.open("a") as f:
+                    f.write(json.dumps({"step": step, "eval": report}) + "\n")
+                if writer is not None:
+                    for k, v in flat_metrics(report).items():
+                        writer.add_scalar(f"eval/{k}", v, step)
+                if not quiet:
+                    print(f"[stage {cfg.stage}] eval  {step:5d}  " + "  ".join(
+                        f"{k} {v:.4f}" for k, v in flat_metrics(report).items()), flush=True)
+            _barrier()
+            runner.train()
         if not quiet and (step % cfg.log_every == 0 or step == stop or step == 1):
             dt = time.perf_counter() - t0
             print(f"[stage {cfg.stage}] step {step:5d}/{cfg.max_steps}  loss {loss:.4f}  "
@@ -277,11 +307,48 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, quiet:
             positions = _gather_positions(position, world)
             last_ckpt = save_checkpoint(out, step, model, {**meta, "position": positions}, built.tokenizer,
                                         optimizer, scheduler, rank, world, _barrier)
+    if writer is not None:
+        writer.close()
     if last_ckpt is None and (out / "latest.txt").exists():
         last_ckpt = resolve_checkpoint(out)
-    return {"losses": losses, "step": step, "checkpoint": str(last_ckpt) if last_ckpt else None, "model": model,
+    return {"losses": losses, "step": step, "uniform_loss": uniform_loss(built.tokenizer), "checkpoint": str(last_ckpt) if last_ckpt else None, "model": model,
             "params": counts, "seconds": time.perf_counter() - t0,
             "examples_without_targets": empty_examples}
+
+
+def evaluate_during_training(cfg: TrainConfig, built: Built, model: MplugOwl, device: torch.device) -> dict:
+    """Loss on the held-out keys (``data.holdout_fraction``) and the POPE first-token probe on
+    held-out annotated images. Run by rank 0 on the unwrapped model, under the global RNG's fork:
+    training continues exactly as without it."""
+    from datagen.train.eval import heldout_loss, pope_report
+    from datagen.train.inference import Loaded
+
+    spec = data_spec(cfg, built, holdout="only", resampled=False, shuffle_buffer=0, text_ratio=0.0)
+    model.eval()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), _autocast(cfg, device):
+        report = {"heldout": heldout_loss(model, spec, cfg.eval_batches, device)}
+        if cfg.eval_pope_images:
+            loaded = Loaded(model, built.tokenizer, built.pre, built.model_cfg, cfg.template, {}, cfg.out)
+            report.update(pope_report(loaded, spec, cfg.data.dir, cfg.data.holdout_fraction, sampling="adversarial",
+                                      per_image=3, max_images=cfg.eval_pope_images, seed=cfg.seed, langs=("en",),
+                                      batch_size=cfg.data.batch_size, device=device, generate=False))
+    return report
+
+
+def flat_metrics(report: dict) -> dict[str, float]:
+    """The scalar numbers of an evaluation report, as 'loss', 'pope_en_f1', ..."""
+    out = {}
+    if report["heldout"]["loss"] is not None:
+        out["loss"] = report["heldout"]["loss"]
+    for lang, m in (report.get("pope") or {}).items():
+        if m.get("n"):
+            out.update({f"pope_{lang}_{k}": m[k] for k in ("accuracy", "f1", "yes_ratio")})
+    return out
+
+
+def uniform_loss(tokenizer) -> float:
+    """The loss of a model that guesses uniformly over the vocabulary: learning is loss below it."""
+    return math.log(len(tokenizer))
 
 
 def _gather_positions(position: StreamPosition, world: int) -> dict[str, dict]:

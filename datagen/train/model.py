@@ -99,12 +99,13 @@ def build_vision(cfg: VisionConfig) -> tuple[nn.Module, dict]:
         model = open_clip.CLIP(embed_dim=vision_cfg.pop("embed_dim", 32), vision_cfg=vision_cfg, text_cfg=_TINY_TEXT_CFG)
         visual = model.visual
         pre = {"mean": open_clip.OPENAI_DATASET_MEAN, "std": open_clip.OPENAI_DATASET_STD}
+        quick = False
     else:
         check_open_clip(cfg.name, cfg.pretrained)
         tag = open_clip.get_pretrained_cfg(cfg.name, cfg.pretrained) if cfg.pretrained else {}
         # OpenAI weights were trained with QuickGELU; the plain name builds nn.GELU
-        model = open_clip.create_model(cfg.name, pretrained=cfg.pretrained,
-                                       force_quick_gelu=bool((tag or {}).get("quick_gelu", False)))
+        quick = cfg.quick_gelu if cfg.quick_gelu is not None else bool((tag or {}).get("quick_gelu", False))
+        model = open_clip.create_model(cfg.name, pretrained=cfg.pretrained, force_quick_gelu=quick)
         visual = model.visual
         pc = getattr(visual, "preprocess_cfg", {}) or {}
         pre = {"mean": tuple(pc.get("mean", open_clip.OPENAI_DATASET_MEAN)),
@@ -116,17 +117,26 @@ def build_vision(cfg: VisionConfig) -> tuple[nn.Module, dict]:
     visual.prune_intermediate_layers(indices=1, prune_norm=False, prune_head=True)
     visual.attn_pool = None
     pre["image_size"] = int(visual.image_size[0])
+    pre["resize"] = cfg.resize
+    pre["quick_gelu"] = quick  # an export rebuilds the architecture without the pretrained tag
     pre["width"] = int(visual.conv1.out_channels)
     return visual, pre
 
 
 def build_llm(cfg: LLMConfig) -> nn.Module:
+    import importlib.util
+
     from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+    if cfg.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise ValueError("llm.attn_implementation=flash_attention_2 needs the flash-attn package "
+                         "(pip install flash-attn); use sdpa otherwise")
+    dtype = getattr(torch, cfg.dtype)
     if cfg.config is not None:
-        return LlamaForCausalLM(LlamaConfig(**cfg.config))
+        llm = LlamaForCausalLM(LlamaConfig(**cfg.config, attn_implementation=cfg.attn_implementation))
+        return llm.to(dtype)
     check_hf_model(cfg.name)
-    return AutoModelForCausalLM.from_pretrained(cfg.name, dtype=getattr(torch, cfg.dtype))
+    return AutoModelForCausalLM.from_pretrained(cfg.name, dtype=dtype, attn_implementation=cfg.attn_implementation)
 
 
 # -------------------------------------------------------------------------------- model
@@ -162,21 +172,23 @@ class MplugOwl(nn.Module):
             )
         return embeds.masked_scatter(is_image.unsqueeze(-1), img.to(embeds.dtype))
 
-    def forward(self, input_ids, attention_mask, pixel_values) -> torch.Tensor:
-        """Logits [batch, seq, vocab]."""
+    def forward(self, input_ids, attention_mask, pixel_values, labels=None):
+        """Without ``labels``: logits [batch, seq, vocab]. With ``labels``: (summed next-token loss,
+        labelled positions), the LM head applied only where a label follows: a reply is a small
+        part of a multimodal sequence, and full-vocabulary logits elsewhere are wasted work and memory."""
         embeds = self.embed(input_ids, pixel_values)
-        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).logits
-
-
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Summed next-token cross entropy over labelled positions, and their count.
-
-    A sum (not a mean) so gradient accumulation and DDP can divide by the token count
-    of the whole optimizer step: the same update as one big batch."""
-    shift_logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
-    shift_labels = labels[:, 1:].reshape(-1)
-    loss = F.cross_entropy(shift_logits, shift_labels, ignore_index=IGNORE, reduction="sum")
-    return loss, int((shift_labels != IGNORE).sum())
+        if labels is None:
+            return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).logits
+        base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+        backbone = getattr(base, base.base_model_prefix)
+        hidden = backbone(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)[0]
+        targets = labels[:, 1:]
+        picked = targets != IGNORE
+        logits = base.get_output_embeddings()(hidden[:, :-1][picked]).float()
+        cap = getattr(base.config, "final_logit_softcapping", None)
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return F.cross_entropy(logits, targets[picked], reduction="sum"), int(picked.sum())
 
 
 def per_example_logprob(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -211,8 +223,9 @@ def add_lora(model: MplugOwl, spec: LoraSpec) -> None:
     model.llm = get_peft_model(model.llm, config)
 
 
-def set_trainable(model: MplugOwl, stage: int) -> None:
-    """Stage 1: ViT + abstractor train, LLM frozen. Stage 2: abstractor + LoRA train, ViT frozen."""
+def set_trainable(model: MplugOwl, stage: int, train_llm: bool = False) -> None:
+    """Stage 1: ViT + abstractor train, LLM frozen. Stage 2: abstractor + LoRA train, ViT frozen
+    (``train_llm``: the whole LLM instead of LoRA)."""
     for p in model.parameters():
         p.requires_grad_(False)
     for p in model.abstractor.parameters():
@@ -222,8 +235,22 @@ def set_trainable(model: MplugOwl, stage: int) -> None:
             p.requires_grad_(True)
     else:
         for name, p in model.llm.named_parameters():
-            if "lora_" in name:
+            if "lora_" in name or train_llm:
                 p.requires_grad_(True)
+
+
+NO_DECAY_NAMES = ("queries", "end_token", "positional_embedding", "class_embedding")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases, norms (every 1-d tensor), the abstractor's
+    queries and end token, and the ViT's position/class embeddings (as HF Trainer and LLaVA)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or any(k in name for k in NO_DECAY_NAMES) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def count_params(model: nn.Module) -> dict[str, int]:

@@ -6,15 +6,23 @@ Two steps, kept apart so each can be checked on its own:
    replies (the only text the loss may fall on). ``render_mplug`` writes the
    mPLUG-Owl "Human:/AI:" text; ``render_chat`` uses the tokenizer's own chat
    template and finds the reply ranges by rendering growing prefixes.
-2. *encode*: the string is cut at reply boundaries and at image placeholders;
-   each text piece is tokenised on its own, so a token's label is exact by
-   construction (no offset guessing), and each placeholder becomes a run of
-   ``IMAGE_TOKEN_ID`` positions that the model fills with abstractor outputs.
+2. *encode*: the whole string is tokenised ONCE, with character offsets; a token
+   is trained on when it overlaps a reply (or the spaces just before it). Image
+   placeholders are registered as special tokens of a private copy of the
+   tokenizer, so they come out as single tokens at their exact offsets and become
+   runs of ``IMAGE_TOKEN_ID`` positions that the model fills with abstractor outputs.
+
+Why once: tokenising pieces separately makes a SentencePiece (LLaMA) tokenizer
+start every piece with a word boundary, so "AI: " + "Yes." trains on
+``AI:  Yes.`` (a double space) and ``</s> \\nHuman:`` (a stray one), text the model
+never sees at inference. Tokenised whole, the ids decode to the rendered text.
 """
 
 from __future__ import annotations
 
+import bisect
 import re
+import weakref
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -44,26 +52,33 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     image_order: list[int]  # for each image span in input_ids, in order: the index into the example's images
+    placeholders: list[str] = field(default_factory=list)  # the placeholder text of each image span
+    added_bos: bool = False  # encode() put a bos in front of the text
 
     @property
     def num_target_tokens(self) -> int:
         return sum(1 for x in self.labels if x != IGNORE)
 
 
-def _check_roles(turns: Sequence[dict]) -> None:
+def _check_roles(turns: Sequence[dict], generation: bool = False) -> None:
     if not turns:
         raise TemplateError("conversation has no turns")
     for i, t in enumerate(turns):
         if t.get("role") not in ("user", "assistant"):
             raise TemplateError(f"turn {i}: role must be 'user' or 'assistant', got {t.get('role')!r}")
-    if not any(t["role"] == "assistant" for t in turns):
+    if generation:
+        if turns[-1]["role"] != "user":
+            raise TemplateError("a prompt for generation must end with a user turn")
+    elif not any(t["role"] == "assistant" for t in turns):
         raise TemplateError("conversation has no assistant turn: nothing to train on")
 
 
-def render_mplug(turns: Sequence[dict], eos_token: str) -> Rendered:
+def render_mplug(turns: Sequence[dict], eos_token: str, add_generation_prompt: bool = False) -> Rendered:
     """mPLUG-Owl text: system line, one ``Human: <image>`` line per leading placeholder line,
-    ``Human: {q}``, ``AI: {a}``. The reply and the eos token after it are the targets."""
-    _check_roles(turns)
+    ``Human: {q}``, ``AI: {a}``. The reply and the eos token after it are the targets.
+    ``add_generation_prompt``: the turns end with a user turn, and the text ends with
+    ``AI:`` (the space before the reply belongs to the reply's first token)."""
+    _check_roles(turns, add_generation_prompt)
     text = MPLUG_SYSTEM
     targets: list[tuple[int, int]] = []
     for t in turns:
@@ -80,20 +95,22 @@ def render_mplug(turns: Sequence[dict], eos_token: str) -> Rendered:
             start = len(text)
             text += content.strip() + eos_token
             targets.append((start, len(text)))
+    if add_generation_prompt:
+        text += "\nAI:"
     return Rendered(text, targets)
 
 
-def render_chat(turns: Sequence[dict], tokenizer) -> Rendered:
+def render_chat(turns: Sequence[dict], tokenizer, add_generation_prompt: bool = False) -> Rendered:
     """The tokenizer's chat template. Reply i spans from the end of the prompt rendered with
     ``add_generation_prompt`` over turns[:i] to the end of turns[:i+1] (end-of-turn tokens
     included, so the model learns to stop). Templates that are not prefix-stable are refused."""
-    _check_roles(turns)
+    _check_roles(turns, add_generation_prompt)
     messages = [{"role": t["role"], "content": t.get("content") or ""} for t in turns]
 
     def render(msgs, gen):
         return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
 
-    full = render(messages, False)
+    full = render(messages, add_generation_prompt)
     targets = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
@@ -103,6 +120,9 @@ def render_chat(turns: Sequence[dict], tokenizer) -> Rendered:
         if not (full.startswith(prompt) and full.startswith(upto) and upto.startswith(prompt)):
             raise TemplateError("the tokenizer's chat template is not prefix-stable; use template: mplug_owl")
         targets.append((len(prompt), len(upto)))
+    if add_generation_prompt:
+        # the reply's first token carries its leading space (SentencePiece and byte-level BPE alike)
+        full = full.rstrip(" ")
     return Rendered(full, targets)
 
 
@@ -125,6 +145,30 @@ def _image_index(match: re.Match, num_images: int) -> int:
     return idx
 
 
+_BACKENDS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # tokenizer -> (backend, placeholders)
+
+
+def _backend(tokenizer, placeholders: Sequence[str]):
+    """A private copy of the tokenizer's Rust backend in which the placeholders are special tokens
+    (the caller's tokenizer, which checkpoints save, is left as it is)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise TemplateError(f"{type(tokenizer).__name__} is not a fast tokenizer: character offsets are needed "
+                            "(load it with use_fast=True)")
+    from tokenizers import AddedToken, Tokenizer
+
+    if tokenizer not in _BACKENDS:
+        backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+        backend.no_truncation()
+        backend.no_padding()
+        _BACKENDS[tokenizer] = (backend, set())
+    backend, registered = _BACKENDS[tokenizer]
+    new = [p for p in dict.fromkeys(placeholders) if p not in registered]
+    if new:
+        backend.add_special_tokens([AddedToken(p, special=True, normalized=False) for p in new])
+        registered.update(new)
+    return backend
+
+
 def encode(
     rendered: Rendered,
     tokenizer,
@@ -134,42 +178,64 @@ def encode(
     max_len: int,
     add_bos: bool = True,
 ) -> Encoded:
-    """Tokenise ``rendered`` piecewise. Truncation keeps whole image spans only: a span that
+    """Tokenise ``rendered`` in one pass. Truncation keeps whole image spans only: a span that
     would not fit ends the sequence there (its image is then not fed)."""
     text = rendered.text
-    cuts = {0, len(text)}
-    for s, e in rendered.targets:
-        cuts.update((s, e))
-    spans = [(m.start(), m.end(), m) for m in PLACEHOLDER.finditer(text)]
-    if num_images and not spans:
+    matches = list(PLACEHOLDER.finditer(text))
+    if num_images and not matches:
         raise TemplateError(f"sample has {num_images} image(s) but the text has no <image> placeholder")
-    if not num_images and spans:
-        raise TemplateError(f"text has placeholder {spans[0][2].group(0)} but the sample has no image")
-    for s, e, _ in spans:
-        cuts.update((s, e))
-    cuts = sorted(cuts)
-    by_start = {s: _image_index(m, num_images) for s, _, m in spans}  # validates every placeholder up front
+    if not num_images and matches:
+        raise TemplateError(f"text has placeholder {matches[0].group(0)} but the sample has no image")
+    by_start = {m.start(): (_image_index(m, num_images), m) for m in matches}  # validates every placeholder
+
+    backend = _backend(tokenizer, [m.group(0) for m in matches])
+    enc = backend.encode(text, add_special_tokens=False)
+    # A reply's range starts at the spaces before it: a generation prompt ends before them (the
+    # reply's first token carries the space, or is the space), so training must cover them too.
+    spans = sorted((len(text[:s].rstrip(" ")), e) for s, e in rendered.targets)
+    starts = [s for s, _ in spans]
+
+    def trained(a: int, b: int) -> bool:  # does token [a, b) overlap a reply?
+        i = bisect.bisect_left(starts, b) - 1
+        return i >= 0 and spans[i][1] > a
 
     ids: list[int] = []
     labels: list[int] = []
     order: list[int] = []
+    placeholders: list[str] = []
+    added_bos = False
     if add_bos and tokenizer.bos_token_id is not None and not text.startswith(tokenizer.bos_token or "\0"):
         ids.append(tokenizer.bos_token_id)
         labels.append(IGNORE)
-    for a, b in zip(cuts, cuts[1:]):
+        added_bos = True
+    for tid, (a, b) in zip(enc.ids, enc.offsets):
         if len(ids) >= max_len:
             break
-        if a in by_start:
+        if a in by_start and b == by_start[a][1].end():
             if len(ids) + tokens_per_image > max_len:
                 break
-            order.append(by_start[a])
+            order.append(by_start[a][0])
+            placeholders.append(by_start[a][1].group(0))
             ids.extend([IMAGE_TOKEN_ID] * tokens_per_image)
             labels.extend([IGNORE] * tokens_per_image)
             continue
-        piece_ids = tokenizer(text[a:b], add_special_tokens=False)["input_ids"]
-        is_target = any(s <= a and b <= e for s, e in rendered.targets)
-        room = max_len - len(ids)
-        piece_ids = piece_ids[:room]
-        ids.extend(piece_ids)
-        labels.extend(piece_ids if is_target else [IGNORE] * len(piece_ids))
-    return Encoded(ids, labels, order)
+        ids.append(tid)
+        labels.append(tid if trained(a, b) else IGNORE)
+    return Encoded(ids, labels, order, placeholders, added_bos)
+
+
+def training_text(enc: Encoded, tokenizer) -> str:
+    """The text the ids of ``enc`` stand for, each image span written as its placeholder (the
+    bos this module added left out): what the model is trained on, for inspection and tests."""
+    backend = _backend(tokenizer, enc.placeholders)
+    ids, k, i = [], 0, 1 if enc.added_bos else 0
+    while i < len(enc.input_ids):
+        if enc.input_ids[i] == IMAGE_TOKEN_ID:
+            ids.append(backend.token_to_id(enc.placeholders[k]))
+            k += 1
+            while i < len(enc.input_ids) and enc.input_ids[i] == IMAGE_TOKEN_ID:
+                i += 1
+            continue
+        ids.append(enc.input_ids[i])
+        i += 1
+    return backend.decode(ids, skip_special_tokens=False)

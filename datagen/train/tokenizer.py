@@ -46,7 +46,8 @@ def shard_texts(data_dir: str | Path) -> Iterator[str]:
                 row = json.loads(data)
                 for conv in row.get("conversations") or []:
                     for turn in conv.get("turns") or []:
-                        yield _PLACEHOLDER.sub("", turn.get("content") or "")
+                        # as rendered: after "Human: " / "AI: ", so words start with a space
+                        yield " " + _PLACEHOLDER.sub("", turn.get("content") or "").strip()
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:

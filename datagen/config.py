@@ -14,7 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from datagen.check_config import CheckConfig
 from datagen.dedup import DedupConfig
 from datagen.fetch.config import FetchConfig
+from datagen.filters.aesthetic import AestheticConfig
+from datagen.filters.caption import CaptionRulesConfig
 from datagen.filters.clip_config import ClipConfig
+from datagen.filters.meta import MetaRule
+from datagen.filters.nsfw import NsfwConfig
+from datagen.filters.semdedup import SemDedupConfig
+from datagen.filters.watermark import WatermarkConfig
 from datagen.filters.quality import QualityConfig
 from datagen.llm.config import LLMGenerateConfig
 from datagen.ocr import OcrConfig
@@ -28,8 +34,32 @@ class _Strict(BaseModel):
 
 
 class FiltersConfig(_Strict):
+    meta: list[MetaRule] = Field(
+        default_factory=list, description="Rules over the source's own columns (LAION punsafe, COYO "
+        "aesthetic_score_laion_v2...), applied before any download; each failing rule rejects as meta_<column>.")
+    caption: CaptionRulesConfig | None = Field(
+        None, description="Language ID (caption_lang column, optional allow-list) and alt-text junk patterns, "
+        "before any download; null skips them.")
     quality: QualityConfig = Field(default_factory=QualityConfig)
+    nsfw: NsfwConfig | None = Field(
+        None, description="NudeNet on the fetched pictures (pip install 'datagen[nsfw]'): nsfw_score column and a "
+        "threshold; null skips it.")
+    watermark: WatermarkConfig | None = Field(
+        None, description="LAION's watermark detector on the fetched pictures (a local watermark_model_v1.pt); "
+        "null skips it.")
     clip: ClipConfig | None = Field(None, description="CLIP score filter; null skips it.")
+    aesthetic: AestheticConfig | None = Field(
+        None, description="LAION aesthetic predictor over the CLIP ViT-L/14 image embeddings (needs filters.clip "
+        "with ViT-L-14/openai); null skips it.")
+    semantic_dedup: SemDedupConfig | None = Field(
+        None, description="SemDeDup over the CLIP image embeddings (needs filters.clip); null skips it.")
+
+    @model_validator(mode="after")
+    def _embeddings_need_clip(self) -> "FiltersConfig":
+        for name in ("semantic_dedup", "aesthetic"):
+            if getattr(self, name) is not None and self.clip is None:
+                raise ValueError(f"filters.{name} reads the CLIP image embeddings: set filters.clip too")
+        return self
 
 
 class StageConfig(_Strict):

@@ -1,9 +1,10 @@
 """A recipe as shard tasks and barriers (DESIGN.md section 4).
 
     sources --(cut into input shards of executor.shard_rows rows)--> _run/sources/<name>/<fp>/shard-N.parquet
-    each pair shard --(fused: fetch -> quality -> [clip score] -> [phash] -> [ocr] -> [caption translation])-->
+    each pair shard --(fused: [meta] -> [caption rules] -> fetch -> quality -> [nsfw] -> [watermark] -> [clip score]
+                       -> [aesthetic] -> [phash] -> [ocr] -> [caption translation])-->
         _run/pairs/<fp>/<shard>/  (kept rows with image bytes, rejects, stats; once, atomically)
-    all pair parts' metadata --(barriers: [clip_threshold], [dedup])--> _run/barriers/*.parquet (key decisions)
+    all pair parts' metadata --(barriers: [clip_threshold], [dedup], [semantic_dedup])--> _run/barriers/*.parquet (key decisions)
     each pair shard minus decisions --([synthesize] + [llm_generate] -> [translate])--> _run/convs/<fp>/<shard>/
     text-only shards --([translate])--> _run/convs/<fp>/<shard>/
     parts + decisions --(sinks: hash-ordered buckets)--> stage1 / stage2 / stage2_text shards
@@ -188,7 +189,9 @@ def shard_source(state: RunState, src) -> tuple[str, list[Shard]]:
 def _clip_scorer(recipe: Recipe):
     """The CLIP config for scoring only: the threshold is its own barrier (``ClipThresholdStep``),
     so editing it never recomputes scores."""
-    return recipe.filters.clip.model_copy(update={"min_score": None, "top_fraction": None})
+    return recipe.filters.clip.model_copy(update={"min_score": None, "top_fraction": None,
+                                                  "keep_embedding": recipe.filters.semantic_dedup is not None
+                                                  or recipe.filters.aesthetic is not None})
 
 
 def _pair_steps(recipe: Recipe) -> list[StepFactory]:
@@ -197,10 +200,30 @@ def _pair_steps(recipe: Recipe) -> list[StepFactory]:
     from datagen.filters.quality import QualityFilterStep
 
     steps = [StepFactory(FetchStep, recipe.fetch), StepFactory(QualityFilterStep, recipe.filters.quality)]
+    if recipe.filters.caption is not None:  # judges the caption only: before fetch too
+        from datagen.filters.caption import CaptionRulesStep
+
+        steps.insert(0, StepFactory(CaptionRulesStep, recipe.filters.caption))
+    if recipe.filters.meta:  # first: rows the source's own scores reject are never fetched
+        from datagen.filters.meta import MetaFilterConfig, MetaFilterStep
+
+        steps.insert(0, StepFactory(MetaFilterStep, MetaFilterConfig(rules=recipe.filters.meta)))
+    if recipe.filters.nsfw is not None:
+        from datagen.filters.nsfw import NsfwStep
+
+        steps.append(StepFactory(NsfwStep, recipe.filters.nsfw))
+    if recipe.filters.watermark is not None:
+        from datagen.filters.watermark import WatermarkStep
+
+        steps.append(StepFactory(WatermarkStep, recipe.filters.watermark))
     if recipe.filters.clip is not None:
         from datagen.filters.clip import ClipScoreStep
 
         steps.append(StepFactory(ClipScoreStep, _clip_scorer(recipe)))
+        if recipe.filters.aesthetic is not None:  # an MLP over the embedding the CLIP step just stored
+            from datagen.filters.aesthetic import AestheticStep
+
+            steps.append(StepFactory(AestheticStep, recipe.filters.aesthetic))
     if recipe.dedup is not None and "phash" in recipe.dedup.by:
         from datagen.dedup import PhashStep
 
@@ -226,6 +249,10 @@ def _barriers(recipe: Recipe) -> list[StepFactory]:
         from datagen.dedup import DedupStep
 
         out.append(StepFactory(DedupStep, recipe.dedup))
+    if recipe.filters.semantic_dedup is not None:
+        from datagen.filters.semdedup import SemDedupStep
+
+        out.append(StepFactory(SemDedupStep, recipe.filters.semantic_dedup))
     return out
 
 
@@ -252,7 +279,21 @@ def _conversation_translate(recipe: Recipe) -> list[StepFactory]:
 
 def preflight(recipe: Recipe, ctx: RunContext) -> None:
     """Fail before any work on what is already knowable: CLIP weights that cannot be had
-    (unless the recipe allows the untrained fallback)."""
+    (unless the recipe allows the untrained fallback), a missing NSFW detector."""
+    if recipe.filters.nsfw is not None:
+        from datagen.filters.nsfw import require_nudenet
+
+        require_nudenet()
+    if recipe.filters.watermark is not None and not recipe.filters.watermark.allow_skip:
+        from datagen.filters.watermark import check_weights
+
+        check_weights(recipe.filters.watermark, ctx.resolve)
+    if recipe.filters.aesthetic is not None and not recipe.filters.aesthetic.allow_skip:
+        from datagen.filters.aesthetic import AestheticWeightsUnavailable, resolve, unavailable_message
+
+        kind, _, checked = resolve(recipe.filters.aesthetic, ctx.resolve)
+        if kind == "unavailable":
+            raise AestheticWeightsUnavailable(unavailable_message(recipe.filters.aesthetic, checked))
     if recipe.filters.clip is not None:
         from datagen.filters.clip import ClipScoreStep
 

@@ -27,24 +27,27 @@ from datagen.weights import ClipWeightsUnavailable, LoadedClip, WeightsPlan, loa
 # ------------------------------------------------------------------------------ scoring
 
 
-def clip_scores(model, preprocess, tokenizer, images: list, texts: list[str], device) -> np.ndarray:
+def clip_scores(model, preprocess, tokenizer, images: list, texts: list[str], device,
+                with_image_embeddings: bool = False):
     """Cosine similarity of each (image, text) pair: L2-normalised embeddings, row-wise dot product.
 
-    ``images`` are PIL images, ``preprocess`` the open_clip eval transform. Returns float32 of len(images)."""
+    ``images`` are PIL images, ``preprocess`` the open_clip eval transform. Returns float32 of len(images),
+    or (scores, L2-normalised image embeddings [n, embed_dim]) with ``with_image_embeddings``."""
     import torch
     import torch.nn.functional as F
 
     if len(images) != len(texts):
         raise ValueError(f"clip_scores: {len(images)} images but {len(texts)} texts")
     if not images:
-        return np.zeros(0, dtype=np.float32)
+        return np.zeros(0, dtype=np.float32)  # callers with embeddings never pass an empty batch
     dtype = next(model.visual.parameters()).dtype
     with torch.inference_mode():
         pixels = torch.stack([preprocess(im) for im in images]).to(device=device, dtype=dtype)
         tokens = tokenizer(texts).to(device)
         img = F.normalize(model.encode_image(pixels).float(), dim=-1)
         txt = F.normalize(model.encode_text(tokens).float(), dim=-1)
-        return (img * txt).sum(dim=-1).cpu().numpy().astype(np.float32)
+        scores = (img * txt).sum(dim=-1).cpu().numpy().astype(np.float32)
+        return (scores, img.cpu().numpy().astype(np.float32)) if with_image_embeddings else scores
 
 
 def _decode(data: bytes):
@@ -123,6 +126,7 @@ class ClipScoreStep(Step):
         scores = np.full(table.num_rows, np.nan, dtype=np.float32)
         scored = np.zeros(table.num_rows, dtype=bool)
         todo: list[int] = []
+        embeddings: list[np.ndarray | None] = [None] * table.num_rows  # only with keep_embedding
         n_bytes = pc.binary_length(images).to_pylist()
         for i, cap in enumerate(captions):
             if cap is None or not cap.strip():
@@ -141,8 +145,13 @@ class ClipScoreStep(Step):
                 except Exception as e:  # PIL raises many types for bad bytes; each is one row's problem
                     rejects.append(reject(meta[i], self.name, "image_decode_error", f"{type(e).__name__}: {e}"[:200]))
             if batch:
-                scores[batch] = clip_scores(lc.model, lc.preprocess, lc.tokenizer, pil,
-                                            [captions[i] for i in batch], lc.device)
+                out = clip_scores(lc.model, lc.preprocess, lc.tokenizer, pil, [captions[i] for i in batch],
+                                  lc.device, with_image_embeddings=self.config.keep_embedding)
+                if self.config.keep_embedding:
+                    out, emb = out
+                    for j, i in enumerate(batch):
+                        embeddings[i] = emb[j]
+                scores[batch] = out
                 scored[batch] = True
         for i in np.flatnonzero(scored & ~np.isfinite(scores)):  # e.g. fp16 overflow: a reject, never a lost row
             rejects.append(reject(meta[i], self.name, "clip_score_invalid", f"clip_score is {scores[i]}"))
@@ -161,6 +170,13 @@ class ClipScoreStep(Step):
             kept = kept.set_column(kept.column_names.index("clip_score"), "clip_score", col)
         else:
             kept = kept.append_column("clip_score", col)
+        if self.config.keep_embedding:  # computed once here; semantic dedup reads it, never recomputes it
+            dim = int(lc.model.visual.output_dim)  # from the model: every batch's column has the same type
+            flat = np.concatenate([embeddings[i] for i in idx]) if len(idx) else np.zeros(0, np.float32)
+            emb_col = pa.FixedSizeListArray.from_arrays(pa.array(flat, type=pa.float32()), dim)
+            if "_clip_embedding" in kept.column_names:
+                kept = kept.drop_columns(["_clip_embedding"])
+            kept = kept.append_column("_clip_embedding", emb_col)
         self._count(scores[scored], len(idx), rejects)
         return StepOutput(kept, rejects_table(rejects))
 

@@ -49,6 +49,9 @@ class ClipConfig(BaseModel):
         "baseline: 0.3 with ViT-L/14); combined with min_score, both must hold.",
     )
     batch_size: int = Field(64, ge=1, description="Image-text pairs encoded per forward pass.")
+    keep_embedding: bool = Field(
+        False, description="Store the L2-normalised image embedding as _clip_embedding (a working column, not exported to the shards; set by the pipeline "
+        "when filters.semantic_dedup is on; semantic dedup reads it and never recomputes it).")
     device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'.")
     precision: Literal["fp32", "fp16", "bf16"] = Field("fp32", description="Model precision; fp16/bf16 want a GPU.")
     cache_dir: str | None = Field(

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from datagen.core.records import reject, rejects_table
 from datagen.core.steps import Step, StepOutput
+from datagen.filters.images import decode_images
 
 UNSAFE_DEFAULT = ["FEMALE_BREAST_EXPOSED", "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED",
                   "BUTTOCKS_EXPOSED", "ANUS_EXPOSED"]
@@ -118,19 +118,8 @@ class NsfwStep(Step):
         cfg = self.config
         st = self.ctx.stat(self.name)
         st.update(model_identity(self._path()))
-        meta = table.select([c for c in ("key", "source", "url") if c in table.column_names]).to_pylist()
-        images = table.column("image")
-        n_bytes = pc.binary_length(images).to_pylist()
-        rejects, todo, arrays = [], [], []
-        for i in range(table.num_rows):
-            if not n_bytes[i]:
-                rejects.append(reject(meta[i], self.name, "no_image", "image bytes missing (not fetched?)"))
-                continue
-            try:
-                arrays.append(_pixels(images[i].as_py()))
-                todo.append(i)
-            except Exception as e:  # PIL raises many types for bad bytes; each is one row's problem
-                rejects.append(reject(meta[i], self.name, "image_decode_error", f"{type(e).__name__}: {e}"[:200]))
+        decoded = decode_images(table, self.name, _pixels)
+        meta, todo, arrays, rejects = decoded.meta, decoded.rows, decoded.images, decoded.rejects
         scores = np.zeros(table.num_rows, np.float32)
         top_class: dict[int, str] = {}
         unsafe = set(cfg.classes)

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
 from datagen.core.records import reject, rejects_table
 from datagen.core.steps import Step, StepOutput
+from datagen.filters.images import decode_images
 
 LAION_ARCH = "efficientnet_b3a"
 
@@ -124,18 +124,8 @@ class WatermarkStep(Step):
         self.derive_stats(st)
         if self._model is None:
             return StepOutput(table.append_column("watermark_score", pa.nulls(table.num_rows, pa.float32())))
-        meta = table.select([c for c in ("key", "source", "url") if c in table.column_names]).to_pylist()
-        images, n_bytes = table.column("image"), pc.binary_length(table.column("image")).to_pylist()
-        rejects, todo, tensors = [], [], []
-        for i in range(table.num_rows):
-            if not n_bytes[i]:
-                rejects.append(reject(meta[i], self.name, "no_image", "image bytes missing (not fetched?)"))
-                continue
-            try:
-                tensors.append(_pixels(images[i].as_py()))
-                todo.append(i)
-            except Exception as e:  # PIL raises many types for bad bytes; each is one row's problem
-                rejects.append(reject(meta[i], self.name, "image_decode_error", f"{type(e).__name__}: {e}"[:200]))
+        decoded = decode_images(table, self.name, _pixels)
+        meta, todo, tensors, rejects = decoded.meta, decoded.rows, decoded.images, decoded.rejects
         scores = np.zeros(table.num_rows, np.float32)
         bs = self.config.batch_size
         with torch.inference_mode():

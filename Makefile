@@ -13,10 +13,13 @@ PYTEST_ARGS ?=
 
 venv: $(STAMP)
 
+# filters.nsfw's NudeNet goes in with --no-deps: it wants opencv-python-headless, rapidocr already
+# brought opencv-python (the same cv2), and with both installed they overwrite each other's files.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev,assets]'
+	$(BIN)/python -m pip install -q --no-deps 'nudenet>=3.4,<4'
 	@touch $(STAMP)
 
 ## make dataset [RECIPE=recipes/x.yaml] [OUT=dir]: run a recipe (default: the bundled offline demo)

@@ -15,7 +15,7 @@ venv: $(STAMP)
 
 # filters.nsfw's NudeNet goes in with --no-deps: it wants opencv-python-headless, rapidocr already
 # brought opencv-python (the same cv2), and with both installed they overwrite each other's files.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev,assets]'

@@ -1,5 +1,5 @@
 # Every target creates the virtual environment when it is missing (or when
-# pyproject.toml changed). torch and torchvision are resolved from the registry
+# pyproject.toml or this Makefile changed). torch and torchvision are resolved from the registry
 # together, so they match (a CUDA build that also runs on the CPU).
 PYTHON ?= python3
 VENV   ?= .venv

@@ -257,3 +257,19 @@ def test_pipeline_two_languages_and_threshold_edit_reuses_scores(tmp_path):
     wk = pc.starts_with(kept.column("key"), "wk")
     zh_scores = sorted(kept.filter(wk).column("clip_score").to_pylist())
     assert s2["clip_threshold"].stats["languages"]["zh"]["cutoff"] == pytest.approx(zh_scores[1])
+
+
+def test_a_hugging_face_text_tower_needs_its_files_cached_or_reachable(tmp_path, offline_empty_cache):
+    from datagen.weights import resolve_weights
+
+    ckpt = tmp_path / "w.pt"
+    ckpt.write_bytes(b"a checkpoint")  # resolution only looks whether it exists
+    text = {**TINY_EN["text_cfg"], "hf_tokenizer_name": "xlm-roberta-base"}
+    cfg = ClipConfig(model="tiny-xlm", model_config={**TINY_EN, "text_cfg": text}, pretrained=str(ckpt))
+    plan = resolve_weights(cfg)
+    assert plan.kind == "unavailable" and "xlm-roberta-base" in plan.problem
+    assert any("xlm-roberta-base/config.json -> missing" in c for c in plan.checked)
+    assert resolve_weights(ClipConfig(model="tiny", model_config=TINY_EN, pretrained=str(ckpt))).kind == "file"
+    # the real multilingual tag is judged the same way: offline with an empty cache it is unavailable
+    xlm = ClipConfig(model="xlm-roberta-base-ViT-B-32", pretrained="laion5b_s13b_b90k")
+    assert resolve_weights(xlm).kind == "unavailable"

@@ -166,9 +166,36 @@ def _resolve_tag(cfg: ClipConfig, name: str, tag: str) -> WeightsPlan:
                        problem="they are not cached and cannot be downloaded")
 
 
+_HF_TEXT_FILES = ("tokenizer.json", "sentencepiece.bpe.model", "spiece.model", "vocab.txt", "vocab.json")
+
+
+def _check_hf_text(cfg: ClipConfig, plan: WeightsPlan) -> WeightsPlan:
+    """A text tower from Hugging Face (xlm-roberta-base-ViT-B-32: hf_model_name / hf_tokenizer_name) needs
+    that repo's config and tokenizer files besides the CLIP checkpoint: cached, or a reachable host."""
+    if plan.kind not in ("file", "download"):
+        return plan
+    import open_clip
+
+    model_cfg = cfg.model_config_ if cfg.model_config_ is not None else open_clip.get_model_config(cfg.model) or {}
+    text_cfg = model_cfg.get("text_cfg") or {}
+    repos = sorted({text_cfg.get("hf_model_name"), text_cfg.get("hf_tokenizer_name")} - {None, ""})
+    hub_cache = _hf_hub_cache(cfg)
+    missing = [r for r in repos if not (hf_cached(r, ["config.json"], hub_cache, plan.checked)
+                                        and hf_cached(r, list(_HF_TEXT_FILES), hub_cache, plan.checked))]
+    if not missing or plan.kind == "download" or _network_check(*_hf_host(), plan.checked):
+        return plan
+    return WeightsPlan("unavailable", plan.name, plan.pretrained, checked=plan.checked,
+                       problem=f"the text tower's Hugging Face files ({', '.join(missing)}: config and tokenizer) "
+                       "are not cached and cannot be downloaded")
+
+
 def resolve_weights(cfg: ClipConfig, resolve: Callable[[str], Path] = lambda p: Path(p).expanduser()) -> WeightsPlan:
     """Decide how to load the weights for ``cfg`` in at most a few seconds (never open_clip's 30 s retry);
     ``resolve`` turns a relative path of the recipe into a file."""
+    return _check_hf_text(cfg, _resolve_weights(cfg, resolve))
+
+
+def _resolve_weights(cfg: ClipConfig, resolve: Callable[[str], Path]) -> WeightsPlan:
     name = _registered_name(cfg.model, cfg.model_config_) if cfg.model_config_ is not None else cfg.model
     if cfg.model.startswith("hf-hub:"):
         return _resolve_hf_hub(cfg)

@@ -39,3 +39,13 @@ def fake_dns(monkeypatch):
 
     monkeypatch.setattr(guard, "resolve", resolve)
     return table
+
+
+@pytest.fixture
+def offline_empty_cache(tmp_path, monkeypatch):
+    """No network for the model hubs and an empty Hugging Face cache (CLIP weight resolution tests)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
+    return tmp_path / "hf"

@@ -165,15 +165,6 @@ def test_rescoring_replaces_an_existing_clip_score_column(tmp_path):
 # ---------------------------------------------------------------------------------- (c)
 
 
-@pytest.fixture
-def offline_empty_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
-    return tmp_path / "hf"
-
-
 def test_offline_fallback_is_fast_loud_and_keeps_all_rows(tmp_path, offline_empty_cache):
     ctx = _ctx(tmp_path)
     step = ClipScoreStep(ClipConfig(allow_untrained_fallback=True, device="cpu", min_score=0.99), ctx)

@@ -189,9 +189,10 @@ def shard_source(state: RunState, src) -> tuple[str, list[Shard]]:
 def _clip_scorer(recipe: Recipe):
     """The CLIP config for scoring only: the threshold is its own barrier (``ClipThresholdStep``),
     so editing it never recomputes scores."""
-    return recipe.filters.clip.model_copy(update={"min_score": None, "top_fraction": None,
-                                                  "keep_embedding": recipe.filters.semantic_dedup is not None
-                                                  or recipe.filters.aesthetic is not None})
+    from datagen.filters.clip_config import scorer_config
+
+    return scorer_config(recipe.filters.clip, keep_embedding=recipe.filters.semantic_dedup is not None
+                         or recipe.filters.aesthetic is not None)
 
 
 def _pair_steps(recipe: Recipe) -> list[StepFactory]:

@@ -35,23 +35,50 @@ def cutoff(scores: np.ndarray, min_score: float | None, top_fraction: float | No
 
 
 class ClipThresholdStep(Step):
+    """Rejects rows below the cutoff; with ``languages``, each language's rows (the scorer's ``clip_lang``)
+    against that language's own min_score/top_fraction, the rest against the base settings."""
+
     name = "clip_threshold"
     kind = "barrier"
-    columns = ("clip_score",)
+    columns = ("clip_score", "clip_lang")
     config: ClipConfig
 
     def decide(self, frame: pl.LazyFrame) -> pa.Table:
         cfg = self.config
         clip_stats = self.ctx.stats.get("clip", {})
         st = self.ctx.stat(self.name)
-        scores = frame.select("clip_score").collect()["clip_score"].to_numpy()
-        limit = None if clip_stats.get("untrained_fallback") else cutoff(scores, cfg.min_score, cfg.top_fraction)
-        st.update(min_score=cfg.min_score, top_fraction=cfg.top_fraction, cutoff=limit,
-                  applied=limit is not None, scored=int(len(scores)))
-        if limit is None:
-            return rejects_table([])
-        why = f"min_score {cfg.min_score}" if limit == cfg.min_score else f"top {cfg.top_fraction:.0%} cutoff"
-        below = frame.filter(pl.col("clip_score") < limit).select("key", "source", "url", "clip_score").collect()
-        return rejects_table(
-            reject(r, self.name, "clip_below_threshold", f"clip_score {r['clip_score']:.4f} < {limit:.4f} ({why})")
-            for r in below.iter_rows(named=True))
+        langs = list(cfg.languages or {})
+        if "clip_lang" in frame.collect_schema().names():
+            lang = pl.when(pl.col("clip_lang").is_in(langs)).then(pl.col("clip_lang")).otherwise(None)
+        else:  # scored without languages: every row is the base model's
+            lang = pl.lit(None, dtype=pl.String)
+        frame = frame.with_columns(lang.cast(pl.String).alias("_lang"))
+        out, total, applied = [], 0, False
+        for key in [None, *langs]:
+            kcfg = cfg.for_language(key)
+            group = frame.filter(pl.col("_lang").is_null() if key is None else pl.col("_lang") == key)
+            scores = group.select("clip_score").collect()["clip_score"].to_numpy()
+            fallback = (clip_stats if key is None else clip_stats.get("languages", {}).get(key, {})).get(
+                "untrained_fallback")
+            limit = None if fallback else cutoff(scores, kcfg.min_score, kcfg.top_fraction)
+            info = dict(min_score=kcfg.min_score, top_fraction=kcfg.top_fraction, cutoff=limit,
+                        applied=limit is not None, scored=int(len(scores)), rejected=0)
+            total += len(scores)
+            applied |= limit is not None
+            if limit is not None:
+                why = f"min_score {kcfg.min_score}" if limit == kcfg.min_score else f"top {kcfg.top_fraction:.0%} cutoff"
+                if key is not None:
+                    why += f", language {key}"
+                below = group.filter(pl.col("clip_score") < limit).select("key", "source", "url", "clip_score").collect()
+                info["rejected"] = below.height
+                out.extend(reject(r, self.name, "clip_below_threshold",
+                                  f"clip_score {r['clip_score']:.4f} < {limit:.4f} ({why})")
+                           for r in below.iter_rows(named=True))
+            if key is None:
+                st.update(min_score=info["min_score"], top_fraction=info["top_fraction"], cutoff=limit)
+                if langs:
+                    st.setdefault("languages", {})["base"] = info
+            else:
+                st.setdefault("languages", {})[key] = info
+        st.update(applied=applied, scored=total)
+        return rejects_table(out)

@@ -18,7 +18,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,assets]'
+	$(BIN)/python -m pip install -q -e '.[dev,assets,ray]'
 	$(BIN)/python -m pip install -q --no-deps 'nudenet>=3.4,<4'
 	@touch $(STAMP)
 

@@ -15,6 +15,7 @@
 
     python bench/bench_scale.py [--rows 100000] [--stage2 100000] [--stage2-kb 100]
     python bench/bench_scale.py --rows 1000000      # the figures in the README
+    python bench/bench_scale.py --rows 100000 --executor ray --stage2 0   # Ray next to local
 """
 from __future__ import annotations
 
@@ -95,18 +96,20 @@ def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def run_size(root: Path, rows: int, workers: int) -> dict:
-    data = make_dataset(root / f"data-{rows}", rows)
-    recipe = root / f"scale-{rows}.yaml"
+def run_size(root: Path, rows: int, workers: int, kind: str = "local") -> dict:
+    data = root / f"data-{rows}" / "laion.parquet"
+    if not data.exists():
+        data = make_dataset(root / f"data-{rows}", rows)
+    recipe = root / f"scale-{rows}-{kind}.yaml"
     recipe.write_text(json.dumps({
         "name": f"scale-{rows}", "sources": [{"name": "laion", "kind": "laion", "path": str(data)}],
         "fetch": {"allow_local_files": True},
         "filters": {"quality": {"min_side": 16, "min_caption_words": 2}},
         "dedup": {"by": ["url", "image_sha256"]},
         "stage2": {"sources": []},
-        "executor": {"workers": workers, "batch_size": 1000},
+        "executor": {"workers": workers, "batch_size": 1000, "kind": kind},
     }))
-    out = root / f"out-{rows}"
+    out = root / f"out-{rows}-{kind}"
     t0 = time.time()
     proc = subprocess.Popen([sys.executable, "-m", "datagen.cli", "run", str(recipe), "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT,
@@ -128,7 +131,7 @@ def run_size(root: Path, rows: int, workers: int) -> dict:
         raise SystemExit(f"datagen run failed ({proc.returncode}):\n{stdout.decode()[-3000:]}")
     manifest = json.loads((out / "manifest.json").read_text())
     shard_bytes = sum(s["bytes"] for s in manifest["shards"])
-    res = {"rows": rows, "wall_s": round(wall, 1), "peak_rss_gb": round(peak / 1e9, 3),
+    res = {"rows": rows, "executor": kind, "wall_s": round(wall, 1), "peak_rss_gb": round(peak / 1e9, 3),
            "rows_per_s_per_core": round(rows / wall / workers, 1), "run_dir_bytes": du(out / "_run"),
            "shard_bytes": shard_bytes, "kept": manifest["counts"]["pairs"]["kept"]}
     res["run_dir_over_shards"] = round(res["run_dir_bytes"] / shard_bytes, 3)
@@ -227,6 +230,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--keep", help="work folder to keep (default: a temporary one)")
     ap.add_argument("--stage2-only", action="store_true", help="only the stage-2 writing comparison")
+    ap.add_argument("--executor", choices=["local", "ray"], default="local",
+                    help="ray: also run the larger size on a local Ray instance, next to the local executor")
     args = ap.parse_args()
     root = Path(args.keep or tempfile.mkdtemp(prefix="bench_scale-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -241,9 +246,16 @@ def main() -> None:
             print(f"rows/s per core, {small['rows']} over {large['rows']}: {ratio:.2f}x (bar: <= 1.3x)")
             print(f"peak RSS at {large['rows']} rows: {large['peak_rss_gb']} GB (bar at 1M: < 2 GB)")
             print(f"_run/ over shard bytes: {large['run_dir_over_shards']} (bar: <= 1.5)")
-        s2 = stage2_bench(root, args.stage2, args.baseline_lookups, args.stage2_kb)
-        print(f"stage-2 writing: {json.dumps(s2)}")
-        print(f"stage-2 bucket join vs random lookups: {s2['speedup']}x faster (bar: >= 20x)")
+            if args.executor == "ray":
+                on_ray = run_size(root, args.rows, args.workers, "ray")
+                print(f"scale {on_ray['rows']:>9} rows: {json.dumps(on_ray)}", flush=True)
+                print(f"ray over local at {args.rows} rows: "
+                      f"{on_ray['rows_per_s_per_core'] / large['rows_per_s_per_core']:.2f}x rows/s per core, "
+                      f"peak RSS {on_ray['peak_rss_gb']} GB vs {large['peak_rss_gb']} GB")
+        if args.stage2:
+            s2 = stage2_bench(root, args.stage2, args.baseline_lookups, args.stage2_kb)
+            print(f"stage-2 writing: {json.dumps(s2)}")
+            print(f"stage-2 bucket join vs random lookups: {s2['speedup']}x faster (bar: >= 20x)")
     finally:
         if not args.keep:
             import shutil

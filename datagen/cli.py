@@ -190,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from datagen.core.lock import FolderInUse
+    from datagen.core.ray_executor import RayUnavailable
     from datagen.filters.clip import ClipWeightsUnavailable
     from datagen.recipe import RecipeError
     from datagen.sources.errors import InputFileError
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stopped: {e}", file=sys.stderr)
         return 4
     except (RecipeError, FileNotFoundError, InputFileError, ClipWeightsUnavailable, BackendConfigError,
-            FolderInUse) as e:
+            FolderInUse, RayUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

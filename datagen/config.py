@@ -86,7 +86,16 @@ class OutputConfig(_Strict):
 
 
 class ExecutorConfig(_Strict):
-    workers: int = Field(1, ge=1, description="Processes that run shard tasks (1: run in this process).")
+    kind: Literal["local", "ray"] = Field(
+        "local", description="'local': shard tasks in this process or a process pool; 'ray': on Ray actors "
+        "(pip install 'datagen[ray]').")
+    address: str | None = Field(
+        None, description="kind ray: the cluster to join ('auto', 'ray://host:port', 'host:port'); null starts a "
+        "local Ray instance.")
+    gpus_per_worker: float = Field(0, ge=0, description="kind ray: GPUs each worker asks for (CLIP, OCR on GPU).")
+    cpus_per_worker: float = Field(1, gt=0, description="kind ray: CPUs each worker asks for.")
+    workers: int = Field(1, ge=1, description="Processes (local) or Ray actors that run shard tasks (local 1: "
+                         "run in this process).")
     batch_size: int = Field(256, ge=1, description="Rows per batch handed through a shard task's fused steps.")
     shard_rows: int = Field(10_000, ge=1, description="Rows per input shard: the unit of work, of resume "
                             "(a killed run redoes only shards in flight) and of distribution.")

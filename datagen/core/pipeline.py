@@ -280,7 +280,11 @@ def _conversation_translate(recipe: Recipe) -> list[StepFactory]:
 
 def preflight(recipe: Recipe, ctx: RunContext) -> None:
     """Fail before any work on what is already knowable: CLIP weights that cannot be had
-    (unless the recipe allows the untrained fallback), a missing NSFW detector."""
+    (unless the recipe allows the untrained fallback), a missing NSFW detector, a Ray executor without ray."""
+    if recipe.executor.kind == "ray":
+        from datagen.core.ray_executor import _ray
+
+        _ray()
     if recipe.filters.nsfw is not None:
         from datagen.filters.nsfw import require_nudenet
 
@@ -310,7 +314,13 @@ def _run_pass(state: RunState, name: str, folder: Path, items: list[tuple[Shard,
     pending = [t for _, t in items if t is not None and not Part(t.out).done]
     reused = not pending
     t0 = time.time()
-    execute(pending, state.ctx, state.recipe.executor.workers, name)
+    ex = state.recipe.executor
+    if ex.kind == "ray":
+        from datagen.core.ray_executor import execute_ray
+
+        execute_ray(pending, state.ctx, ex.workers, name, ex.address, ex.cpus_per_worker, ex.gpus_per_worker)
+    else:
+        execute(pending, state.ctx, ex.workers, name)
     parts = [(shard, Part(t.out)) for shard, t in items if t is not None]
     merged = merge_parts((p.load_info() for _, p in parts), factories, state.ctx)
     for f in factories:

@@ -22,7 +22,7 @@ import multiprocessing as mp
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -181,8 +181,7 @@ def task_context(ctx: RunContext) -> RunContext:
     return RunContext(ctx.run_dir, ctx.recipe_dir, ctx.seed, ctx.dry_run)
 
 
-def execute(tasks: list[ShardTask], ctx: RunContext, workers: int, desc: str,
-            on_done: Callable[[ShardTask, dict], None] | None = None) -> list[dict]:
+def execute(tasks: list[ShardTask], ctx: RunContext, workers: int, desc: str) -> list[dict]:
     """Run ``tasks`` (here or in ``workers`` processes); returns their infos in task order."""
     if not tasks:
         return []
@@ -192,8 +191,6 @@ def execute(tasks: list[ShardTask], ctx: RunContext, workers: int, desc: str,
     def done(i: int, info: dict) -> None:
         results[i] = info
         bar.update(tasks[i].rows)
-        if on_done is not None:
-            on_done(tasks[i], info)
 
     try:
         if workers <= 1 or len(tasks) == 1:

@@ -307,11 +307,11 @@ def preflight(recipe: Recipe, ctx: RunContext) -> None:
 
 # ----------------------------------------------------------------------------- passes
 
-def _run_pass(state: RunState, name: str, folder: Path, items: list[tuple[Shard, ShardTask | None]],
+def _run_pass(state: RunState, name: str, folder: Path, items: list[tuple[Shard, ShardTask]],
               factories: list[StepFactory], kinds: dict[str, str]) -> list[tuple[Shard, Part]]:
     """Run the tasks whose part is missing, then record per-step totals over all parts."""
     state.used.add(folder)
-    pending = [t for _, t in items if t is not None and not Part(t.out).done]
+    pending = [t for _, t in items if not Part(t.out).done]
     reused = not pending
     t0 = time.time()
     ex = state.recipe.executor
@@ -321,7 +321,7 @@ def _run_pass(state: RunState, name: str, folder: Path, items: list[tuple[Shard,
         execute_ray(pending, state.ctx, ex.workers, name, ex.address, ex.cpus_per_worker, ex.gpus_per_worker)
     else:
         execute(pending, state.ctx, ex.workers, name)
-    parts = [(shard, Part(t.out)) for shard, t in items if t is not None]
+    parts = [(shard, Part(t.out)) for shard, t in items]
     merged = merge_parts((p.load_info() for _, p in parts), factories, state.ctx)
     for f in factories:
         m = merged.get(f.cls.name)
@@ -440,7 +440,7 @@ def _conversation_pass(state: RunState, barrier_fp: str, text: list[tuple[Any, s
     expands, translate = _expand_steps(recipe), _conversation_translate(recipe)
     dry = "dry-run" if ctx.dry_run else ""  # a dry run's output must never be reused by a real run
     drops = _drop_lists(state)
-    items: list[tuple[Shard, ShardTask | None]] = []
+    items: list[tuple[Shard, ShardTask]] = []
     conv_fp = chain(barrier_fp, [f(ctx).fingerprint() for f in expands + translate], dry)
     folder = state.run_dir / "convs" / conv_fp
     bs = recipe.executor.batch_size
@@ -465,7 +465,7 @@ def _conversation_pass(state: RunState, barrier_fp: str, text: list[tuple[Any, s
     if not items:
         return
     synth = next((f for f in expands if f.cls.name == "synthesize"), None)
-    if synth is not None and any(t is not None and not Part(t.out).done for _, t in items):
+    if synth is not None and any(not Part(t.out).done for _, t in items):
         _prepare_labels(state, synth, drops)
     parts = _run_pass(state, "conversations", folder, items, expands + translate,
                       {f.cls.name: "expand" for f in expands})

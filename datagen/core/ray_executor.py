@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable
-
 from tqdm import tqdm
 
 from datagen.core.executor import ShardTask, _Worker, run_task, task_context
@@ -65,8 +63,7 @@ def _absolute(task: ShardTask) -> ShardTask:
 
 
 def execute_ray(tasks: list[ShardTask], ctx: RunContext, workers: int, desc: str, address: str | None,
-                cpus: float = 1, gpus: float = 0,
-                on_done: Callable[[ShardTask, dict], None] | None = None) -> list[dict]:
+                cpus: float = 1, gpus: float = 0) -> list[dict]:
     """Run ``tasks`` on ``workers`` Ray actors (``cpus``/``gpus`` each); returns infos in task order."""
     if not tasks:
         return []
@@ -84,6 +81,4 @@ def execute_ray(tasks: list[ShardTask], ctx: RunContext, workers: int, desc: str
                                           [(i, _absolute(t)) for i, t in enumerate(tasks)]):
             results[i] = info
             bar.update(tasks[i].rows)
-            if on_done is not None:
-                on_done(tasks[i], info)
     return [results[i] for i in range(len(tasks))]

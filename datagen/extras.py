@@ -114,6 +114,6 @@ def check_recipe(recipe) -> None:
     check(recipe_needs(recipe))
 
 
-def require(feature: str, extra: str) -> None:
+def require(feature: str, extra: str, modules: tuple[str, ...] | None = None) -> None:
     """For commands: ``require("datagen train", "train")``."""
-    check([need(feature, extra)])
+    check([need(feature, extra, modules)])

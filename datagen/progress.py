@@ -7,7 +7,8 @@ otherwise the ``datagen.progress`` logger writes a line every 10% of the total o
 
     INFO pairs: 1200/3000 rows (40%), 85 rows/s
 
-Every progress display in the package goes through :func:`progress`.
+Every progress display in the package goes through :func:`progress`; :func:`bars` says whether
+other libraries may draw theirs.
 """
 
 from __future__ import annotations
@@ -83,10 +84,16 @@ class LogProgress:
         self.close()
 
 
+def bars() -> bool:
+    """Whether progress bars may be drawn: stderr is a terminal and info lines are wanted. Libraries
+    with bars of their own (``datasets``) are switched off with it."""
+    return log.isEnabledFor(logging.INFO) and _is_terminal(sys.stderr)
+
+
 def progress(total: int | None, desc: str, unit: str = "row"):
     """A progress display over ``total`` units (None: unknown); use as a context manager or call
     ``close()``."""
-    if log.isEnabledFor(logging.INFO) and _is_terminal(sys.stderr):
+    if bars():
         from tqdm import tqdm
 
         return tqdm(total=total or None, desc=desc, unit=unit, leave=False, file=sys.stderr)

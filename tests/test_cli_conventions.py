@@ -93,7 +93,7 @@ fetch: {{allow_local_files: true, max_side: 128}}
 filters: {{quality: {{min_side: 64}}}}
 synthesize: {{sources: [coco]}}
 executor: {{shard_rows: 4}}
-output: {{shard_max_count: 8}}
+output: {{shard_max_count: 8, exports: [hf]}}  # datasets draws bars of its own
 """)
     return d / "r.yaml"
 

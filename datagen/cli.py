@@ -37,6 +37,7 @@ EXIT_CODES = {
     130: "interrupted (Ctrl-C); finished shards are kept: rerun the same command to resume",
 }
 TRAIN_COMMANDS = ("train", "eval", "chat", "export-model")
+GLOBAL_NOTE = "global options (before or after the command): -q, --log-level LEVEL, -v; exit codes: datagen --help"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -211,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("eval", help="evaluate a checkpoint (see `datagen eval --help`)", add_help=False)
     sub.add_parser("chat", help="chat with a trained model (see `datagen chat --help`)", add_help=False)
     sub.add_parser("export-model", help="export a trained model (see `datagen export-model --help`)", add_help=False)
+    for name, sp in sub.choices.items():  # every command's --help points at the global options and exit codes
+        if name not in TRAIN_COMMANDS:
+            sp.epilog = (sp.epilog + "\n\n" if sp.epilog else "") + GLOBAL_NOTE
     return p
 
 

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from datagen import __version__ as datagen_version
 from tests.servers import LocalServer, Reply
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +54,9 @@ def test_core_install_runs_fetch_quality_dedup_synthesis_and_shards(tmp_path):
     assert r.stdout.strip() == "[]", r.stdout + r.stderr
     r = subprocess.run([str(py), "-c", "import torch"], capture_output=True, text=True, env=_env())
     assert r.returncode != 0 and "No module named 'torch'" in r.stderr
+    r = subprocess.run([str(py), "-c", "from importlib.metadata import version; print(version('datagen'))"],
+                       capture_output=True, text=True, env=_env())
+    assert r.stdout.strip() == datagen_version  # the package metadata reads datagen.__version__
 
     names = ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "horse.jpg", "rocket.jpg"]
     with LocalServer() as srv:

@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "opted_out only when named)")
     rf.add_argument("--recipe", help="the recipe of the run (default: the one its manifest names)")
     rf.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
-                    help="more overrides, after the run's own (fetch.* settings only: others change the output)")
+                    help="more overrides after the run's own; keep to fetch watch settings (max_failure_rate...): "
+                    "others change fingerprints and redo finished work")
     rf.set_defaults(fn=_retry_failed)
 
     v = sub.add_parser("validate", help="check a recipe against the schema")

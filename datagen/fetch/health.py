@@ -240,8 +240,8 @@ def summary_lines(stats: dict[str, Any]) -> list[str]:
             reasons = ", ".join(f"{r} {n}" for r, n in h["reasons"].items())
             lines.append(f"    {h['host']:<36} {h['failed']:>6}  ({reasons})")
     if b["retryable"]:
-        lines.append(f"  {b['retryable']} of them may succeed later: `datagen retry-failed OUT` fetches only those "
-                     f"(reasons {', '.join(RETRYABLE)})")
+        lines.append(f"  {b['retryable']} of them may pass later (timeouts, 5xx, DNS, ...): "
+                     f"`datagen retry-failed OUT` fetches only those again")
     top = next(iter(b["by_reason"]))
     lines.append(f"  most common: {top}: {hint(top)}")
     return lines

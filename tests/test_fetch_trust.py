@@ -213,3 +213,21 @@ def test_reason_patterns():
     assert reason_matches("http_503", ["http_5xx"]) and not reason_matches("http_404", ["http_5xx"])
     assert reason_matches("http_404", ["http_4xx"]) and reason_matches("timeout", ["timeout", "http_5xx"])
     assert not reason_matches("http_5000", ["http_5xx"]) and not reason_matches("opted_out", ["timeout"])
+
+
+def test_a_retry_asks_again_what_the_download_cache_remembers_as_failed(tmp_path, fake_dns):
+    from datagen.fetch import guard
+    from datagen.fetch.retry import RetryFetchStep
+
+    with LocalServer() as srv:
+        srv.route("/", lambda req: Reply(200, body=jpeg()))
+        url = f"http://late.test:{srv.port}/a.jpg"
+        config = cfg(cache_downloads=True, retries=0)
+        first = FetchStep(config, ctx_for(tmp_path)).process(pairs_table([row("a", url)]))
+        assert reasons(first) == {"a": "dns_error"}  # an unknown host is cached as a permanent failure
+        fake_dns["late.test"] = ["127.0.0.1"]  # the domain comes back
+        guard.DNS.clear()
+        again = FetchStep(config, ctx_for(tmp_path)).process(pairs_table([row("a", url)]))
+        assert reasons(again) == {"a": "dns_error"} and srv.count() == 0  # served from the cache
+        retried = RetryFetchStep(config, ctx_for(tmp_path)).process(pairs_table([row("a", url)]))
+        assert retried.kept.column("key").to_pylist() == ["a"] and srv.count() == 1

@@ -37,15 +37,17 @@ async def wait_rows(coros: list[Awaitable[Any]], cfg: FetchConfig, deadline: Opt
     changed = asyncio.Event()
     done = 0
 
+    cutoff = cfg.straggler_cutoff
+    need = math.ceil(cutoff.done_fraction * n) if cutoff is not None else None
+
     def finished(_t) -> None:
         nonlocal done
         done += 1
-        changed.set()
+        if done == n or done == need:  # the only counts that change what we wait for; the rest is timeouts
+            changed.set()
 
     for t in tasks:
         t.add_done_callback(finished)
-    cutoff = cfg.straggler_cutoff
-    need = math.ceil(cutoff.done_fraction * n) if cutoff is not None else None
     cutoff_at: Optional[float] = None
     why = ""
     t0 = last_tick = time.monotonic()
@@ -72,7 +74,7 @@ async def wait_rows(coros: list[Awaitable[Any]], cfg: FetchConfig, deadline: Opt
             waits.append(cutoff_at - now)
         if deadline is not None:
             waits.append(deadline - now)
-        changed.clear()  # completions run their callbacks only while we await below: none is missed
+        changed.clear()  # callbacks run only while we await below: no milestone is missed
         try:
             await asyncio.wait_for(_either(changed, stop), max(min(waits), 0.001))
         except asyncio.TimeoutError:

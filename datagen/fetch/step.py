@@ -37,6 +37,7 @@ import asyncio
 import base64
 import concurrent.futures
 import hashlib
+import json
 import time
 from collections import Counter
 from typing import Any, Optional, Union
@@ -140,8 +141,6 @@ class FetchStep(Step):
 
     def fingerprint(self) -> str:
         """Settings that only watch or stop the run (RUN_CONTROL_KEYS) do not decide a row's result."""
-        import json
-
         cfg = self.config.model_dump(mode="json", exclude=set(RUN_CONTROL_KEYS))
         blob = json.dumps({"name": self.name, "version": self.version, "config": cfg}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -61,8 +61,9 @@ class FetchConfig(BaseModel):
         "still bounded by total_timeout_s per try)."
     )
     straggler_cutoff: Optional[StragglerCutoff] = Field(
-        None, description="e.g. {done_fraction: 0.95, wait_s: 30}: once that share of a fetch batch is done, the "
-        "rest get wait_s more seconds, then become straggler_timeout rejects. null: wait for every row."
+        default_factory=lambda: StragglerCutoff(done_fraction=0.95, wait_s=60.0),
+        description="Once done_fraction of a fetch batch is done, the rest get wait_s more seconds, then become "
+        "straggler_timeout rejects (retryable with `datagen retry-failed`). null: wait for every row."
     )
     progress_interval_s: float = Field(
         30.0, gt=0, description="Every this many seconds a fetch batch logs its progress and the hosts with "

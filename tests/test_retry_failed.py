@@ -121,7 +121,7 @@ def test_retry_failed_after_a_503_storm_equals_a_run_that_never_failed(tmp_path,
     # permanent reasons are retried only when named
     server.requests.clear()
     assert main(["retry-failed", str(out)]) == 0
-    assert _requests(server) == [] and "nothing to do" in capsys.readouterr().out
+    assert _requests(server) == [] and "nothing to retry" in capsys.readouterr().out
     assert main(["retry-failed", str(out), "--reasons", "http_404"]) == 0
     assert sorted(_requests(server)) == sorted(GONE)
     assert _shards(out) == _shards(clean)

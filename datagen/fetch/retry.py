@@ -61,13 +61,17 @@ class RetryPlan:
     recovered: int = 0  # of them, kept at the end of the chain
     by_reason: dict[str, int] = field(default_factory=dict)  # rows retried, by their old reason
     shards: list[str] = field(default_factory=list)
+    unfinished: int = 0  # shards without a finished part (an edited recipe, a stopped run): they ran whole
 
     def report(self) -> str:
+        whole = (f"; {self.unfinished} shards had no finished part (was the recipe edited, or the run stopped?) "
+                 f"and were fetched whole" if self.unfinished else "")
         if not self.rows:
-            return f"retry-failed: no rows rejected by fetch with reasons {', '.join(self.reasons)}; nothing to do"
+            return (f"retry-failed: no rows rejected by fetch with reasons {', '.join(self.reasons)}; "
+                    f"nothing to retry{whole}")
         old = ", ".join(f"{r} {n}" for r, n in sorted(self.by_reason.items(), key=lambda kv: (-kv[1], kv[0])))
         return (f"retry-failed: fetched {self.rows} rows again ({old}) in {len(self.shards)} shards: "
-                f"{self.recovered} kept now, {self.rows - self.recovered} rejected again (see rejects.parquet)")
+                f"{self.recovered} kept now, {self.rows - self.recovered} rejected again (see rejects.parquet){whole}")
 
 
 def parse_reasons(text: Optional[str]) -> tuple[str, ...]:
@@ -98,7 +102,8 @@ def retry_pairs(items: list, factories: list[StepFactory], plan: RetryPlan, work
     for shard, task in items:
         part = Part(task.out)
         if not part.done:
-            continue  # never finished: the pass runs it whole
+            plan.unfinished += 1  # never finished: the pass runs it whole
+            continue
         rejects = pq.read_table(part.rejects)
         chosen = [i for i, (step, reason) in enumerate(zip(rejects.column("step").to_pylist(),
                                                            rejects.column("reason").to_pylist()))

@@ -237,11 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from datagen.core.lock import FolderInUse
     from datagen.core.ray_executor import RayUnavailable
-    from datagen.fetch.errors import FetchFailureRateExceeded
     from datagen.filters.clip import ClipWeightsUnavailable
     from datagen.recipe import RecipeError
     from datagen.sources.errors import InputFileError
     from datagen.translate.errors import BackendConfigError, QuotaExhausted
+    from datagen.fetch.errors import FetchFailureRateExceeded
 
     try:
         return args.fn(args)

@@ -506,12 +506,13 @@ def run(recipe: Recipe, recipe_dir: Path, out_dir: Path, dry_run: bool = False, 
     with RunLock(out_dir):
         remove_temporaries(out_dir)  # what killed runs left half-written: shard folders, parts, spills
         (out_dir / "_run").mkdir(parents=True, exist_ok=True)
-        state = RunState(recipe, out_dir, ctx, retry=retry)
+        state = RunState(recipe, out_dir, ctx)
         pair_sources, text_sources = [], []
         for src in recipe.sources:
             fp, shards = shard_source(state, src)
             (text_sources if src.kind == "instructions" else pair_sources).append((src, fp, shards))
         state.text_sources = {s.name for s, _, _ in text_sources}
+        state.retry = retry
         _pair_pass(state, pair_sources)
         barrier_fp = _run_barriers(state)
         _conversation_pass(state, barrier_fp, text_sources)

@@ -41,6 +41,7 @@ HINTS = {
     "blocked_address": "the URLs point at private addresses (see fetch.allow_networks)",
     "straggler_timeout": "hosts are slow: raise fetch.straggler_cutoff.wait_s or fetch.shard_timeout_s",
     "opted_out": "the hosts opted out of AI training (X-Robots-Tag); nothing to fix",
+    "file_not_found": "check the paths (relative ones resolve against the table's folder)",
 }
 REFUSALS = frozenset({"http_401", "http_403", "http_429", "opted_out"})
 MAX_HOSTS_PER_PART = 100  # failing hosts kept per part; the rest are summed under OTHER_HOSTS
@@ -48,12 +49,14 @@ TOP_HOSTS = 10
 OTHER_HOSTS = "(other hosts)"
 
 
-def hint(reason: str) -> str:
+def hint(reason: str, default: Optional[str] = "see the error breakdown in the run summary") -> Optional[str]:
     if reason in HINTS:
         return HINTS[reason]
     if reason_matches(reason, ["http_5xx"]):
         return "hosts fail on their side: retry later with `datagen retry-failed OUT`"
-    return "see the error breakdown in the run summary"
+    if reason_matches(reason, ["http_4xx"]) or reason in ("not_an_image", "too_large"):
+        return "the URLs no longer serve the image: nothing to retry"
+    return default
 
 
 class FailureMonitor:
@@ -228,20 +231,21 @@ def breakdown(stats: dict[str, Any]) -> dict[str, Any]:
 
 
 def summary_lines(stats: dict[str, Any]) -> list[str]:
-    """The run summary's fetch section (empty when nothing failed)."""
+    """The run summary's fetch section (empty when nothing failed): reasons, top failing hosts, what to do."""
     b = stats.get("failures") or breakdown(stats)
     if not b["failed"]:
         return []
-    lines = [f"fetch failures: {b['failed']} rows ({b['rate']:.1%} of rows fetched), by reason:"]
-    lines += [f"  {r:<28} {n}" for r, n in b["by_reason"].items()]
+    reasons = ", ".join(f"{r} {n}" for r, n in b["by_reason"].items())
+    lines = [f"fetch failures: {b['failed']} rows ({b['rate']:.1%} of rows fetched): {reasons}"]
     if b["top_hosts"]:
         lines.append("  top failing hosts:")
         for h in b["top_hosts"]:
-            reasons = ", ".join(f"{r} {n}" for r, n in h["reasons"].items())
-            lines.append(f"    {h['host']:<36} {h['failed']:>6}  ({reasons})")
+            why = ", ".join(f"{r} {n}" for r, n in h["reasons"].items())
+            lines.append(f"    {h['host']:<36} {h['failed']:>6}  ({why})")
+    top = next(iter(b["by_reason"]))
+    if hint(top, default=None):
+        lines.append(f"  most common, {top}: {hint(top)}")
     if b["retryable"]:
         lines.append(f"  {b['retryable']} of them may pass later (timeouts, 5xx, DNS, ...): "
                      f"`datagen retry-failed OUT` fetches only those again")
-    top = next(iter(b["by_reason"]))
-    lines.append(f"  most common: {top}: {hint(top)}")
     return lines

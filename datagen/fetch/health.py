@@ -53,7 +53,7 @@ def hint(reason: str, default: Optional[str] = "see the error breakdown in the r
     if reason in HINTS:
         return HINTS[reason]
     if reason_matches(reason, ["http_5xx"]):
-        return "hosts fail on their side: retry later with `datagen retry-failed OUT`"
+        return "the hosts fail on their side (an outage?): their rows may pass later"
     if reason_matches(reason, ["http_4xx"]) or reason in ("not_an_image", "too_large"):
         return "the URLs no longer serve the image: nothing to retry"
     return default

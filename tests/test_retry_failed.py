@@ -163,9 +163,15 @@ def test_a_server_that_never_answers_some_requests_does_not_hang_the_run(tmp_pat
             assert main(["run", str(recipe), "--out", str(tmp_path / "out")]) == 0
         finally:
             release.set()
+        m = _manifest(tmp_path / "out")
+        fetch = next(s for s in m["steps"] if s["name"] == "fetch")
+        assert fetch["stats"]["rejects"] == {"straggler_timeout": 3}
+        assert m["counts"]["pairs"]["reconciled"] and m["counts"]["pairs"]["in"] == 45
+        printed = capsys.readouterr().out
+        assert "straggler_timeout" in printed and "127.0.0.1" in printed
+        # the host answers again: the stragglers are picked up, and only they
+        srv.requests.clear()
+        assert main(["retry-failed", str(tmp_path / "out"), "--reasons", "straggler_timeout"]) == 0
+        assert sorted(_requests(srv)) == [7, 22, 37]
     m = _manifest(tmp_path / "out")
-    fetch = next(s for s in m["steps"] if s["name"] == "fetch")
-    assert fetch["stats"]["rejects"] == {"straggler_timeout": 3}
-    assert m["counts"]["pairs"]["reconciled"] and m["counts"]["pairs"]["in"] == 45
-    printed = capsys.readouterr().out
-    assert "straggler_timeout" in printed and "127.0.0.1" in printed
+    assert m["counts"]["pairs"] == {"in": 45, "kept": 45, "rejected": 0, "reconciled": True}

@@ -144,7 +144,8 @@ def _merge_part(part: Part, retried: Part, old_rejects: pa.Table, source: Path) 
         else:
             kept = kept_new
         position = {k: i for i, k in enumerate(pq.read_table(source, columns=["key"]).column("key").to_pylist())}
-        order = sorted(range(kept.num_rows), key=lambda i: position[kept.column("key")[i].as_py()])
+        keys = kept.column("key").to_pylist()
+        order = sorted(range(kept.num_rows), key=lambda i: position[keys[i]])
         kept = kept.take(pa.array(order, type=pa.int64()))
     else:
         kept = kept_old

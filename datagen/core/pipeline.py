@@ -38,7 +38,7 @@ from datagen.core.steps import RunContext
 
 log = logging.getLogger("datagen")
 
-PASS_DIRS = ("sources", "pairs", "barriers", "convs")  # (+ "retry": a retry's scratch, gone when it ends)
+PASS_DIRS = ("sources", "pairs", "barriers", "convs", "retry")  # retry: `datagen retry-failed` scratch
 
 
 @dataclass

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from datagen.fetch import FetchConfig, FetchStep
+from datagen.fetch import FetchStep
 from datagen.fetch.errors import reason_matches
 from datagen.fetch.guard import DnsCache
 from datagen.fetch.health import FailureMonitor, breakdown, summary_lines

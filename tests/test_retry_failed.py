@@ -4,7 +4,6 @@ that never answers some requests does not hang the run, and the summary explains
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import threading

@@ -143,6 +143,8 @@ def run_task(task: ShardTask, worker: _Worker) -> dict:
     ctx = worker.ctx
     ctx.stats, ctx.warnings = {}, []
     steps = [worker.step(f) for f in task.steps]
+    for s in steps:
+        s.begin_task()
     info: dict[str, Any] = {"shard": task.shard, "source": task.source, "rows_in": 0, "steps": {}}
     for s in steps:
         info["steps"][s.name] = {"in": 0, "kept": 0, "rejected": 0, "seconds": 0.0}

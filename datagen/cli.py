@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import textwrap
 from pathlib import Path
+
+from datagen.progress import configure_logging
 
 # What each exit status means; also in the README ("Exit codes") and `datagen --help`.
 EXIT_CODES = {
@@ -284,8 +285,7 @@ def _global_options() -> argparse.ArgumentParser:
 def setup_logging(opts: argparse.Namespace) -> None:
     """Log lines go to stderr; the level applies to the ``datagen`` loggers (progress lines included)."""
     level = opts.log_level or ("warning" if opts.quiet else "debug" if opts.verbose else "info")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    logging.getLogger("datagen").setLevel(level.upper())
+    configure_logging(level)
 
 
 def _train_command(command: str, rest: list[str]) -> int:

@@ -248,7 +248,7 @@ def run_datagen(urls: Path, out: Path, work: Path, cores: int, shard_rows: int) 
         "filters": {"quality": {"min_side": None, "max_aspect": None}},
         "dedup": None,
         "stage2": {"sources": []},
-        "output": {"shard_max_count": 10000},
+        "output": {"shard_max_count": shard_rows},  # img2dataset's shards hold its input shard's rows
         "executor": {"workers": cores, "shard_rows": shard_rows},
     }))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

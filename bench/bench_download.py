@@ -262,13 +262,15 @@ def run_datagen(urls: Path, out: Path, work: Path, cores: int, shard_rows: int) 
 
 # ----------------------------------------------------------------------------- the ceiling
 
-def _pil_draft(data: bytes) -> int:
+def _pil_draft(data: bytes) -> int:  # datagen's method without its checks: DCT-scaled decode, bicubic
+    from datagen.fetch.image import RESAMPLE
+
     img = Image.open(io.BytesIO(data))
     w, h = img.size
     s = MAX_SIDE / max(w, h)
     size = (max(1, round(w * s)), max(1, round(h * s)))
     box = img.draft("RGB", size)
-    img = img.convert("RGB").resize(size, Image.Resampling.LANCZOS, box=box[1] if box else None)
+    img = img.convert("RGB").resize(size, RESAMPLE, box=box[1] if box else None)
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=QUALITY)
     return len(buf.getvalue())

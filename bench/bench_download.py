@@ -30,6 +30,7 @@ What it does (issue 10):
 
     python bench/bench_download.py                     # 3,000 images, 2 rounds (make bench-peers)
     python bench/bench_download.py --images 300 --rounds 1   # a quick look
+    python bench/bench_download.py --baseline-root /tmp/old   # and an older checkout, in the same rounds
 """
 from __future__ import annotations
 
@@ -237,7 +238,7 @@ def run_img2dataset(venv: Path, urls: Path, out: Path, cores: int, shard_rows: i
     return r
 
 
-def run_datagen(urls: Path, out: Path, work: Path, cores: int, shard_rows: int) -> dict:
+def run_datagen(urls: Path, out: Path, work: Path, cores: int, shard_rows: int, root: Path = ROOT) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     recipe = work / "bench-download.yaml"
     recipe.write_text(json.dumps({
@@ -251,7 +252,7 @@ def run_datagen(urls: Path, out: Path, work: Path, cores: int, shard_rows: int) 
         "output": {"shard_max_count": shard_rows},  # img2dataset's shards hold its input shard's rows
         "executor": {"workers": cores, "shard_rows": shard_rows},
     }))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(root)}
     r = measure([sys.executable, "-m", "datagen.cli", "run", str(recipe), "--out", str(out)], env)
     m = json.loads((out / "manifest.json").read_text())
     c = m["counts"]["pairs"]
@@ -371,6 +372,9 @@ def main() -> None:
     ap.add_argument("--kit", type=Path, default=Path(tempfile.gettempdir()) / "datagen-bench-download")
     ap.add_argument("--peers-venv", type=Path, default=ROOT / "bench" / ".peers-venv")
     ap.add_argument("--only", choices=["datagen", "img2dataset"], default=None)
+    ap.add_argument("--baseline-root", type=Path, default=None,
+                    help="also run the datagen of another checkout (e.g. `git archive` of an older commit) as "
+                         "datagen-base, in the same rounds: a before/after in one run")
     args = ap.parse_args()
     missing = args.missing if args.missing is not None else round(args.images * 0.04)
     html = args.html if args.html is not None else round(args.images * 0.01)
@@ -392,16 +396,19 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-download-"))
     urls = url_list(kit, port, work / "urls.parquet")
     tools = ["img2dataset", "datagen"] if args.only is None else [args.only]
+    if args.baseline_root:
+        tools.append("datagen-base")
     results: dict[str, list[dict]] = {t: [] for t in tools}
     try:
         for rnd in range(args.rounds):
-            order = tools if rnd % 2 == 0 else tools[::-1]
+            order = tools[rnd % len(tools):] + tools[:rnd % len(tools)]  # each tool goes first in turn
             for tool in order:
                 load = os.getloadavg()[0]
                 if tool == "img2dataset":
                     r = run_img2dataset(venv, urls, work / "out-img2dataset", args.cores, shard_rows)
                 else:
-                    r = run_datagen(urls, work / "out-datagen", work, args.cores, shard_rows)
+                    r = run_datagen(urls, work / "out-datagen", work, args.cores, shard_rows,
+                                    args.baseline_root if tool == "datagen-base" else ROOT)
                 r["load"] = load
                 results[tool].append(r)
                 extra = f"  steps {r['steps_s']}" if "steps_s" in r else ""
@@ -423,7 +430,10 @@ def main() -> None:
               f"CPU {1000 * statistics.median([r['cpu_s'] / max(1, r['ok']) for r in rs]):.1f} ms/image; "
               f"peak RSS {max(r['peak_rss'] for r in rs) / 1e9:.2f} GB (largest process "
               f"{max(r['largest_rss'] for r in rs) / 1e9:.2f}); ok {rs[-1]['ok']} failed {rs[-1]['failed']}")
-    if len(tools) == 2:
+    if "datagen-base" in tools:
+        print(f"  datagen / datagen-base: {max(rate['datagen']) / max(rate['datagen-base']):.2f}x (best), "
+              f"{statistics.median(rate['datagen']) / statistics.median(rate['datagen-base']):.2f}x (median)")
+    if "img2dataset" in tools and "datagen" in tools:
         print(f"  datagen / img2dataset: {max(rate['datagen']) / max(rate['img2dataset']):.2f}x (best), "
               f"{statistics.median(rate['datagen']) / statistics.median(rate['img2dataset']):.2f}x (median)")
     if "datagen" in results:

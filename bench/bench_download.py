@@ -24,7 +24,8 @@ What it does (issue 10):
    tree (sampled from /proc), successes and failures (img2dataset's
    ``*_stats.json``; datagen's manifest and reject reasons); then the ratio of
    the tools' best and median images/s, and datagen's share of the machine's
-   decode + resize + encode ceiling, measured in the same run: the kit's JPEG
+   decode + resize + encode ceiling, measured in the same run (and the test
+   server's CPU per request, which both tools share the cores with): the kit's JPEG
    bytes decoded (DCT-scaled), resized to 256 and encoded on all cores, no
    network, with the fastest method available.
 
@@ -178,6 +179,13 @@ def tree_rss(pid: int) -> tuple[int, int]:
         largest = max(largest, rss.get(p, 0))
         todo += children.get(p, [])
     return total, largest
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a running process has used so far, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def measure(cmd: list[str], env: dict | None = None) -> dict:
@@ -403,16 +411,18 @@ def main() -> None:
         for rnd in range(args.rounds):
             order = tools[rnd % len(tools):] + tools[:rnd % len(tools)]  # each tool goes first in turn
             for tool in order:
-                load = os.getloadavg()[0]
+                load, server_cpu = os.getloadavg()[0], cpu_seconds(server.pid)
                 if tool == "img2dataset":
                     r = run_img2dataset(venv, urls, work / "out-img2dataset", args.cores, shard_rows)
                 else:
                     r = run_datagen(urls, work / "out-datagen", work, args.cores, shard_rows,
                                     args.baseline_root if tool == "datagen-base" else ROOT)
                 r["load"] = load
+                r["server_ms"] = 1000 * (cpu_seconds(server.pid) - server_cpu) / rows
                 results[tool].append(r)
                 extra = f"  steps {r['steps_s']}" if "steps_s" in r else ""
-                print(f"round {rnd + 1} {_fmt(tool, r, rows)}  (load {load:.2f}){extra}", flush=True)
+                print(f"round {rnd + 1} {_fmt(tool, r, rows)}  (load {load:.2f}; the server: "
+                      f"{r['server_ms']:.1f} ms CPU per request){extra}", flush=True)
         t0 = time.perf_counter()
         ceil = ceiling(kit, args.cores)
         print(f"ceiling (decode + resize to {MAX_SIDE} + encode, {args.cores} processes, no network, "

@@ -9,7 +9,7 @@ RECIPE ?= recipes/demo.yaml
 OUT    ?=
 PYTEST_ARGS ?=
 
-.PHONY: dataset test train bench schema clean venv lint
+.PHONY: dataset test train bench schema clean venv lint screenshots
 
 venv: $(STAMP)
 
@@ -42,6 +42,11 @@ train: $(STAMP)
 ## make bench: throughput benchmarks, each printing a ratio against a baseline measured in the same run
 bench: $(STAMP)
 	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+## make screenshots: docs/report.png and docs/viewer.png (the README's), rendered in chromium from out/demo
+## (runs the demo first when out/demo holds no finished run)
+screenshots: $(STAMP)
+	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(BIN)/python scripts/screenshots.py --out out/demo --dest docs
 
 ## make schema: regenerate schemas/recipe.schema.json from the config models
 schema: $(STAMP)

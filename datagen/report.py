@@ -56,6 +56,8 @@ class ShardFacts:
     cut: set = field(default_factory=set)  # splits cut short by max_samples
     turns: Counter = field(default_factory=Counter)  # (task, lang, polarity) -> assistant turns
     origins: Counter = field(default_factory=Counter)  # (generator kind, polarity) -> assistant turns
+    yes: Counter = field(default_factory=Counter)  # family -> "yes" answers among its yes/no answers
+    yes_no: Counter = field(default_factory=Counter)  # family -> yes/no answers
     clip_kept: list = field(default_factory=list)
     widths: list = field(default_factory=list)
     heights: list = field(default_factory=list)
@@ -71,6 +73,9 @@ def _assistant_turns(sample_json: dict):
 
 
 def read_shards(out: Path, max_samples: int, gallery_size: int = GALLERY_SIZE) -> ShardFacts:
+    from datagen.synth.checker import Checker
+
+    yes_no_counts = Checker().yes_no_counts  # the yes share read from the answers' text, as the checker reads it
     f = ShardFacts()
     for s in iter_samples(out, "stage1"):
         if f.read["stage1"] >= max_samples:
@@ -96,6 +101,11 @@ def read_shards(out: Path, max_samples: int, gallery_size: int = GALLERY_SIZE) -
                 f.turns[(t["task"], lang, t["polarity"])] += 1
                 f.origins[(t["generator"].split(":")[0], t["polarity"])] += 1
                 tasks.add(t["task"])
+            yes, total = yes_no_counts([s["json"]])
+            for (kind, name), n in total.items():
+                if kind == "family":
+                    f.yes[name] += yes[(kind, name)]
+                    f.yes_no[name] += n
             images = [s[k] for k in sorted(s) if k.rsplit(".", 1)[-1] in IMAGE_EXTS]
             # The gallery: image samples that show a family not shown yet, then any, up to gallery_size.
             if images and len(f.gallery) < gallery_size and (tasks - families_shown or len(f.gallery) < gallery_size // 2):
@@ -288,15 +298,16 @@ def rejects_html(rejects: pl.DataFrame, level: str) -> str:
     return (_table(["reason", *sources, "total"], rows) + (_img(plot, f"{level} rejects by reason and source") if plot else ""))
 
 
-def families_html(turns: Counter, yes_share: dict[str, float]) -> str:
+def families_html(turns: Counter, yes: Counter, yes_no: Counter) -> str:
     tasks = sorted({t for t, _, _ in turns})
     langs = sorted({lang for _, lang, _ in turns})
-    head = ["task family", *[f"{lang} {pol}" for lang in langs for pol in POLARITIES], "total", "yes share"]
+    head = ["task family", *[f"{lang} {pol}" for lang in langs for pol in POLARITIES], "total", "yes/no answers",
+            "yes share"]
     rows = []
     for t in tasks:
         vals = [turns.get((t, lang, pol), 0) for lang in langs for pol in POLARITIES]
-        ys = yes_share.get(t)
-        rows.append([t, *vals, sum(vals), "" if ys is None else f"{ys:.2f}"])
+        n = yes_no.get(t, 0)
+        rows.append([t, *vals, sum(vals), n or "", f"{yes[t] / n:.2f}" if n else ""])
     return _table(head, rows).replace("<table>", '<table id="families">', 1)
 
 
@@ -369,8 +380,6 @@ def clip_section(manifest: dict, kept: list[float], rejected: list[float]) -> st
 
 
 def render(out: Path, manifest: dict, facts: ShardFacts, rejects: pl.DataFrame, rejected_scores: list[float]) -> str:
-    synth = next((s["stats"] for s in manifest["steps"] if s["name"] == "synthesize"), {}) or {}
-    yes_share = (synth.get("yes_share") or {}).get("family", {})
     c = manifest["counts"]
     cut = ""
     if facts.cut:
@@ -402,9 +411,9 @@ def render(out: Path, manifest: dict, facts: ShardFacts, rejects: pl.DataFrame, 
         "counts the same items as the summary's line above; text-only sets (<code>source</code>), LLM and "
         "translated turns come on top of it.</p>",
         origins_html(facts.origins),
-        "<p>Every family, both languages, no cut-off. Yes share: the share of \"yes\" among a family's yes/no "
-        "answers (the synthesize step's count).</p>",
-        families_html(facts.turns, yes_share),
+        "<p>Every family, both languages, no cut-off. Yes share: the share of \"yes\" among a family's template "
+        "yes/no answers (Yes/No, 是/不是, 有/没有, 能/不能), read from the text as the checker reads it.</p>",
+        families_html(facts.turns, facts.yes, facts.yes_no),
         _img(fam_plot, "task families") if fam_plot else "",
         "<h2 id=\"clip\">CLIP scores</h2>", clip_section(manifest, facts.clip_kept, rejected_scores),
         "<h2 id=\"sizes\">Image sizes and caption lengths</h2>",

@@ -12,6 +12,7 @@ from datagen.cli import main
 from datagen.report import families_html, clip_section, read_rejects, rejects_html
 from datagen.sinks.export import iter_samples
 from datagen.sinks.manifest import summary, template_items_line
+from datagen.synth.checker import Checker
 from datagen.view import Catalog
 
 pytestmark = pytest.mark.slow
@@ -94,13 +95,14 @@ def test_every_family_by_language_and_polarity_without_cut_off(report):
     head, rows = table[0], table[1:]
     assert [r[0] for r in rows] == sorted({t for t, _, _ in turns})
     for r in rows:
-        for col, cell in zip(head[1:-2], r[1:-2]):
+        for col, cell in zip(head[1:-3], r[1:-3]):
             lang, pol = col.split()
             assert int(cell) == turns[(r[0], lang, pol)], (r[0], col)
-    # The yes share is the synthesize step's, per family.
-    synth = next(s["stats"] for s in manifest["steps"] if s["name"] == "synthesize")
+    # The yes share per family is the checker's, read from the answers' text.
+    rows2 = [s["json"] for s in iter_samples(out, "stage2")]
+    expected = Checker().yes_shares(rows2)["family"]
     shares = {r[0]: float(r[-1]) for r in rows if r[-1]}
-    assert shares and shares == pytest.approx(synth["yes_share"]["family"], abs=0.005)
+    assert len(shares) >= 6 and shares == pytest.approx(expected, abs=0.005)
 
 
 def test_polarity_in_the_report_agrees_with_the_summary(report):
@@ -131,8 +133,9 @@ def test_rejects_group_duplicates_per_source(tmp_path):
 
 def test_families_table_has_no_cut_off():
     turns = Counter({(f"family_{i:02d}", lang, "positive"): i + 1 for i in range(32) for lang in ("en", "zh")})
-    rows = next(iter(Page(families_html(turns, {})).tables.values()))[1:]
-    assert len(rows) == 32 and rows[31][0] == "family_31" and rows[31][-2] == str(2 * 32)
+    rows = next(iter(Page(families_html(turns, Counter({"family_00": 3}), Counter({"family_00": 4}))).tables.values()))[1:]
+    assert len(rows) == 32 and rows[31][0] == "family_31" and rows[31][-3] == str(2 * 32)
+    assert rows[0][-2:] == ["4", "0.75"] and rows[1][-2:] == ["", ""]
 
 
 def test_clip_banner_only_for_meaningless_scores_and_threshold_line(report):

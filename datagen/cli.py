@@ -100,8 +100,9 @@ def _report(args: argparse.Namespace) -> int:
 def _view(args: argparse.Namespace) -> int:
     from datagen.view import make_server
 
-    server = make_server(Path(args.out), args.port)  # a missing or unfinished folder: FileNotFoundError, exit 2
-    print(f"datagen view: {len(server.catalog.samples)} samples of {args.out} at {server.url}  (Ctrl-C stops)",
+    server = make_server(Path(args.out), args.port, max_samples=args.max_samples)  # no finished run: exit 2
+    cut = f" (first {args.max_samples} of {', '.join(server.catalog.cut)})" if server.catalog.cut else ""
+    print(f"datagen view: {len(server.catalog.samples)} samples of {args.out}{cut} at {server.url}  (Ctrl-C stops)",
           flush=True)
     try:
         server.serve_forever()
@@ -173,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     vw = sub.add_parser("view", help="browse a run's samples in a local web page (images, conversations, filters)")
     vw.add_argument("out", help="a finished run's output folder")
     vw.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port; default 8765)")
+    vw.add_argument("--max-samples", type=int, default=100_000, help="index at most this many samples per split")
     vw.set_defaults(fn=_view)
 
     s = sub.add_parser("schema", help="regenerate schemas/recipe.schema.json from the config models")

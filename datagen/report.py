@@ -25,9 +25,8 @@ from typing import Any
 
 import polars as pl
 
-from datagen.sinks.export import iter_samples
+from datagen.sinks.export import index_samples
 from datagen.sinks.manifest import ITEM_LEVEL_STEPS, reason_group, summary, template_items_line
-from datagen.sinks.shards import IMAGE_EXTS
 
 POLARITIES = ("positive", "negative", "neutral")
 COLOURS = {"positive": "#2e7d32", "negative": "#c62828", "neutral": "#757575", "kept": "#1565c0",
@@ -77,40 +76,39 @@ def read_shards(out: Path, max_samples: int, gallery_size: int = GALLERY_SIZE) -
 
     yes_no_counts = Checker().yes_no_counts  # the yes share read from the answers' text, as the checker reads it
     f = ShardFacts()
-    for s in iter_samples(out, "stage1"):
+    for s in index_samples(out, "stage1"):
         if f.read["stage1"] >= max_samples:
             f.cut.add("stage1")
             break
         f.read["stage1"] += 1
-        j = s["json"]
+        j = s.json
         if j.get("clip_score") is not None:
             f.clip_kept.append(float(j["clip_score"]))
         if j.get("width") and j.get("height"):
             f.widths.append(j["width"])
             f.heights.append(j["height"])
-        f.caption_chars.append(len(s.get("txt") or ""))
+        f.caption_chars.append(len(s.txt or ""))
     families_shown: set[str] = set()
     for split in ("stage2", "stage2_text"):
-        for s in iter_samples(out, split):
+        for s in index_samples(out, split):
             if f.read[split] >= max_samples:
                 f.cut.add(split)
                 break
             f.read[split] += 1
             tasks = set()
-            for lang, t in _assistant_turns(s["json"]):
+            for lang, t in _assistant_turns(s.json):
                 f.turns[(t["task"], lang, t["polarity"])] += 1
                 f.origins[(t["generator"].split(":")[0], t["polarity"])] += 1
                 tasks.add(t["task"])
-            yes, total = yes_no_counts([s["json"]])
+            yes, total = yes_no_counts([s.json])
             for (kind, name), n in total.items():
                 if kind == "family":
                     f.yes[name] += yes[(kind, name)]
                     f.yes_no[name] += n
-            images = [s[k] for k in sorted(s) if k.rsplit(".", 1)[-1] in IMAGE_EXTS]
             # The gallery: image samples that show a family not shown yet, then any, up to gallery_size.
-            if images and len(f.gallery) < gallery_size and (tasks - families_shown or len(f.gallery) < gallery_size // 2):
+            if s.images and len(f.gallery) < gallery_size and (tasks - families_shown or len(f.gallery) < gallery_size // 2):
                 families_shown |= tasks
-                f.gallery.append({"key": s["__key__"], "images": images, "json": s["json"]})
+                f.gallery.append({"key": s.key, "images": [s.read(m) for m in s.images], "json": s.json})
     return f
 
 
@@ -427,7 +425,7 @@ def render(out: Path, manifest: dict, facts: ShardFacts, rejects: pl.DataFrame, 
     return "\n".join(p for p in parts if p)
 
 
-def write_report(out: Path, max_samples: int = 200_000) -> Path:
+def write_report(out: Path, max_samples: int = 50_000) -> Path:
     """Write ``out/report.html`` and return its path."""
     out = Path(out)
     manifest = require_finished(out)

@@ -11,13 +11,13 @@ HTML and JavaScript, no build step) and a small JSON API over the webdataset sha
 - ``GET /img/<id>/<member>``: one image member's bytes, read from its tar at the offset indexed.
 
 On start the shards are indexed once (tar headers plus each sample's json; image bytes stay in the
-tars until asked for), so filtering is a scan over an in-memory list.
+tars until asked for), so filtering is a scan over an in-memory list. Indexing runs at about 2,500
+samples/s (30,270 samples in 12.5 s here), so at most ``max_samples`` per split are indexed.
 """
 
 from __future__ import annotations
 
 import json
-import tarfile
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 import polars as pl
 
 from datagen.report import require_finished
-from datagen.sinks.shards import IMAGE_EXTS
+from datagen.sinks.export import IndexedSample, index_samples
 from datagen.text import guess_lang
 
 SPLITS = ("stage1", "stage2", "stage2_text")
@@ -36,19 +36,9 @@ CONTENT_TYPES = {"jpg": "image/jpeg", "png": "image/png", "webp": "image/webp"}
 
 
 @dataclass
-class Sample:
-    id: int
-    split: str
-    key: str
-    shard: Path
-    members: dict[str, tuple[int, int]] = field(default_factory=dict)  # "0.jpg" -> (offset, size) in the tar
-    json: dict = field(default_factory=dict)
-    caption: str | None = None
+class Sample(IndexedSample):
+    id: int = 0
     langs: set = field(default_factory=set)
-
-    @property
-    def images(self) -> list[str]:
-        return sorted(m for m in self.members if m.rsplit(".", 1)[-1] in IMAGE_EXTS)
 
     def conversations(self, task: str, polarity: str, lang: str) -> list[dict]:
         """The conversations that match the filters ('' matches anything)."""
@@ -86,36 +76,25 @@ def _caption_lang(row: dict, caption: str | None) -> str:
 class Catalog:
     """Every sample of a finished run, indexed from its shards."""
 
-    def __init__(self, out: Path):
+    def __init__(self, out: Path, max_samples: int = 100_000):
         self.out = Path(out)
         self.manifest = require_finished(self.out)
         self.samples: list[Sample] = []
         self.stage1_by_key: dict[str, int] = {}
+        self.cut: list[str] = []  # splits with more than max_samples samples: only their first ones are indexed
         for split in SPLITS:
-            for shard in sorted((self.out / split).glob(f"{split}-*.tar")):
-                self._index(split, shard)
+            self._index(split, max_samples)
 
-    def _index(self, split: str, shard: Path) -> None:
-        by_key: dict[str, Sample] = {}
-        with tarfile.open(shard) as tar:
-            for m in tar:
-                if not m.isfile():
-                    continue
-                base = m.name.rsplit("/", 1)[-1]
-                key, _, ext = base.partition(".")  # webdataset: the key is everything before the first dot
-                s = by_key.get(key)
-                if s is None:
-                    s = by_key[key] = Sample(len(self.samples), split, key, shard)
-                    self.samples.append(s)
-                s.members[ext] = (m.offset_data, m.size)
-                if ext == "json":
-                    s.json = json.loads(tar.extractfile(m).read())
-                elif ext == "txt":
-                    s.caption = tar.extractfile(m).read().decode("utf-8", "replace")
-        for s in by_key.values():
+    def _index(self, split: str, max_samples: int) -> None:
+        for n, ix in enumerate(index_samples(self.out, split)):
+            if n == max_samples:
+                self.cut.append(split)
+                break
+            s = Sample(**vars(ix), id=len(self.samples))
+            self.samples.append(s)
             if split == "stage1":
                 self.stage1_by_key.setdefault(s.key, s.id)
-                s.langs = {_caption_lang(s.json, s.caption)}
+                s.langs = {_caption_lang(s.json, s.txt)}
             else:
                 s.langs = {c["lang"] for c in s.json.get("conversations", [])}
 
@@ -133,8 +112,9 @@ class Catalog:
 
     def meta(self) -> dict:
         counts = {sp: sum(1 for s in self.samples if s.split == sp) for sp in SPLITS}
+        cut = [f"only the first {counts[sp]} samples of {sp} are indexed (datagen view --max-samples)" for sp in self.cut]
         return {"name": self.manifest["name"], "out": str(self.out), "splits": counts, "facets": self.facets(),
-                "warnings": self.manifest.get("warnings", [])}
+                "warnings": self.manifest.get("warnings", []) + cut}
 
     def page(self, split: str, source: str = "", task: str = "", polarity: str = "", lang: str = "",
              page: int = 0, size: int = 12) -> dict:
@@ -143,7 +123,7 @@ class Catalog:
         for s in hits[page * size:(page + 1) * size]:
             convs = s.conversations(task, polarity, lang)
             items.append({"id": s.id, "key": s.key, "split": s.split, "source": s.json.get("source"),
-                          "images": [f"/img/{s.id}/{m}" for m in s.images], "caption": s.caption,
+                          "images": [f"/img/{s.id}/{m}" for m in s.images], "caption": s.txt,
                           "langs": sorted(s.langs), "conversations": convs,
                           "conversations_total": len(s.json.get("conversations", []))})
         return {"total": len(hits), "page": page, "size": size, "items": items}
@@ -170,10 +150,7 @@ class Catalog:
         s = self.samples[sid]
         if member not in s.images:
             return None
-        offset, size = s.members[member]
-        with open(s.shard, "rb") as f:
-            f.seek(offset)
-            return f.read(size), CONTENT_TYPES[member.rsplit(".", 1)[-1]]
+        return s.read(member), CONTENT_TYPES[member.rsplit(".", 1)[-1]]
 
 
 def _handler(catalog: Catalog):
@@ -223,9 +200,9 @@ def _handler(catalog: Catalog):
     return Handler
 
 
-def make_server(out: Path, port: int = 0, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+def make_server(out: Path, port: int = 0, host: str = "127.0.0.1", max_samples: int = 100_000) -> ThreadingHTTPServer:
     """A viewer server for ``out`` (not started: call ``serve_forever``); ``port`` 0 picks a free port."""
-    catalog = Catalog(out)
+    catalog = Catalog(out, max_samples)
     server = ThreadingHTTPServer((host, port), _handler(catalog))
     server.daemon_threads = True
     server.catalog = catalog

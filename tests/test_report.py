@@ -196,3 +196,15 @@ def test_viewer_catalog_filters_and_details(demo_run):
     assert dup["key"] in [r["key"] for r in detail["rejects"]] and "clip_score" in detail["stats"]
     data, ctype = cat.image(sid, "jpg")
     assert ctype == "image/jpeg" and data[:3] == b"\xff\xd8\xff"
+
+
+def test_long_splits_are_cut_and_say_so(demo_run, tmp_path):
+    out, _ = demo_run
+    cat = Catalog(out, max_samples=5)
+    meta = cat.meta()
+    assert meta["splits"] == {"stage1": 5, "stage2": 5, "stage2_text": 5}
+    assert sum("only the first 5 samples of" in w for w in meta["warnings"]) == 3
+    from datagen.report import read_shards
+
+    facts = read_shards(out, 5)
+    assert facts.cut == {"stage1", "stage2", "stage2_text"} and len(facts.caption_chars) == 5

@@ -208,3 +208,29 @@ def test_long_splits_are_cut_and_say_so(demo_run, tmp_path):
 
     facts = read_shards(out, 5)
     assert facts.cut == {"stage1", "stage2", "stage2_text"} and len(facts.caption_chars) == 5
+
+
+def test_datagen_view_prints_its_url_and_serves(demo_run):
+    """The command as a user runs it: --port 0 picks a free port, the printed URL answers on 127.0.0.1."""
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    from conftest import ROOT
+
+    out, _ = demo_run
+    proc = subprocess.Popen([sys.executable, "-m", "datagen.cli", "view", str(out), "--port", "0"], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through a proxy: 127.0.0.1 only
+    try:
+        line = proc.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        assert url and int(url.group(1)) > 0, line
+        with direct.open(url.group(0) + "api/meta", timeout=30) as r:
+            assert json.loads(r.read())["name"] == "demo"
+        with direct.open(url.group(0), timeout=30) as r:
+            assert b'id="samples"' in r.read()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

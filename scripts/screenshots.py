@@ -18,6 +18,9 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
+# No host name resolves inside the browser (belt and braces beside the request guard; Playwright already
+# turns off background networking).
+CHROMIUM_ARGS = ["--no-sandbox", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -64,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+            browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
             ctx = browser.new_context(viewport={"width": args.width, "height": 1000})
             ctx.route("**/*", guard)
             page = ctx.new_page()

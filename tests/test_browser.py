@@ -15,6 +15,9 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
+# No host name resolves inside the browser (belt and braces beside the request guard; Playwright already
+# turns off background networking).
+CHROMIUM_ARGS = ["--no-sandbox", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1"]
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 
 
@@ -33,7 +36,7 @@ def browser():
         pytest.skip("no chromium on PATH (Debian: apt-get install -y chromium)")
     with sync_playwright() as p:
         try:
-            b = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+            b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
         except Exception as e:  # noqa: BLE001 - a browser that does not start is a skip with its reason
             pytest.skip(f"chromium at {exe} does not start: {e}")
         yield b

@@ -26,7 +26,7 @@ from typing import Any
 import polars as pl
 
 from datagen.sinks.export import index_samples
-from datagen.sinks.manifest import ITEM_LEVEL_STEPS, reason_group, summary, template_items_line
+from datagen.sinks.manifest import ITEM_LEVEL_STEPS, reason_group_expr, summary, template_items_line
 
 POLARITIES = ("positive", "negative", "neutral")
 COLOURS = {"positive": "#2e7d32", "negative": "#c62828", "neutral": "#757575", "kept": "#1565c0",
@@ -113,16 +113,16 @@ def read_shards(out: Path, max_samples: int, gallery_size: int = GALLERY_SIZE) -
 
 
 def read_rejects(out: Path) -> pl.DataFrame:
-    """Reject counts by (level, reason group, source); plus the CLIP scores of rows rejected for them."""
+    """Reject counts by level (``row``, or ``item`` for conversations not made), reason group and source."""
     path = out / "rejects.parquet"
     if not path.exists():
         return pl.DataFrame(schema={"level": pl.String, "reason": pl.String, "source": pl.String, "n": pl.UInt32})
-    df = pl.read_parquet(path, columns=["source", "step", "reason"])
-    return (df.with_columns(pl.col("reason").map_elements(reason_group, return_dtype=pl.String),
-                            pl.when(pl.col("step").is_in(list(ITEM_LEVEL_STEPS))).then(pl.lit("item"))
-                            .otherwise(pl.lit("row")).alias("level"),
-                            pl.col("source").fill_null("?"))
-            .group_by("level", "reason", "source").len("n").sort("level", "reason", "source"))
+    return (pl.scan_parquet(path).select("source", "step", "reason")
+            .with_columns(reason_group_expr(),
+                          pl.when(pl.col("step").is_in(list(ITEM_LEVEL_STEPS))).then(pl.lit("item"))
+                          .otherwise(pl.lit("row")).alias("level"),
+                          pl.col("source").fill_null("?"))
+            .group_by("level", "reason", "source").len("n").sort("level", "reason", "source").collect())
 
 
 def rejected_clip_scores(out: Path) -> list[float]:

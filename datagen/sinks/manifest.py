@@ -78,9 +78,7 @@ def write_rejects(files: list[Path], dest: Path) -> int:
 def _reject_counts(path: Path) -> dict[str, Any]:
     """Reject totals by reason group (``duplicate_of:*``), by step, and split into row and item level."""
     grouped = (pl.scan_parquet(path).select("step", "reason")
-               .with_columns(pl.when(pl.col("reason").str.contains(":"))
-                             .then(pl.col("reason").str.split(":").list.first() + pl.lit(":*"))
-                             .otherwise(pl.col("reason")).alias("reason"),
+               .with_columns(reason_group_expr(),
                              pl.col("step").is_in(list(ITEM_LEVEL_STEPS)).alias("item"))
                .group_by("step", "reason", "item").len().collect())
     by_reason, by_step, rows, items = Counter(), Counter(), Counter(), Counter()
@@ -202,6 +200,13 @@ def shard_card_header(state: RunState, shards: list) -> str:
 def reason_group(reason: str) -> str:
     """``duplicate_of:<key>`` and ``translate_lexicon:<cat>`` group under their prefix in summaries."""
     return reason.split(":", 1)[0] + (":*" if ":" in reason else "")
+
+
+def reason_group_expr(col: str = "reason") -> pl.Expr:
+    """``reason_group`` as a polars expression over a reject table's column (keeps its name)."""
+    return (pl.when(pl.col(col).str.contains(":", literal=True))
+            .then(pl.col(col).str.split(":").list.first() + pl.lit(":*"))
+            .otherwise(pl.col(col)).alias(col))
 
 
 def template_items_line(manifest: dict) -> str | None:

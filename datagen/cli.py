@@ -100,7 +100,14 @@ def _report(args: argparse.Namespace) -> int:
 def _view(args: argparse.Namespace) -> int:
     from datagen.view import make_server
 
-    server = make_server(Path(args.out), args.port, max_samples=args.max_samples)  # no finished run: exit 2
+    try:
+        server = make_server(Path(args.out), args.port, max_samples=args.max_samples)
+    except FileNotFoundError:
+        raise  # no finished run there: exit 2 with its message
+    except OSError as e:
+        print(f"error: cannot serve on 127.0.0.1:{args.port}: {e.strerror or e}; pick another --port (0: any free one)",
+              file=sys.stderr)
+        return 2
     cut = f" (first {args.max_samples} of {', '.join(server.catalog.cut)})" if server.catalog.cut else ""
     print(f"datagen view: {len(server.catalog.samples)} samples of {args.out}{cut} at {server.url}  (Ctrl-C stops)",
           flush=True)

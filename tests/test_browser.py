@@ -26,19 +26,29 @@ def chromium_path() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def browser():
+def chromium() -> str:
+    """The browser's path, or a skip saying what is missing (asked first, so a skip costs no demo run)."""
     try:
-        from playwright.sync_api import sync_playwright
+        import playwright.sync_api  # noqa: F401
     except ImportError:
         pytest.skip("playwright is not installed (pip install 'datagen[dev]')")
     exe = chromium_path()
     if exe is None:
         pytest.skip("no chromium on PATH (Debian: apt-get install -y chromium)")
+    return exe
+
+
+@pytest.fixture(scope="module")
+def browser(chromium):
+    """Module-scoped: Playwright's sync API holds an event loop on this thread while it is open, which
+    would break later tests that call asyncio.run()."""
+    from playwright.sync_api import sync_playwright
+
     with sync_playwright() as p:
         try:
-            b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
+            b = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
         except Exception as e:  # noqa: BLE001 - a browser that does not start is a skip with its reason
-            pytest.skip(f"chromium at {exe} does not start: {e}")
+            pytest.skip(f"chromium at {chromium} does not start: {e}")
         yield b
         b.close()
 
@@ -77,7 +87,7 @@ def broken_images(pg) -> list[str]:
     return pg.eval_on_selector_all("img", "els => els.filter(e => !(e.complete && e.naturalWidth > 0)).map(e => e.alt)")
 
 
-def test_report_renders_in_chromium(browser, page, demo_run):  # browser first: a skip costs no demo run
+def test_report_renders_in_chromium(chromium, page, demo_run):  # browser first: a skip costs no demo run
     out, _ = demo_run
     page.goto((out / "report.html").as_uri())
     page.wait_for_load_state("load")
@@ -113,11 +123,13 @@ def shown(pg):
 
 
 def choose(pg, select: str, value: str) -> None:
+    """Pick a filter value and wait until the page shows its result."""
     pg.evaluate("document.body.dataset.ready = ''")
     pg.select_option(select, value)
+    pg.wait_for_selector("body[data-ready='1']")
 
 
-def test_viewer_pages_filters_and_shows_details(browser, page, viewer):
+def test_viewer_pages_filters_and_shows_details(chromium, page, viewer):
     assert viewer.url.startswith("http://127.0.0.1:")
     page.goto(viewer.url)
     keys, langs, _ = shown(page)

@@ -234,3 +234,14 @@ def test_datagen_view_prints_its_url_and_serves(demo_run):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_view_on_a_busy_port_says_so(demo_run, capsys):
+    import socket
+
+    out, _ = demo_run
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        assert main(["view", str(out), "--port", str(busy.getsockname()[1]), "--max-samples", "3"]) == 2
+    assert "cannot serve on 127.0.0.1:" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """``datagen`` command line: run, validate, export, report, view, schema, train, eval.
 
     datagen run RECIPE [--out DIR] [--set key.path=value ...] [--dry-run] [--fresh]
+    datagen retry-failed OUT [--reasons timeout,http_5xx,...]  fetch again only rows that failed for a passing reason
     datagen validate RECIPE [--set ...]          check a recipe without running it
     datagen export OUT --format llava|mplug_owl|sharegpt|hf [--dest DIR]
     datagen check OUT [--format F ...] [--tokenizer DIR] [--template llava_v1]  verify before training
@@ -10,16 +11,36 @@
     datagen train CONFIG [...] / datagen eval ...  the bundled two-stage trainer
     datagen chat MODEL --image IMG ["question"]    talk to a trained model (REPL without a question)
     datagen export-model CKPT DEST [--adapter]     a Hugging Face folder of a trained model
+
+Global options (-q, --log-level, -v) may come before or after the command.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
+import textwrap
 from pathlib import Path
+
+from datagen.progress import configure_logging
+
+# What each exit status means; also in the README ("Exit codes") and `datagen --help`.
+EXIT_CODES = {
+    0: "success",
+    1: "`check` found problems, or `schema --check` found the schema out of date",
+    2: "bad input: usage error, invalid recipe or config, missing file, missing optional extra, "
+       "unavailable model weights, output folder in use by another run",
+    3: "the run finished but its rows do not reconcile (in != kept + rejected)",
+    4: "stopped: the translation service's quota is exhausted (DeepL HTTP 456); cached translations are kept: "
+       "rerun when it is restored",
+    5: "the run finished but `output.check` found problems in the shards or exports",
+    130: "interrupted (Ctrl-C); finished shards are kept: rerun the same command to resume",
+}
+TRAIN_COMMANDS = ("train", "eval", "chat", "export-model")
+GLOBAL_NOTE = "global options (before or after the command): -q, --log-level LEVEL, -v; exit codes: datagen --help"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -36,7 +57,7 @@ def _run(args: argparse.Namespace) -> int:
     with RunLock(out):  # held from the first step to the last shard
         if args.fresh:
             clean_run_dir(out)
-        state = run(recipe, recipe_path.resolve().parent, out, dry_run=args.dry_run)
+        state = run(recipe, recipe_path.resolve().parent, out, dry_run=args.dry_run, retry=getattr(args, "retry", None))
         if args.dry_run:
             print("dry run: no shards written")
             return 0
@@ -51,6 +72,38 @@ def _run(args: argparse.Namespace) -> int:
         if not manifest["check"]["ok"]:
             return 5
     return 0 if manifest["counts"]["pairs"]["reconciled"] else 3
+
+
+def _retry_failed(args: argparse.Namespace) -> int:
+    """The finished run's recipe (its manifest names it and its --set overrides), run again with the matching
+    fetch rejects re-fetched first (datagen.fetch.retry)."""
+    from datagen.fetch.retry import RetryPlan, parse_reasons
+    from datagen.recipe import RecipeError
+
+    out = Path(args.out)
+    overrides = list(args.set)
+    if args.recipe is None:
+        manifest = out / "manifest.json"
+        if not manifest.is_file():
+            raise RecipeError(f"{manifest} not found: retry-failed needs a finished run, or --recipe RECIPE (the "
+                              f"recipe the run used; an unfinished run resumes with `datagen run`)")
+        m = json.loads(manifest.read_text())
+        args.recipe = m["recipe_path"]
+        overrides = list(m["recipe"].get("_overrides", [])) + overrides
+        if not Path(args.recipe).is_file():
+            raise RecipeError(f"{args.out}: the run's recipe {args.recipe!r} is not there (relative to where the "
+                              f"run started?): pass --recipe PATH")
+    if not (out / "_run" / "pairs").is_dir():
+        raise RecipeError(f"{out}/_run/pairs not found: the fetched rows are gone (output.keep_intermediate: false?),"
+                          f" so only a full `datagen run` can fetch again")
+    try:
+        plan = RetryPlan(parse_reasons(args.reasons))
+    except ValueError as e:
+        raise RecipeError(str(e)) from None
+    args.set, args.dry_run, args.fresh, args.retry = overrides, False, False, plan
+    code = _run(args)
+    print(plan.report())
+    return code
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -72,6 +125,11 @@ def _export(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from datagen.check import check
+
+    if args.tokenizer:
+        from datagen.extras import require
+
+        require("datagen check --tokenizer", "train", ("transformers",))
 
     report = check(Path(args.out), args.format, args.tokenizer, args.template, args.max_len,
                    args.tokens_per_image, args.examples)
@@ -137,27 +195,50 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="datagen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True)
+    epilog = "exit codes:\n" + "\n".join(textwrap.fill(text, 79, initial_indent=f"  {code:>3}  ", subsequent_indent=" " * 7)
+                                          for code, text in EXIT_CODES.items())
+    p = argparse.ArgumentParser(prog="datagen", description=__doc__, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}",
+                   help="print the package version and exit")
+    for a in _global_options()._actions:
+        if a.option_strings:  # the same options the pre-pass in main() takes out of argv
+            p._add_action(a)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
 
     r = sub.add_parser("run", help="run a recipe end to end")
-    r.add_argument("recipe")
+    r.add_argument("recipe", help="the recipe YAML file")
     r.add_argument("--out", help="output folder (default: the recipe's `out`, else out/<name>)")
-    r.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a recipe value")
+    r.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a recipe value (YAML-parsed), e.g. --set filters.clip=null; repeatable")
     r.add_argument("--dry-run", action="store_true", help="print LLM prompts etc. without calling services or writing shards")
     r.add_argument("--fresh", action="store_true", help="recompute every step (the request cache of LLM/DeepL/HTTP answers is kept)")
     r.set_defaults(fn=_run)
 
+    rf = sub.add_parser("retry-failed", help="fetch again only the rows whose download failed for a reason that may "
+                        "pass (timeouts, 5xx, DNS, stragglers...), and rebuild the output with them")
+    rf.add_argument("out", help="a finished run's output folder")
+    rf.add_argument("--reasons", help="reject reasons to retry, comma-separated; http_5xx/http_4xx name a class "
+                    "(default: timeout,connection_error,dns_error,http_5xx,http_408,http_429,image_truncated,"
+                    "straggler_timeout,host_backoff,robots_unreachable; 404, not_an_image, blocked_address, "
+                    "opted_out only when named)")
+    rf.add_argument("--recipe", help="the recipe of the run (default: the one its manifest names)")
+    rf.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                    help="more overrides after the run's own; keep to fetch watch settings (max_failure_rate...): "
+                    "others change fingerprints and redo finished work")
+    rf.set_defaults(fn=_retry_failed)
+
     v = sub.add_parser("validate", help="check a recipe against the schema")
-    v.add_argument("recipe")
-    v.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    v.add_argument("recipe", help="the recipe YAML file")
+    v.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a recipe value (YAML-parsed); repeatable")
     v.set_defaults(fn=_validate)
 
     e = sub.add_parser("export", help="write LLaVA / mPLUG-Owl / ShareGPT / HF datasets from a run's shards")
     e.add_argument("out", help="a run's output folder")
-    e.add_argument("--format", required=True, choices=["llava", "mplug_owl", "sharegpt", "hf"])
-    e.add_argument("--dest", help="default <out>/export")
+    e.add_argument("--format", required=True, choices=["llava", "mplug_owl", "sharegpt", "hf"],
+                   help="the training format to write")
+    e.add_argument("--dest", help="folder to write (default: <out>/export)")
     e.add_argument("--image-root", help="mplug_owl: write image paths as IMAGE_ROOT/images/... (default: relative to DEST)")
     e.set_defaults(fn=_export)
 
@@ -167,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", action="append", choices=["wds", "llava", "mplug_owl", "sharegpt", "hf"],
                    help="check only these formats (repeatable; default: every one found)")
     c.add_argument("--tokenizer", help="a local tokenizer folder: render and tokenise every conversation")
-    c.add_argument("--template", default="llava_v1", choices=["llava_v1", "vicuna_v1", "mplug_owl", "chatml"])
+    c.add_argument("--template", default="llava_v1", choices=["llava_v1", "vicuna_v1", "mplug_owl", "chatml"],
+                   help="chat template to render conversations with, with --tokenizer (default: llava_v1)")
     c.add_argument("--max-len", type=int, default=2048, help="longest sequence the trainer keeps (tokens)")
     c.add_argument("--tokens-per-image", type=int, default=576, help="tokens one image takes (LLaVA-1.5: 576)")
     c.add_argument("--examples", type=int, default=3, help="examples shown per problem")
@@ -192,18 +274,54 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("eval", help="evaluate a checkpoint (see `datagen eval --help`)", add_help=False)
     sub.add_parser("chat", help="chat with a trained model (see `datagen chat --help`)", add_help=False)
     sub.add_parser("export-model", help="export a trained model (see `datagen export-model --help`)", add_help=False)
+    for name, sp in sub.choices.items():  # every command's --help points at the global options and exit codes
+        if name not in TRAIN_COMMANDS:
+            sp.epilog = (sp.epilog + "\n\n" if sp.epilog else "") + GLOBAL_NOTE
     return p
+
+
+def version() -> str:
+    from datagen import __version__
+
+    return __version__
+
+
+def _global_options() -> argparse.ArgumentParser:
+    """Options every command takes, before or after the command name (main() takes them out first)."""
+    g = argparse.ArgumentParser(prog="datagen", add_help=False, allow_abbrev=False)
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="print only warnings and errors: no progress bars or lines (same as --log-level warning)")
+    g.add_argument("--log-level", choices=LOG_LEVELS, default=None,
+                   help="level of datagen's log lines on stderr (default: info; other libraries: warning)")
+    g.add_argument("-v", "--verbose", action="store_true", help="same as --log-level debug")
+    return g
+
+
+def setup_logging(opts: argparse.Namespace) -> None:
+    """Log lines go to stderr; the level applies to the ``datagen`` loggers (progress lines included)."""
+    level = opts.log_level or ("warning" if opts.quiet else "debug" if opts.verbose else "info")
+    configure_logging(level)
+
+
+def _train_command(command: str, rest: list[str]) -> int:
+    """The trainer has its own argument parsers; hand it everything after the command."""
+    from datagen.train import cli as train_cli
+
+    if not {"-h", "--help"} & set(rest):
+        from datagen.extras import require
+
+        require(f"datagen {command}", "train")
+    return train_cli.COMMANDS[command](rest)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # The trainer has its own argument parser; hand it everything after the command.
-    if argv and argv[0] in ("train", "eval", "chat", "export-model"):
-        from datagen.train import cli as train_cli
-
-        return train_cli.COMMANDS[argv[0]](argv[1:])
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    opts, argv = _global_options().parse_known_args(argv)
+    if argv and argv[0] in TRAIN_COMMANDS:
+        args = argparse.Namespace(fn=lambda a: _train_command(argv[0], argv[1:]))
+    else:
+        args = build_parser().parse_args(argv)
+    setup_logging(opts)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from datagen.core.lock import FolderInUse
     from datagen.core.ray_executor import RayUnavailable
@@ -211,12 +329,16 @@ def main(argv: list[str] | None = None) -> int:
     from datagen.recipe import RecipeError
     from datagen.sources.errors import InputFileError
     from datagen.translate.errors import BackendConfigError, QuotaExhausted
+    from datagen.fetch.errors import FetchFailureRateExceeded
 
     try:
         return args.fn(args)
     except QuotaExhausted as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 4
+    except FetchFailureRateExceeded as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return 6
     except (RecipeError, FileNotFoundError, InputFileError, ClipWeightsUnavailable, BackendConfigError,
             FolderInUse, RayUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -18,6 +18,7 @@ each step recompute derived values (ratios) from the summed counts.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import multiprocessing as mp
 import time
 from dataclasses import dataclass, field
@@ -26,10 +27,12 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm import tqdm
 
 from datagen.core.parts import PartWriter, iter_batches
 from datagen.core.steps import RunContext, Step
+from datagen.progress import configure_logging, datagen_level, progress
+
+log = logging.getLogger("datagen.executor")
 
 
 class StepFactory:
@@ -140,6 +143,8 @@ def run_task(task: ShardTask, worker: _Worker) -> dict:
     ctx = worker.ctx
     ctx.stats, ctx.warnings = {}, []
     steps = [worker.step(f) for f in task.steps]
+    for s in steps:
+        s.begin_task()
     info: dict[str, Any] = {"shard": task.shard, "source": task.source, "rows_in": 0, "steps": {}}
     for s in steps:
         info["steps"][s.name] = {"in": 0, "kept": 0, "rejected": 0, "seconds": 0.0}
@@ -168,7 +173,9 @@ def run_task(task: ShardTask, worker: _Worker) -> dict:
 _PROCESS: dict[str, _Worker] = {}
 
 
-def _init(ctx: RunContext) -> None:
+def _init(ctx: RunContext, log_level: int) -> None:
+    """A pool process: the driver's log level (a spawned process starts with no logging set up), one worker."""
+    configure_logging(log_level)
     _PROCESS["worker"] = _Worker(ctx)
 
 
@@ -186,11 +193,12 @@ def execute(tasks: list[ShardTask], ctx: RunContext, workers: int, desc: str) ->
     if not tasks:
         return []
     results: dict[int, dict] = {}
-    bar = tqdm(total=sum(t.rows for t in tasks) or None, desc=desc, unit="row", leave=False)
+    bar = progress(sum(t.rows for t in tasks), desc, "row")
 
     def done(i: int, info: dict) -> None:
         results[i] = info
         bar.update(tasks[i].rows)
+        log.debug("%s: shard %s done (%d rows in)", desc, tasks[i].shard, tasks[i].rows)
 
     try:
         if workers <= 1 or len(tasks) == 1:
@@ -202,7 +210,7 @@ def execute(tasks: list[ShardTask], ctx: RunContext, workers: int, desc: str) ->
                 worker.close()
         else:
             with cf.ProcessPoolExecutor(min(workers, len(tasks)), mp_context=mp.get_context("spawn"),
-                                        initializer=_init, initargs=(task_context(ctx),)) as pool:
+                                        initializer=_init, initargs=(task_context(ctx), datagen_level())) as pool:
                 futures = {pool.submit(_run_in_pool, t): i for i, t in enumerate(tasks)}
                 try:
                     for fut in cf.as_completed(futures):

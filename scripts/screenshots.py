@@ -6,6 +6,7 @@ Runs the bundled demo into ``--out`` when that folder holds no finished run, wri
 report.html, serves ``datagen view`` on 127.0.0.1, and saves ``report.png`` and ``viewer.png``
 (palette PNGs, ``--width`` pixels wide) under ``--dest``. The browser may only load the report file
 and 127.0.0.1: any other request is aborted and fails the script. ``make screenshots`` runs it.
+Chinese text renders only with a CJK font installed (Debian: ``apt-get install fonts-wqy-microhei``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ RECIPE ?= recipes/demo.yaml
 OUT    ?=
 PYTEST_ARGS ?=
 
-.PHONY: dataset test train bench bench-peers schema clean venv lint
+.PHONY: dataset test train bench bench-peers schema clean venv lint screenshots
 
 venv: $(STAMP)
 
@@ -51,6 +51,11 @@ bench-peers: $(STAMP)
 	@test -x bench/.peers-venv/bin/img2dataset || ($(PYTHON) -m venv bench/.peers-venv && \
 		bench/.peers-venv/bin/python -m pip install -q 'img2dataset==1.47.0')
 	$(BIN)/python bench/bench_download.py $(ARGS)
+
+## make screenshots: docs/report.png and docs/viewer.png (the README's), rendered in chromium from out/demo
+## (runs the demo first when out/demo holds no finished run)
+screenshots: $(STAMP)
+	HF_HUB_OFFLINE=$${HF_HUB_OFFLINE:-1} $(BIN)/python scripts/screenshots.py --out out/demo --dest docs
 
 ## make schema: regenerate schemas/recipe.schema.json from the config models
 schema: $(STAMP)

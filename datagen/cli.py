@@ -5,8 +5,8 @@
     datagen validate RECIPE [--set ...]          check a recipe without running it
     datagen export OUT --format llava|mplug_owl|sharegpt|hf [--dest DIR]
     datagen check OUT [--format F ...] [--tokenizer DIR] [--template llava_v1]  verify before training
-    datagen report OUT                           summary + plots of a finished run
-    datagen view OUT [--split stage2] [-n 3]     print a few samples from the shards
+    datagen report OUT                           OUT/report.html: funnel, rejects, families, plots, samples
+    datagen view OUT [--port P]                  browse the samples at http://127.0.0.1:P/
     datagen schema [--check]                     (re)write schemas/recipe.schema.json
     datagen train CONFIG [...] / datagen eval ...  the bundled two-stage trainer
     datagen chat MODEL --image IMG ["question"]    talk to a trained model (REPL without a question)
@@ -64,6 +64,7 @@ def _run(args: argparse.Namespace) -> int:
         manifest = finish(state, raw | ({"_overrides": args.set} if args.set else {}), recipe_path)
     print(summary(manifest))
     print(f"output: {out}/ (manifest.json, sizes.json, rejects.parquet, README.md)")
+    print(f"report: {_write_report(out)}")
     if "check" in manifest:
         from datagen.check import Report
 
@@ -136,29 +137,44 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _write_report(out: Path) -> str:
+    """The run's report.html; a report that fails is said, and does not fail a run whose shards are written."""
+    from datagen.report import write_report
+
+    try:
+        return str(write_report(out))
+    except Exception as e:  # noqa: BLE001 - the data is complete; the page about it is not worth losing it
+        logging.getLogger("datagen").warning("report.html not written: %s: %s", type(e).__name__, e, exc_info=True)
+        return f"not written ({type(e).__name__}: {e}); retry with `datagen report {out}`"
+
+
 def _report(args: argparse.Namespace) -> int:
     from datagen.report import write_report
 
-    path = write_report(Path(args.out))
-    print(path.read_text() if path.suffix == ".md" else path)
+    print(write_report(Path(args.out)))
     return 0
 
 
 def _view(args: argparse.Namespace) -> int:
-    from datagen.sinks.export import iter_samples
+    from datagen.view import make_server
 
-    for i, sample in enumerate(iter_samples(Path(args.out), args.split)):
-        if i >= args.n:
-            break
-        body = sample.get("json") or {}
-        images = [k for k in sample if k.endswith(("jpg", "png", "webp"))]
-        print(f"--- {sample['__key__']}  images: {images}")
-        if "txt" in sample:
-            print(f"caption: {sample['txt']}")
-        for conv in body.get("conversations", []):
-            print(f"[{conv['lang']}] {conv['id']}" + (f" (translation of {conv['parent_id']})" if conv.get("parent_id") else ""))
-            for t in conv["turns"]:
-                print(f"  {t['role']:>9} ({t['task']}, {t['polarity']}): {t['content']}")
+    try:
+        server = make_server(Path(args.out), args.port, max_samples=args.max_samples)
+    except FileNotFoundError:
+        raise  # no finished run there: exit 2 with its message
+    except OSError as e:
+        print(f"error: cannot serve on 127.0.0.1:{args.port}: {e.strerror or e}; pick another --port (0: any free one)",
+              file=sys.stderr)
+        return 2
+    cut = f" (first {args.max_samples} of {', '.join(server.catalog.cut)})" if server.catalog.cut else ""
+    print(f"datagen view: {len(server.catalog.samples)} samples of {args.out}{cut} at {server.url}  (Ctrl-C stops)",
+          flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
     return 0
 
 
@@ -240,15 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(fn=_check)
 
-    rep = sub.add_parser("report", help="write report.md with plots for a finished run")
+    rep = sub.add_parser("report", help="write OUT/report.html: one self-contained page with the run's plots and samples")
     rep.add_argument("out", help="a finished run's output folder")
     rep.set_defaults(fn=_report)
 
-    vw = sub.add_parser("view", help="print samples from a run's shards")
+    vw = sub.add_parser("view", help="browse a run's samples in a local web page (images, conversations, filters)")
     vw.add_argument("out", help="a finished run's output folder")
-    vw.add_argument("--split", default="stage2", choices=["stage1", "stage2", "stage2_text"],
-                    help="which shards to read (default: stage2)")
-    vw.add_argument("-n", type=int, default=3, help="how many samples to print (default: 3)")
+    vw.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port; default 8765)")
+    vw.add_argument("--max-samples", type=int, default=100_000, help="index at most this many samples per split")
     vw.set_defaults(fn=_view)
 
     s = sub.add_parser("schema", help="regenerate schemas/recipe.schema.json from the config models")

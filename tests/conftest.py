@@ -61,3 +61,20 @@ def offline_empty_cache(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
     return tmp_path / "hf"
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """One run of the bundled demo recipe for the whole session: (output folder, what `datagen run` printed).
+
+    Read-only for its users: a test that changes the folder makes its own copy."""
+    import contextlib
+    import io
+
+    from datagen.cli import main
+
+    out = tmp_path_factory.mktemp("demo-session") / "out"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["run", str(ROOT / "recipes" / "demo.yaml"), "--out", str(out)]) == 0
+    return out, printed.getvalue()

@@ -121,6 +121,7 @@ def test_the_core_runs_a_recipe_with_every_optional_package_blocked(tmp_path):
                         str(tmp_path / "o")], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert list((tmp_path / "o" / "stage1").glob("*.tar")) and list((tmp_path / "o" / "stage2").glob("*.tar"))
+    assert (tmp_path / "o" / "report.html").stat().st_size > 10_000 and "report: " in r.stdout  # report in the core
     # and a recipe that needs one of them stops with the extra named
     r = subprocess.run([sys.executable, "-c", BLOCKER, ",".join(OPTIONAL), "run", str(recipe), "--out",
                         str(tmp_path / "o2"), "--set", "ocr={}"], capture_output=True, text=True, env=env, timeout=300)

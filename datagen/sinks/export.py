@@ -48,12 +48,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import tarfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import webdataset as wds
 
-from datagen.sinks.shards import image_ext, sample_images
+from datagen.sinks.shards import IMAGE_EXTS, image_ext, sample_images
 
 MPLUG_SYSTEM = ("The following is a conversation between a curious human and AI assistant. "
                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
@@ -74,6 +76,52 @@ def iter_samples(out: Path, split: str) -> Iterator[dict]:
         if "txt" in sample:
             sample["txt"] = sample["txt"].decode("utf-8")
         yield sample
+
+
+@dataclass
+class IndexedSample:
+    """One sample of a shard as its tar lays it out: where each member's bytes are, the json decoded,
+    the txt read; image bytes stay in the tar until ``read``."""
+
+    split: str
+    key: str
+    shard: Path
+    members: dict[str, tuple[int, int]] = field(default_factory=dict)  # "0.jpg" -> (offset, size) in the tar
+    json: dict = field(default_factory=dict)
+    txt: str | None = None
+
+    @property
+    def images(self) -> list[str]:
+        return sorted(m for m in self.members if m.rsplit(".", 1)[-1] in IMAGE_EXTS)
+
+    def read(self, member: str) -> bytes:
+        offset, size = self.members[member]
+        with open(self.shard, "rb") as f:
+            f.seek(offset)
+            return f.read(size)
+
+
+def index_samples(out: Path, split: str) -> Iterator[IndexedSample]:
+    """Samples of one split without their image bytes (tar headers are read, image data skipped):
+    what a report or viewer needs to count and filter, at the cost of the json alone."""
+    for shard in sorted((out / split).glob(f"{split}-*.tar")):
+        cur: IndexedSample | None = None
+        with tarfile.open(shard) as tar:
+            for m in tar:
+                if not m.isfile():
+                    continue
+                key, _, ext = m.name.rsplit("/", 1)[-1].partition(".")  # webdataset: the key ends at the first dot
+                if cur is None or key != cur.key:
+                    if cur is not None:
+                        yield cur
+                    cur = IndexedSample(split, key, shard)
+                cur.members[ext] = (m.offset_data, m.size)
+                if ext == "json":
+                    cur.json = json.loads(tar.extractfile(m).read())
+                elif ext == "txt":
+                    cur.txt = tar.extractfile(m).read().decode("utf-8")
+        if cur is not None:
+            yield cur
 
 
 def _strip_placeholders(text: str) -> str:

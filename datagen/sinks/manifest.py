@@ -50,7 +50,7 @@ def recipe_hash(recipe) -> str:
 
 
 # Steps whose rejects remove a pair row (as opposed to an item inside a conversation).
-_ITEM_LEVEL = {"synthesize", "llm_generate", "translate"}
+ITEM_LEVEL_STEPS = {"synthesize", "llm_generate", "translate"}
 
 
 def tool_versions() -> dict[str, str]:
@@ -81,10 +81,8 @@ def write_rejects(files: list[Path], dest: Path) -> int:
 def _reject_counts(path: Path) -> dict[str, Any]:
     """Reject totals by reason group (``duplicate_of:*``), by step, and split into row and item level."""
     grouped = (pl.scan_parquet(path).select("step", "reason")
-               .with_columns(pl.when(pl.col("reason").str.contains(":"))
-                             .then(pl.col("reason").str.split(":").list.first() + pl.lit(":*"))
-                             .otherwise(pl.col("reason")).alias("reason"),
-                             pl.col("step").is_in(list(_ITEM_LEVEL)).alias("item"))
+               .with_columns(reason_group_expr(),
+                             pl.col("step").is_in(list(ITEM_LEVEL_STEPS)).alias("item"))
                .group_by("step", "reason", "item").len().collect())
     by_reason, by_step, rows, items = Counter(), Counter(), Counter(), Counter()
     for step, reason, item, n in grouped.iter_rows():
@@ -121,7 +119,7 @@ def _finish(state: RunState, recipe_raw: dict, recipe_path: Path | None) -> dict
     rejects = _reject_counts(out / "rejects.parquet")
 
     text_sources = state.text_sources
-    pair_steps = [s for s in state.steps if s.name not in _ITEM_LEVEL
+    pair_steps = [s for s in state.steps if s.name not in ITEM_LEVEL_STEPS
                   and not (s.name.startswith("source-") and s.name[7:] in text_sources)]
     pair_in = sum(s.rows_in for s in pair_steps if s.name.startswith("source-"))
     pair_rejected = sum(s.rejected for s in pair_steps)
@@ -207,6 +205,25 @@ def reason_group(reason: str) -> str:
     return reason.split(":", 1)[0] + (":*" if ":" in reason else "")
 
 
+def reason_group_expr(col: str = "reason") -> pl.Expr:
+    """``reason_group`` as a polars expression over a reject table's column (keeps its name)."""
+    return (pl.when(pl.col(col).str.contains(":", literal=True))
+            .then(pl.col(col).str.split(":").list.first() + pl.lit(":*"))
+            .otherwise(pl.col(col)).alias(col))
+
+
+def template_items_line(manifest: dict) -> str | None:
+    """The synthesize step's items by polarity (both languages): one line, shared by the summary and the report."""
+    synth = next((st["stats"] for st in manifest["steps"] if st["name"] == "synthesize"), None)
+    if not (synth and synth.get("polarity")):
+        return None
+    pol = synth["polarity"]
+    return (f"template items: positive {pol.get('positive', 0)}, negative {pol.get('negative', 0)},"
+            f" neutral {pol.get('neutral', 0)}; negative share {synth.get('negative_share', 0):.3f}"
+            f" (target {synth.get('negative_share_target', 0):.3f});"
+            f" checker disagreements {synth.get('checker_disagreements', 'not run')}")
+
+
 def summary(manifest: dict) -> str:
     c = manifest["counts"]
     p = c["pairs"]
@@ -222,13 +239,8 @@ def summary(manifest: dict) -> str:
                  f" {c['stage2_text_samples']} text-only")
     if c["conversations_by_lang"]:
         lines.append("conversations: " + ", ".join(f"{k} {v}" for k, v in sorted(c["conversations_by_lang"].items())))
-    synth = next((st["stats"] for st in manifest["steps"] if st["name"] == "synthesize"), None)
-    if synth and synth.get("polarity"):
-        pol = synth["polarity"]
-        lines.append(f"template items: positive {pol.get('positive', 0)}, negative {pol.get('negative', 0)},"
-                     f" neutral {pol.get('neutral', 0)}; negative share {synth.get('negative_share', 0):.3f}"
-                     f" (target {synth.get('negative_share_target', 0):.3f});"
-                     f" checker disagreements {synth.get('checker_disagreements', 'not run')}")
+    if items := template_items_line(manifest):
+        lines.append(items)
     for title, field in (("rows rejected, by reason:", "rows_by_reason"),
                          ("not turned into instructions or translations, by reason:", "items_by_reason")):
         grouped = Counter()

@@ -717,7 +717,17 @@ class Checker:
 
     def yes_shares(self, conv_rows: Iterable[dict], top_labels: int = 10) -> dict[str, dict[str, float]]:
         """Share of "yes" among yes/no answers, read from the text alone: per task, and per
-        category for the ``top_labels`` categories most asked about in existence questions.
+        category for the ``top_labels`` categories most asked about in existence questions."""
+        yes, total = self.yes_no_counts(conv_rows)
+        labels = sorted((n for kind, n in total if kind == "label"), key=lambda n: (-total[("label", n)], n))[:top_labels]
+        out: dict[str, dict[str, float]] = {"family": {}, "label": {}}
+        for (kind, name), n in sorted(total.items()):
+            if kind == "family" or name in labels:
+                out[kind][name] = round(yes[(kind, name)] / n, 4)
+        return out
+
+    def yes_no_counts(self, conv_rows: Iterable[dict]) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+        """(yes, total) counts of yes/no answers keyed ("family", task) and ("label", category).
         A yes/no answer opens with its verdict (Yes/No; 是/不是, 有/没有, 能/不能); refusals of a
         false premise ("There is no...") are not yes/no answers and do not count."""
         yes: dict[tuple[str, str], int] = {}
@@ -743,12 +753,7 @@ class Checker:
                     for k in keys:
                         total[k] = total.get(k, 0) + 1
                         yes[k] = yes.get(k, 0) + int(v)
-        labels = sorted((n for kind, n in total if kind == "label"), key=lambda n: (-total[("label", n)], n))[:top_labels]
-        out: dict[str, dict[str, float]] = {"family": {}, "label": {}}
-        for (kind, name), n in sorted(total.items()):
-            if kind == "family" or name in labels:
-                out[kind][name] = round(yes[(kind, name)] / n, 4)
-        return out
+        return yes, total
 
     def check_tables(self, pairs: pa.Table, conversations: pa.Table) -> list[Disagreement]:
         cols = [c for c in PAIR_COLUMNS if c in pairs.column_names]

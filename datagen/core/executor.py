@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
+from datagen.core.cache import flush_all
 from datagen.core.parts import PartWriter, iter_batches
 from datagen.core.steps import RunContext, Step
 
@@ -160,6 +161,7 @@ def run_task(task: ShardTask, worker: _Worker) -> dict:
         info["steps"][s.name]["stats"] = ctx.stats.get(s.name, {})
     info["warnings"] = list(ctx.warnings)
     info["seconds"] = round(time.perf_counter() - t0, 3)
+    flush_all()  # the answers this task paid for are durable before its part is
     return writer.commit(info).info
 
 

@@ -321,6 +321,7 @@ def _run_pass(state: RunState, name: str, folder: Path, items: list[tuple[Shard,
         execute_ray(pending, state.ctx, ex.workers, name, ex.address, ex.cpus_per_worker, ex.gpus_per_worker)
     else:
         execute(pending, state.ctx, ex.workers, name)
+    _merge_caches(state)
     parts = [(shard, Part(t.out)) for shard, t in items]
     merged = merge_parts((p.load_info() for _, p in parts), factories, state.ctx)
     for f in factories:
@@ -333,6 +334,16 @@ def _run_pass(state: RunState, name: str, folder: Path, items: list[tuple[Shard,
     log.info("%s: %d parts, %d run now in %.1fs", name, len(parts), len(pending), time.time() - t0)
     state.reject_files.extend(p.rejects for _, p in parts)
     return parts
+
+
+def _merge_caches(state: RunState) -> None:
+    """The request caches' part files (written by the workers) into their snapshots, on the driver
+    while no worker runs (``datagen.core.cache``)."""
+    from datagen.core.cache import flush_all, merge_dir
+
+    flush_all()  # what this process asked itself (workers: 1, barriers)
+    tr = state.recipe.translate
+    merge_dir(state.ctx.cache_dir, state.ctx.resolve(tr.cache_path) if tr is not None and tr.cache_path else None)
 
 
 def _pair_pass(state: RunState, sources: list[tuple[Any, str, list[Shard]]]) -> None:
@@ -488,6 +499,7 @@ def run(recipe: Recipe, recipe_dir: Path, out_dir: Path, dry_run: bool = False) 
         remove_temporaries(out_dir)  # what killed runs left half-written: shard folders, parts, spills
         (out_dir / "_run").mkdir(parents=True, exist_ok=True)
         state = RunState(recipe, out_dir, ctx)
+        _merge_caches(state)  # answers a killed run paid for
         pair_sources, text_sources = [], []
         for src in recipe.sources:
             fp, shards = shard_source(state, src)

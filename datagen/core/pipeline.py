@@ -109,7 +109,7 @@ def _source_files(cfg, ctx: RunContext) -> list[Path]:
     if cfg.kind == "visual_genome":
         from datagen.sources.visual_genome import vg_files
         return vg_files(cfg, ctx)
-    return source_files(cfg.path, ctx, cfg.name)
+    return source_files(cfg.path, ctx, cfg.name, remote=cfg.kind != "instructions")
 
 
 def _rechunk(tables: Iterator[pa.Table], rows: int) -> Iterator[pa.Table]:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from datagen.core.cache import RequestCache, flush_all, merge, merge_dir, parts_dir
+from datagen.core.cache import RequestCache, flush_all, merge, merge_dir, parts_dir, task_scope
 
 N_PROCS = 4
 N_KEYS = 300
@@ -106,3 +106,26 @@ def test_merge_dir_finds_every_cache_and_a_reader_in_the_merging_process_sees_th
     assert (tmp_path / "llm.sqlite").is_file() and (tmp_path / "fetch.sqlite").is_file()
     assert a.get("x", 1) == "one" and b.get("y", 2) == "two"
     assert merge_dir(tmp_path / "missing") == 0
+
+
+def test_a_task_that_opens_the_cache_per_batch_writes_one_part_even_when_it_fails(tmp_path):
+    path = tmp_path / "fetch.sqlite"
+    for attempt in ("ok", "fails"):
+        try:
+            with task_scope():
+                for batch in range(5):  # as the fetch step does: a cache per batch, closed after it
+                    c = RequestCache(path)
+                    c.put("get", f"{attempt}-{batch}", batch)
+                    c.close()
+                    assert not list(parts_dir(path).glob("*.jsonl")) or attempt == "fails"
+                if attempt == "fails":
+                    raise RuntimeError("the task failed after paying for its answers")
+        except RuntimeError:
+            pass
+    assert len(list(parts_dir(path).glob("*.jsonl"))) == 2, "one part per task"
+    assert merge(path) == 10
+    c = RequestCache(path)
+    c.close()  # outside a task, closing flushes at once
+    c.put("get", "late", 1)
+    c.close()
+    assert len(list(parts_dir(path).glob("*.jsonl"))) == 1

@@ -15,8 +15,10 @@ safe. So nothing is ever written in place:
   to a **part file** of its own, ``<path>.parts/<host>-<pid>-<uuid>.jsonl``,
   written under a temporary name and renamed when complete (like the pass
   parts in :mod:`datagen.core.parts`): a part exists only whole. A process
-  flushes when it closes a cache, after every shard task
-  (:func:`flush_all`, called by the executor), when its pending answers pass
+  flushes at the end of every shard task (:func:`task_scope`, entered by the
+  executor; inside it, closing a cache defers to the task's end, so a step
+  that opens a cache per batch still writes one part per task), when it
+  closes a cache outside a task, when its pending answers pass
   ``FLUSH_BYTES``, and at exit.
 - The **driver merges** the parts into a new snapshot (:func:`merge`) at the
   start of a run and after every pass, while no worker reads: it copies the
@@ -161,6 +163,20 @@ def flush_all() -> list[Path]:
 
 atexit.register(flush_all)
 
+_TASKS = 0  # shard tasks running in this process (task_scope)
+
+
+@contextmanager
+def task_scope():
+    """Around one shard task: caches closed inside it flush once, when it ends (failed or not)."""
+    global _TASKS
+    _TASKS += 1
+    try:
+        yield
+    finally:
+        _TASKS -= 1
+        flush_all()
+
 
 class RequestCache:
     """A handle on the cache at ``path``; all handles on one path in a process share its answers."""
@@ -191,8 +207,10 @@ class RequestCache:
         return len(keys)
 
     def close(self) -> None:
-        """Make this process's new answers durable (a part file) and release the thread's connection."""
-        self._store.flush()
+        """Make this process's new answers durable (a part file; inside a shard task, at its end) and
+        release the thread's connection."""
+        if not _TASKS:
+            self._store.flush()
         self._store.close_thread()
 
 

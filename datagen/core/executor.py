@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from datagen.core.cache import flush_all
+from datagen.core.cache import task_scope
 from datagen.core.parts import PartWriter, iter_batches
 from datagen.core.steps import RunContext, Step
 
@@ -148,12 +148,13 @@ def run_task(task: ShardTask, worker: _Worker) -> dict:
     writer = PartWriter(task.out, task.empty_schema)
     t0 = time.perf_counter()
     try:
-        for batch in iter_batches(task.input, task.batch_size, task.columns):
-            if drop is not None:
-                batch = batch.filter(pc.invert(pc.is_in(batch.column("key"), value_set=drop)))
-            info["rows_in"] += batch.num_rows
-            kept, rejects = run_chain(steps, batch, info)
-            writer.write(kept, pa.concat_tables(rejects) if rejects else None)
+        with task_scope():  # the answers this task paid for are durable (cache parts) before its part
+            for batch in iter_batches(task.input, task.batch_size, task.columns):
+                if drop is not None:
+                    batch = batch.filter(pc.invert(pc.is_in(batch.column("key"), value_set=drop)))
+                info["rows_in"] += batch.num_rows
+                kept, rejects = run_chain(steps, batch, info)
+                writer.write(kept, pa.concat_tables(rejects) if rejects else None)
     except BaseException:
         writer.abort()
         raise
@@ -161,7 +162,6 @@ def run_task(task: ShardTask, worker: _Worker) -> dict:
         info["steps"][s.name]["stats"] = ctx.stats.get(s.name, {})
     info["warnings"] = list(ctx.warnings)
     info["seconds"] = round(time.perf_counter() - t0, 3)
-    flush_all()  # the answers this task paid for are durable before its part is
     return writer.commit(info).info
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 def _run(args: argparse.Namespace) -> int:
     from datagen.core.lock import RunLock
     from datagen.core.pipeline import clean_run_dir, preflight, run
+    from datagen.core.storage import upload
     from datagen.recipe import load_recipe
     from datagen.sinks.manifest import finish, summary
     from datagen.core.steps import RunContext
@@ -41,8 +42,12 @@ def _run(args: argparse.Namespace) -> int:
             print("dry run: no shards written")
             return 0
         manifest = finish(state, raw | ({"_overrides": args.set} if args.set else {}), recipe_path)
+        good = manifest["counts"]["pairs"]["reconciled"] and manifest.get("check", {}).get("ok", True)
+        uploaded = upload(out, recipe.output.upload_to) if recipe.output.upload_to and good else None
     print(summary(manifest))
     print(f"output: {out}/ (manifest.json, sizes.json, rejects.parquet, README.md)")
+    if uploaded is not None:
+        print(f"uploaded: {len(uploaded)} files to {recipe.output.upload_to}")
     if "check" in manifest:
         from datagen.check import Report
 
@@ -191,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from datagen.core.lock import FolderInUse
     from datagen.core.ray_executor import RayUnavailable
+    from datagen.core.storage import UploadError
     from datagen.filters.clip import ClipWeightsUnavailable
     from datagen.recipe import RecipeError
     from datagen.sources.errors import InputFileError
@@ -202,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stopped: {e}", file=sys.stderr)
         return 4
     except (RecipeError, FileNotFoundError, InputFileError, ClipWeightsUnavailable, BackendConfigError,
-            FolderInUse, RayUnavailable) as e:
+            FolderInUse, RayUnavailable, UploadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

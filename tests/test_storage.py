@@ -1,6 +1,7 @@
 """Sources in a bucket: parquet and TSV tables read through pyarrow's S3 filesystem from a real S3
 server (moto's, on 127.0.0.1), with the endpoint and credentials from the environment."""
 
+import hashlib
 import json
 import logging
 import tarfile
@@ -124,3 +125,34 @@ def test_a_tsv_in_a_bucket_reads_like_a_local_one(tmp_path, s3):
     assert rk[1]["url"] == "img/b.jpg", "a relative path in a bucket's table is kept as written"
     rr = pa.concat_tables([o.rejects for o in remote]).to_pylist()
     assert [r["reason"] for r in rr] == ["malformed_row"] and "s3://bucket/cc3m/train.tsv:3" in rr[0]["detail"]
+
+
+def test_the_finished_output_is_uploaded_to_a_bucket_manifest_last(tmp_path, s3, image_server, capsys):
+    (tmp_path / "in").mkdir()
+    pq.write_table(_tables(image_server)[0], tmp_path / "in" / "t.parquet")
+    recipe = _recipe(tmp_path, str(tmp_path / "in" / "t.parquet"))
+    out = tmp_path / "out"
+    assert main(["run", recipe, "--out", str(out), "--set", "output.upload_to=s3://bucket/runs/one"]) == 0
+    assert "uploaded: " in capsys.readouterr().out
+    from pyarrow import fs as pafs
+
+    infos = s3.get_file_info(pafs.FileSelector("bucket/runs/one", recursive=True))
+    remote = {i.path.removeprefix("bucket/runs/one/"): i for i in infos if i.type == pafs.FileType.File}
+    local = {p.relative_to(out).as_posix() for p in out.rglob("*")
+             if p.is_file() and p.relative_to(out).parts[0] != "_run" and p.name != ".datagen.lock"}
+    assert set(remote) == local and "manifest.json" in local and "stage1/stage1-000000.tar" in local
+    manifest = json.loads(s3.open_input_file("bucket/runs/one/manifest.json").read())
+    for shard in manifest["shards"]:
+        data = s3.open_input_file(f"bucket/runs/one/{shard['path']}").read()
+        assert hashlib.sha256(data).hexdigest() == shard["sha256"]
+    assert remote["manifest.json"].mtime >= max(i.mtime for i in remote.values())
+
+    # a bucket that does not exist: a clear error, the local output complete
+    assert main(["run", recipe, "--out", str(out), "--set", "output.upload_to=s3://no-such-bucket/x"]) == 2
+    err = capsys.readouterr().err
+    assert "output.upload_to: copying" in err and "rerun the same command to upload again" in err, err
+    assert (out / "manifest.json").is_file()
+    assert SECRET not in err
+    # not a URI: the recipe is refused before anything runs
+    assert main(["validate", recipe, "--set", "output.upload_to=/data/somewhere"]) == 2
+    assert "upload_to" in capsys.readouterr().err

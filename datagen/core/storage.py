@@ -115,3 +115,31 @@ def parent(p: str | Path) -> str | Path:
 
 def name(p: str | Path) -> str:
     return posixpath.basename(p) if is_uri(p) else Path(p).name
+
+
+class UploadError(OSError):
+    """Copying a finished output folder to its ``output.upload_to`` URI failed."""
+
+
+def upload(out_dir: Path, uri: str) -> list[str]:
+    """Copy a finished output folder (shards, exports, sizes.json, rejects, dataset card; not ``_run/``
+    nor the lock) to ``uri``, ``manifest.json`` last, so a manifest in the bucket means a complete copy.
+    Returns the URIs written."""
+    if not is_uri(uri):
+        raise UploadError(f"output.upload_to: {uri!r} is not a URI such as s3://bucket/prefix")
+    files = sorted(p for p in out_dir.rglob("*") if p.is_file() and p.relative_to(out_dir).parts[0] != "_run"
+                   and not p.name.startswith(".datagen.lock") and ".tmp-" not in p.name)
+    files.sort(key=lambda p: p.relative_to(out_dir).as_posix() == "manifest.json")
+    fs, base = filesystem(uri.rstrip("/"))
+    written = []
+    for p in files:
+        rel = p.relative_to(out_dir).as_posix()
+        try:
+            with open(p, "rb") as src, fs.open_output_stream(f"{base}/{rel}") as dst:
+                while chunk := src.read(8 << 20):
+                    dst.write(chunk)
+        except OSError as e:
+            raise UploadError(f"output.upload_to: copying {rel} to {uri.rstrip('/')}/{rel} failed ({e}); the "
+                              f"output in {out_dir} is complete: rerun the same command to upload again") from None
+        written.append(f"{uri.rstrip('/')}/{rel}")
+    return written

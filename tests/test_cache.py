@@ -129,3 +129,19 @@ def test_a_task_that_opens_the_cache_per_batch_writes_one_part_even_when_it_fail
     c.put("get", "late", 1)
     c.close()
     assert len(list(parts_dir(path).glob("*.jsonl"))) == 1
+
+
+def _child_flushes(path: str, q) -> None:
+    q.put([str(p) for p in flush_all()])
+
+
+def test_a_forked_child_does_not_flush_its_parents_answers_again(tmp_path):
+    c = RequestCache(tmp_path / "llm.sqlite")
+    c.put("ns", "parent", 1)  # pending in the parent
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_flushes, args=(str(tmp_path / "llm.sqlite"), q))
+    p.start()
+    assert q.get(timeout=60) == []
+    p.join(timeout=60)
+    assert len(flush_all()) == 1 and merge(tmp_path / "llm.sqlite") == 1

@@ -163,6 +163,17 @@ def flush_all() -> list[Path]:
 
 atexit.register(flush_all)
 
+
+def _forget_after_fork() -> None:
+    """A forked child starts empty: its parent's pending answers are the parent's to flush, and
+    SQLite connections must not cross a fork."""
+    global _STORES_LOCK
+    _STORES.clear()
+    _STORES_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
 _TASKS = 0  # shard tasks running in this process (task_scope)
 
 

@@ -13,12 +13,13 @@ PYTEST_ARGS ?=
 
 venv: $(STAMP)
 
+# Every optional extra ([all]: clip, train, ocr, llm, ray) so the whole test suite runs.
 # filters.nsfw's NudeNet goes in with --no-deps: it wants opencv-python-headless, rapidocr already
 # brought opencv-python (the same cv2), and with both installed they overwrite each other's files.
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev,assets,ray]'
+	$(BIN)/python -m pip install -q -e '.[all,dev,assets]'
 	$(BIN)/python -m pip install -q --no-deps 'nudenet>=3.4,<4'
 	@touch $(STAMP)
 

@@ -10,6 +10,8 @@
     datagen train CONFIG [...] / datagen eval ...  the bundled two-stage trainer
     datagen chat MODEL --image IMG ["question"]    talk to a trained model (REPL without a question)
     datagen export-model CKPT DEST [--adapter]     a Hugging Face folder of a trained model
+
+Global options (-q, --log-level, -v) may come before or after the command.
 """
 
 from __future__ import annotations
@@ -19,7 +21,24 @@ import json
 import logging
 import os
 import sys
+import textwrap
 from pathlib import Path
+
+# What each exit status means; also in the README ("Exit codes") and `datagen --help`.
+EXIT_CODES = {
+    0: "success",
+    1: "`check` found problems, or `schema --check` found the schema out of date",
+    2: "bad input: usage error, invalid recipe or config, missing file, missing optional extra, "
+       "unavailable model weights, output folder in use by another run",
+    3: "the run finished but its rows do not reconcile (in != kept + rejected)",
+    4: "stopped: the translation service's quota is exhausted (DeepL HTTP 456); cached translations are kept: "
+       "rerun when it is restored",
+    5: "the run finished but `output.check` found problems in the shards or exports",
+    130: "interrupted (Ctrl-C); finished shards are kept: rerun the same command to resume",
+}
+TRAIN_COMMANDS = ("train", "eval", "chat", "export-model")
+GLOBAL_NOTE = "global options (before or after the command): -q, --log-level LEVEL, -v; exit codes: datagen --help"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -77,6 +96,11 @@ def _export(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from datagen.check import check
 
+    if args.tokenizer:
+        from datagen.extras import require
+
+        require("datagen check --tokenizer", "train", ("transformers",))
+
     report = check(Path(args.out), args.format, args.tokenizer, args.template, args.max_len,
                    args.tokens_per_image, args.examples)
     print(json.dumps(report.to_dict(), indent=1, ensure_ascii=False) if args.json else report.text())
@@ -126,27 +150,37 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="datagen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="command", required=True)
+    epilog = "exit codes:\n" + "\n".join(textwrap.fill(text, 79, initial_indent=f"  {code:>3}  ", subsequent_indent=" " * 7)
+                                          for code, text in EXIT_CODES.items())
+    p = argparse.ArgumentParser(prog="datagen", description=__doc__, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}",
+                   help="print the package version and exit")
+    for a in _global_options()._actions:
+        if a.option_strings:  # the same options the pre-pass in main() takes out of argv
+            p._add_action(a)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", help="one of:")
 
     r = sub.add_parser("run", help="run a recipe end to end")
-    r.add_argument("recipe")
+    r.add_argument("recipe", help="the recipe YAML file")
     r.add_argument("--out", help="output folder (default: the recipe's `out`, else out/<name>)")
-    r.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help="override a recipe value")
+    r.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a recipe value (YAML-parsed), e.g. --set filters.clip=null; repeatable")
     r.add_argument("--dry-run", action="store_true", help="print LLM prompts etc. without calling services or writing shards")
     r.add_argument("--fresh", action="store_true", help="recompute every step (the request cache of LLM/DeepL/HTTP answers is kept)")
     r.set_defaults(fn=_run)
 
     v = sub.add_parser("validate", help="check a recipe against the schema")
-    v.add_argument("recipe")
-    v.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    v.add_argument("recipe", help="the recipe YAML file")
+    v.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override a recipe value (YAML-parsed); repeatable")
     v.set_defaults(fn=_validate)
 
     e = sub.add_parser("export", help="write LLaVA / mPLUG-Owl / ShareGPT / HF datasets from a run's shards")
     e.add_argument("out", help="a run's output folder")
-    e.add_argument("--format", required=True, choices=["llava", "mplug_owl", "sharegpt", "hf"])
-    e.add_argument("--dest", help="default <out>/export")
+    e.add_argument("--format", required=True, choices=["llava", "mplug_owl", "sharegpt", "hf"],
+                   help="the training format to write")
+    e.add_argument("--dest", help="folder to write (default: <out>/export)")
     e.add_argument("--image-root", help="mplug_owl: write image paths as IMAGE_ROOT/images/... (default: relative to DEST)")
     e.set_defaults(fn=_export)
 
@@ -156,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", action="append", choices=["wds", "llava", "mplug_owl", "sharegpt", "hf"],
                    help="check only these formats (repeatable; default: every one found)")
     c.add_argument("--tokenizer", help="a local tokenizer folder: render and tokenise every conversation")
-    c.add_argument("--template", default="llava_v1", choices=["llava_v1", "vicuna_v1", "mplug_owl", "chatml"])
+    c.add_argument("--template", default="llava_v1", choices=["llava_v1", "vicuna_v1", "mplug_owl", "chatml"],
+                   help="chat template to render conversations with, with --tokenizer (default: llava_v1)")
     c.add_argument("--max-len", type=int, default=2048, help="longest sequence the trainer keeps (tokens)")
     c.add_argument("--tokens-per-image", type=int, default=576, help="tokens one image takes (LLaVA-1.5: 576)")
     c.add_argument("--examples", type=int, default=3, help="examples shown per problem")
@@ -164,13 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(fn=_check)
 
     rep = sub.add_parser("report", help="write report.md with plots for a finished run")
-    rep.add_argument("out")
+    rep.add_argument("out", help="a finished run's output folder")
     rep.set_defaults(fn=_report)
 
     vw = sub.add_parser("view", help="print samples from a run's shards")
-    vw.add_argument("out")
-    vw.add_argument("--split", default="stage2", choices=["stage1", "stage2", "stage2_text"])
-    vw.add_argument("-n", type=int, default=3)
+    vw.add_argument("out", help="a finished run's output folder")
+    vw.add_argument("--split", default="stage2", choices=["stage1", "stage2", "stage2_text"],
+                    help="which shards to read (default: stage2)")
+    vw.add_argument("-n", type=int, default=3, help="how many samples to print (default: 3)")
     vw.set_defaults(fn=_view)
 
     s = sub.add_parser("schema", help="regenerate schemas/recipe.schema.json from the config models")
@@ -181,18 +217,55 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("eval", help="evaluate a checkpoint (see `datagen eval --help`)", add_help=False)
     sub.add_parser("chat", help="chat with a trained model (see `datagen chat --help`)", add_help=False)
     sub.add_parser("export-model", help="export a trained model (see `datagen export-model --help`)", add_help=False)
+    for name, sp in sub.choices.items():  # every command's --help points at the global options and exit codes
+        if name not in TRAIN_COMMANDS:
+            sp.epilog = (sp.epilog + "\n\n" if sp.epilog else "") + GLOBAL_NOTE
     return p
+
+
+def version() -> str:
+    from datagen import __version__
+
+    return __version__
+
+
+def _global_options() -> argparse.ArgumentParser:
+    """Options every command takes, before or after the command name (main() takes them out first)."""
+    g = argparse.ArgumentParser(prog="datagen", add_help=False, allow_abbrev=False)
+    g.add_argument("-q", "--quiet", action="store_true",
+                   help="print only warnings and errors: no progress bars or lines (same as --log-level warning)")
+    g.add_argument("--log-level", choices=LOG_LEVELS, default=None,
+                   help="level of datagen's log lines on stderr (default: info; other libraries: warning)")
+    g.add_argument("-v", "--verbose", action="store_true", help="same as --log-level debug")
+    return g
+
+
+def setup_logging(opts: argparse.Namespace) -> None:
+    """Log lines go to stderr; the level applies to the ``datagen`` loggers (progress lines included)."""
+    level = opts.log_level or ("warning" if opts.quiet else "debug" if opts.verbose else "info")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("datagen").setLevel(level.upper())
+
+
+def _train_command(command: str, rest: list[str]) -> int:
+    """The trainer has its own argument parsers; hand it everything after the command."""
+    from datagen.train import cli as train_cli
+
+    if not {"-h", "--help"} & set(rest):
+        from datagen.extras import require
+
+        require(f"datagen {command}", "train")
+    return train_cli.COMMANDS[command](rest)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # The trainer has its own argument parser; hand it everything after the command.
-    if argv and argv[0] in ("train", "eval", "chat", "export-model"):
-        from datagen.train import cli as train_cli
-
-        return train_cli.COMMANDS[argv[0]](argv[1:])
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    opts, argv = _global_options().parse_known_args(argv)
+    if argv and argv[0] in TRAIN_COMMANDS:
+        args = argparse.Namespace(fn=lambda a: _train_command(argv[0], argv[1:]))
+    else:
+        args = build_parser().parse_args(argv)
+    setup_logging(opts)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from datagen.core.lock import FolderInUse
     from datagen.core.ray_executor import RayUnavailable

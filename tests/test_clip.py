@@ -125,6 +125,35 @@ def test_same_seed_same_scores_and_one_model_per_process(tmp_path):
     assert not np.allclose(sa, sc), "another seed should give other random weights"
 
 
+def test_low_precision_model_scores_close_to_fp32(tmp_path):
+    """precision bf16 (found on an H200: the step fed fp32 pixels to bf16 conv weights, because open_clip
+    keeps the class/position embeddings in fp32 and the step followed the first parameter's dtype)."""
+    rows = _rows(6)
+    fp32 = ClipScoreStep(_tiny(), _ctx(tmp_path)).process(pairs_table(rows))
+    bf16 = ClipScoreStep(_tiny(precision="bf16"), _ctx(tmp_path)).process(pairs_table(rows))
+    assert bf16.kept.num_rows == 6 and bf16.rejects.num_rows == 0
+    bf16_model = ClipScoreStep(_tiny(precision="bf16"), _ctx(tmp_path)).load().model
+    assert bf16_model.visual.conv1.weight.dtype == torch.bfloat16 and bf16_model.visual.class_embedding.dtype == torch.float32
+    np.testing.assert_allclose(bf16.kept.column("clip_score").to_pylist(), fp32.kept.column("clip_score").to_pylist(),
+                               atol=0.05)
+
+
+def test_threaded_preparation_gives_the_inline_results(tmp_path):
+    """preprocess_threads > 1 decodes the next batch while this one is encoded: same scores, same order,
+    same rejects (a corrupt image among them) as preparing inline."""
+    rows = _rows(11)
+    rows[4]["image"] = b"\xff\xd8 not really a jpeg"
+    inline = ClipScoreStep(_tiny(batch_size=3), _ctx(tmp_path)).process(pairs_table(rows))
+    step = ClipScoreStep(_tiny(batch_size=3, preprocess_threads=3), _ctx(tmp_path))
+    threaded = step.process(pairs_table(rows))
+    assert threaded.kept.column("key").to_pylist() == inline.kept.column("key").to_pylist()
+    assert "k4" not in threaded.kept.column("key").to_pylist()
+    np.testing.assert_array_equal(threaded.kept.column("clip_score").to_numpy(), inline.kept.column("clip_score").to_numpy())
+    assert threaded.rejects.column("key").to_pylist() == ["k4"]
+    assert threaded.rejects.column("reason").to_pylist() == inline.rejects.column("reason").to_pylist() == [
+        "image_decode_error"]
+
+
 # ---------------------------------------------------------------------------------- (b)
 
 

@@ -2,6 +2,7 @@
 and a worker process killed mid-run is restarted by Ray with the same output."""
 
 import json
+import logging
 import os
 import re
 import signal
@@ -37,32 +38,37 @@ def _without_timings(obj):
     return obj
 
 
-def _bars(err: str) -> list[str]:
-    """The progress bars a run drew on stderr, by name, in order of first appearance."""
-    return list(dict.fromkeys(re.findall(r"(?:^|\r)([a-z][\w -]*?):\s+\d+%", err)))
+def _displays(records) -> list[str]:
+    """The progress displays a run showed (``datagen.progress``: log lines off a terminal), by name,
+    with how often each reached its total."""
+    lines = [r.getMessage() for r in records if r.name == "datagen.progress"]
+    names = dict.fromkeys(m.split(":")[0] for m in lines)
+    return [f"{n} x{sum(m.startswith(n + ':') and '(100%)' in m for m in lines)}" for n in names]
 
 
-def test_demo_on_ray_gives_the_local_executors_bytes_summary_and_manifest(tmp_path, capsys):
+def test_demo_on_ray_gives_the_local_executors_bytes_summary_and_manifest(tmp_path, capsys, caplog):
     # OCR and CLIP scores are floats from batched models, and Ray workers run torch with other thread
     # counts: their last bits may differ, so this compares the engine, not the models.
     sets = ["--set", "ocr=null", "--set", "filters.clip=null"]
     recipe = str(ROOT / "recipes" / "demo.yaml")
+    caplog.set_level(logging.INFO, logger="datagen.progress")
     assert main(["run", recipe, "--out", str(tmp_path / "local"), *sets]) == 0
-    local = capsys.readouterr()
+    local, local_displays = capsys.readouterr(), _displays(caplog.records)
+    caplog.clear()
     assert main(["run", recipe, "--out", str(tmp_path / "ray"), *sets, "--set", "executor.kind=ray",
                  "--set", "executor.workers=2"]) == 0
-    on_ray = capsys.readouterr()
+    on_ray, ray_displays = capsys.readouterr(), _displays(caplog.records)
     a, b = (json.loads((tmp_path / x / "manifest.json").read_text()) for x in ("local", "ray"))
     assert _shard_hashes(tmp_path / "local") == _shard_hashes(tmp_path / "ray")
     assert a["counts"] == b["counts"] and a["rejects"] == b["rejects"]
     # the workers' statistics merge into the same per-step records and stats as on one machine
     assert [s["name"] for s in a["steps"]] == [s["name"] for s in b["steps"]]
     assert _without_timings(a["steps"]) == _without_timings(b["steps"])
-    # one summary, the same but for timings and the output folder; one set of progress bars, drawn by
-    # the driver (the workers' output never reaches the terminal)
+    # one summary, the same but for timings and the output folder; one progress display per pass, shown
+    # by the driver (the workers' output never reaches the terminal)
     mask = lambda out, name: re.sub(r"\d+\.\ds", "_s", out.replace(str(tmp_path / name), "OUT"))  # noqa: E731
     assert mask(local.out, "local") == mask(on_ray.out, "ray")
-    assert _bars(on_ray.err) == _bars(local.err) and "pairs" in _bars(on_ray.err)
+    assert ray_displays == local_displays and "pairs x1" in ray_displays, (ray_displays, local_displays)
     assert "pid=" not in on_ray.err
 
 

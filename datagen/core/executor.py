@@ -18,6 +18,7 @@ each step recompute derived values (ratios) from the summed counts.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import multiprocessing as mp
 import time
 from dataclasses import dataclass, field
@@ -26,11 +27,13 @@ from typing import Any, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from tqdm import tqdm
 
 from datagen.core.cache import task_scope
 from datagen.core.parts import PartWriter, iter_batches
 from datagen.core.steps import RunContext, Step
+from datagen.progress import progress
+
+log = logging.getLogger("datagen.executor")
 
 
 class StepFactory:
@@ -188,11 +191,12 @@ def execute(tasks: list[ShardTask], ctx: RunContext, workers: int, desc: str) ->
     if not tasks:
         return []
     results: dict[int, dict] = {}
-    bar = tqdm(total=sum(t.rows for t in tasks) or None, desc=desc, unit="row", leave=False)
+    bar = progress(sum(t.rows for t in tasks), desc, "row")
 
     def done(i: int, info: dict) -> None:
         results[i] = info
         bar.update(tasks[i].rows)
+        log.debug("%s: shard %s done (%d rows in)", desc, tasks[i].shard, tasks[i].rows)
 
     try:
         if workers <= 1 or len(tasks) == 1:

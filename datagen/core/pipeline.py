@@ -281,6 +281,9 @@ def _conversation_translate(recipe: Recipe) -> list[StepFactory]:
 def preflight(recipe: Recipe, ctx: RunContext) -> None:
     """Fail before any work on what is already knowable: CLIP weights that cannot be had
     (unless the recipe allows the untrained fallback), a missing NSFW detector, a Ray executor without ray."""
+    from datagen.extras import check_recipe
+
+    check_recipe(recipe)  # first: an optional package that is not installed, naming its extra
     if recipe.executor.kind == "ray":
         from datagen.core.ray_executor import _ray
 

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from tqdm import tqdm
 
 from datagen.core.executor import ShardTask, _Worker, run_task, task_context
 from datagen.core.steps import RunContext
+from datagen.progress import progress
 
 
 class RayUnavailable(RuntimeError):
@@ -76,7 +76,7 @@ def execute_ray(tasks: list[ShardTask], ctx: RunContext, workers: int, desc: str
     actor = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=-1)(_RayWorker)
     pool = ActorPool([actor.remote(wctx) for _ in range(min(workers, len(tasks)))])
     results: dict[int, dict] = {}
-    with tqdm(total=sum(t.rows for t in tasks) or None, desc=desc, unit="row", leave=False) as bar:
+    with progress(sum(t.rows for t in tasks), desc, "row") as bar:
         for i, info in pool.map_unordered(lambda a, it: a.run.remote(*it),
                                           [(i, _absolute(t)) for i, t in enumerate(tasks)]):
             results[i] = info

@@ -14,6 +14,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+from collections import deque
+from contextlib import nullcontext
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -34,21 +39,67 @@ def clip_scores(model, preprocess, tokenizer, images: list, texts: list[str], de
 
     ``images`` are PIL images, ``preprocess`` the open_clip eval transform. Returns float32 of len(images),
     or (scores, L2-normalised image embeddings [n, embed_dim]) with ``with_image_embeddings``."""
+    if len(images) != len(texts):
+        raise ValueError(f"clip_scores: {len(images)} images but {len(texts)} texts")
+    return _scores(model, tokenizer, [preprocess(im) for im in images], texts, device, with_image_embeddings)
+
+
+def _scores(model, tokenizer, tensors: list, texts: list[str], device, with_image_embeddings: bool = False):
+    """``clip_scores`` on images already preprocessed into tensors [3, H, W]."""
     import torch
     import torch.nn.functional as F
 
-    if len(images) != len(texts):
-        raise ValueError(f"clip_scores: {len(images)} images but {len(texts)} texts")
-    if not images:
+    if not tensors:
         return np.zeros(0, dtype=np.float32)  # callers with embeddings never pass an empty batch
-    dtype = next(model.visual.parameters()).dtype
     with torch.inference_mode():
-        pixels = torch.stack([preprocess(im) for im in images]).to(device=device, dtype=dtype)
+        pixels = _stack(model, tensors, device)
         tokens = tokenizer(texts).to(device)
         img = F.normalize(model.encode_image(pixels).float(), dim=-1)
         txt = F.normalize(model.encode_text(tokens).float(), dim=-1)
         scores = (img * txt).sum(dim=-1).cpu().numpy().astype(np.float32)
         return (scores, img.cpu().numpy().astype(np.float32)) if with_image_embeddings else scores
+
+
+def _stack(model, tensors: list, device):
+    """The preprocessed batch in the dtype of the vision tower's weights. With precision fp16/bf16,
+    open_clip converts only the conv/linear/attention weights to the low precision and leaves the
+    class and position embeddings in fp32, so the first parameter's dtype is the wrong one to follow."""
+    import torch
+
+    layers = (torch.nn.Conv2d, torch.nn.Linear)
+    dtype = next((m.weight.dtype for m in model.visual.modules() if isinstance(m, layers)), torch.float32)
+    return torch.stack(tensors).to(device=device, dtype=dtype, non_blocking=True)
+
+
+def preprocess_threads(cfg: ClipConfig, device) -> int:
+    if cfg.preprocess_threads is not None:
+        return cfg.preprocess_threads
+    return min(8, os.cpu_count() or 1) if str(device).startswith("cuda") else 1
+
+
+def _prepared(rows: list[int], batch_size: int, prepare: Callable[[int], object],
+              pool: ThreadPoolExecutor | None) -> Iterator[list[tuple[int, Future]]]:
+    """Batches of (row, future of prepare(row)); with a pool the next batch is being prepared while the
+    caller encodes this one (one batch of look-ahead, so memory stays at two batches)."""
+    def submit(i: int) -> Future:
+        if pool is not None:
+            return pool.submit(prepare, i)
+        f: Future = Future()
+        try:
+            f.set_result(prepare(i))
+        except Exception as e:  # noqa: BLE001 - handed to the caller, which rejects the row
+            f.set_exception(e)
+        return f
+
+    starts = range(0, len(rows), batch_size)
+    ahead: deque[list[tuple[int, Future]]] = deque()
+    for n, start in enumerate(starts):
+        if not ahead:
+            ahead.append([(i, submit(i)) for i in rows[start:start + batch_size]])
+        if n + 1 < len(starts) and pool is not None:
+            nxt = starts[n + 1]
+            ahead.append([(i, submit(i)) for i in rows[nxt:nxt + batch_size]])
+        yield ahead.popleft()
 
 
 def _decode(data: bytes):
@@ -65,9 +116,8 @@ def _image_embeddings(lc: LoadedClip, images: list) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    dtype = next(lc.model.visual.parameters()).dtype
     with torch.inference_mode():
-        pixels = torch.stack([lc.preprocess(im) for im in images]).to(device=lc.device, dtype=dtype)
+        pixels = _stack(lc.model, [lc.preprocess(im) for im in images], lc.device)
         return F.normalize(lc.model.encode_image(pixels).float(), dim=-1).cpu().numpy().astype(np.float32)
 
 
@@ -207,26 +257,38 @@ class ClipScoreStep(Step):
             else:
                 todo.setdefault(routes[i], []).append(i)
         keep_emb = self.config.keep_embedding
-        for key, rows in todo.items():
-            lc, bs = self.load(key), self._configs[key].batch_size
-            for start in range(0, len(rows), bs):
-                batch, pil = [], []
-                for i in rows[start:start + bs]:
-                    try:
-                        pil.append(_decode(images[i].as_py()))
+        threads = preprocess_threads(self.config, base.device)
+        with ThreadPoolExecutor(threads, thread_name_prefix="clip-prep") if threads > 1 else nullcontext() as pool:
+            for key, rows in todo.items():
+                lc, bs = self.load(key), self._configs[key].batch_size
+                other_emb = keep_emb and lc is not base  # the embedding comes from the base model's transform
+
+                def prepare(i: int, lc=lc, other_emb=other_emb):
+                    im = _decode(images[i].as_py())
+                    return lc.preprocess(im), (im if other_emb else None)
+
+                for prepared in _prepared(rows, bs, prepare, pool):
+                    batch, tensors, pil = [], [], []
+                    for i, fut in prepared:
+                        try:
+                            tensor, im = fut.result()
+                        except Exception as e:  # PIL raises many types for bad bytes; each is one row's problem
+                            rejects.append(reject(meta[i], self.name, "image_decode_error",
+                                                  f"{type(e).__name__}: {e}"[:200]))
+                            continue
                         batch.append(i)
-                    except Exception as e:  # PIL raises many types for bad bytes; each is one row's problem
-                        rejects.append(reject(meta[i], self.name, "image_decode_error", f"{type(e).__name__}: {e}"[:200]))
-                if not batch:
-                    continue
-                out = clip_scores(lc.model, lc.preprocess, lc.tokenizer, pil, [captions[i] for i in batch],
-                                  lc.device, with_image_embeddings=keep_emb and lc is base)
-                if keep_emb:
-                    out, emb = out if lc is base else (out, _image_embeddings(base, pil))
-                    for j, i in enumerate(batch):
-                        embeddings[i] = emb[j]
-                scores[batch] = out
-                scored[batch] = True
+                        tensors.append(tensor)
+                        pil.append(im)
+                    if not batch:
+                        continue
+                    out = _scores(lc.model, lc.tokenizer, tensors, [captions[i] for i in batch], lc.device,
+                                  with_image_embeddings=keep_emb and lc is base)
+                    if keep_emb:
+                        out, emb = out if lc is base else (out, _image_embeddings(base, pil))
+                        for j, i in enumerate(batch):
+                            embeddings[i] = emb[j]
+                    scores[batch] = out
+                    scored[batch] = True
         for i in np.flatnonzero(scored & ~np.isfinite(scores)):  # e.g. fp16 overflow: a reject, never a lost row
             rejects.append(reject(meta[i], self.name, "clip_score_invalid", f"clip_score is {scores[i]}"))
         scored &= np.isfinite(scores)

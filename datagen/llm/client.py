@@ -32,8 +32,6 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-import openai
-
 from datagen.core.cache import RequestCache
 
 log = logging.getLogger("datagen.llm")
@@ -170,6 +168,8 @@ class ChatClient:
     # ------------------------------------------------------------------ plumbing
 
     def _bind_loop(self) -> tuple[openai.AsyncOpenAI, asyncio.Semaphore]:
+        import openai  # lazy: the [llm] extra
+
         loop = asyncio.get_running_loop()
         t = self._per_thread
         if getattr(t, "loop", None) is not loop:
@@ -216,6 +216,8 @@ class ChatClient:
         ``overrides`` (temperature, max_tokens, response_format, seed ...) go to the
         server and into the cache key. ``use_cache=False`` skips the lookup (the answer
         is still stored)."""
+        import openai  # lazy: the [llm] extra
+
         opts = self.request_options(messages, overrides)
         if self.cache is not None and use_cache:
             hit = self.cache.get(namespace, opts)

@@ -272,8 +272,11 @@ def export_hf(out: Path, dest: Path) -> Path:
     declaring their features; memory holds one file's rows at a time."""
     import datasets
 
+    from datagen.progress import bars
     from datagen.sinks.hf import card_header
 
+    if not bars():  # its "Creating parquet" bar would write \r frames into a captured log
+        datasets.disable_progress_bars()
     features = hf_features()
     data = dest / "data"
     data.mkdir(parents=True, exist_ok=True)

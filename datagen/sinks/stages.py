@@ -16,9 +16,9 @@ from pathlib import Path
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from datagen.core.parts import iter_batches, tmp_name
+from datagen.progress import progress
 from datagen.sinks.buckets import BucketSpill, plan_samples
 from datagen.sinks.shards import ShardInfo, SplitWriter, image_ext, json_bytes, shard_json, stage2_images
 
@@ -95,7 +95,7 @@ def write_stage1(pair_parts, dropped, out_dir: Path, stage, output, seed: int, w
             if shard.id in by_shard:
                 _scatter(spill, part.kept, by_shard[shard.id], None)
         spill.flush()
-        with tqdm(total=plan.height, desc="stage1 shards", unit="sample", leave=False) as bar:
+        with progress(plan.height, "stage1 shards", "sample") as bar:
             for b in range(n_buckets):
                 table = spill.read(b)
                 for row in _ordered(table):

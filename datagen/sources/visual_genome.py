@@ -168,46 +168,39 @@ def _flatten(cfg: VisualGenomeSource, ctx: RunContext, tmp: Path) -> int:
             images.add(row)
     images.close()
 
+    def items(field: str, key: str) -> Iterator[tuple[Path, int, str, dict]]:
+        """(file, image id, where, item) for each item of each image's ``key`` list in ``cfg.<field>``."""
+        if not getattr(cfg, field):
+            return
+        path = ctx.resolve(getattr(cfg, field))
+        for i, e in _entries(path, field):
+            iid = _image_id(e, path, i)
+            for j, item in enumerate(e.get(key) or []):
+                yield path, iid, f"image {iid} {key}[{j}]", item
+
     objs = _Parts(tmp, "objects", bounds)
-    if cfg.objects:
-        path = ctx.resolve(cfg.objects)
-        for i, e in _entries(path, "objects"):
-            iid = _image_id(e, path, i)
-            for j, o in enumerate(e.get("objects") or []):
-                _add_object(objs, iid, o, path, f"image {iid} objects[{j}]", 0)
+    for path, iid, where, o in items("objects", "objects"):
+        _add_object(objs, iid, o, path, where, 0)
     attrs = _Parts(tmp, "attributes", bounds)
-    if cfg.attributes:
-        path = ctx.resolve(cfg.attributes)
-        for i, e in _entries(path, "attributes"):
-            iid = _image_id(e, path, i)
-            for j, o in enumerate(e.get("attributes") or []):
-                oid = _add_object(objs, iid, o, path, f"image {iid} attributes[{j}]", 1)
-                words = [" ".join(str(a).lower().split()) for a in (o.get("attributes") or []) if str(a).strip()]
-                attrs.add({"image_id": iid, "object_id": oid, "attributes": words})
+    for path, iid, where, o in items("attributes", "attributes"):
+        oid = _add_object(objs, iid, o, path, where, 1)
+        words = [" ".join(str(a).lower().split()) for a in (o.get("attributes") or []) if str(a).strip()]
+        attrs.add({"image_id": iid, "object_id": oid, "attributes": words})
     rels = _Parts(tmp, "relationships", bounds)
-    if cfg.relationships:
-        path = ctx.resolve(cfg.relationships)
-        for i, e in _entries(path, "relationships"):
-            iid = _image_id(e, path, i)
-            for j, r in enumerate(e.get("relationships") or []):
-                where = f"image {iid} relationships[{j}]"
-                if not isinstance(r.get("subject"), dict) or not isinstance(r.get("object"), dict):
-                    raise ValueError(f"{path}: {where}: expected subject and object objects")
-                sid = _add_object(objs, iid, r["subject"], path, where + ".subject", 2)
-                oid = _add_object(objs, iid, r["object"], path, where + ".object", 2)
-                rels.add({"image_id": iid, "relationship_id": r.get("relationship_id", r.get("id")),
-                          "predicate": " ".join(str(r.get("predicate") or "").lower().split()),
-                          "subject_id": sid, "object_id": oid})
+    for path, iid, where, r in items("relationships", "relationships"):
+        if not isinstance(r.get("subject"), dict) or not isinstance(r.get("object"), dict):
+            raise ValueError(f"{path}: {where}: expected subject and object objects")
+        sid = _add_object(objs, iid, r["subject"], path, where + ".subject", 2)
+        oid = _add_object(objs, iid, r["object"], path, where + ".object", 2)
+        rels.add({"image_id": iid, "relationship_id": r.get("relationship_id", r.get("id")),
+                  "predicate": " ".join(str(r.get("predicate") or "").lower().split()),
+                  "subject_id": sid, "object_id": oid})
     regs = _Parts(tmp, "regions", bounds)
-    if cfg.region_descriptions:
-        path = ctx.resolve(cfg.region_descriptions)
-        for i, e in _entries(path, "region_descriptions"):
-            iid = _image_id(e, path, i)
-            for j, r in enumerate(e.get("regions") or []):
-                phrase = " ".join(str(r.get("phrase") or "").split())
-                if phrase:
-                    regs.add({"image_id": int(r.get("image_id", iid)), "region_id": r.get("region_id", r.get("id")),
-                              "phrase": phrase, **_box(r, path, f"image {iid} regions[{j}]")})
+    for path, iid, where, r in items("region_descriptions", "regions"):
+        phrase = " ".join(str(r.get("phrase") or "").split())
+        if phrase:
+            regs.add({"image_id": int(r.get("image_id", iid)), "region_id": r.get("region_id", r.get("id")),
+                      "phrase": phrase, **_box(r, path, where)})
     for x in (objs, attrs, rels, regs):
         x.close()
     return len(bounds)

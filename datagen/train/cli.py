@@ -13,7 +13,7 @@ import json
 import sys
 
 
-def train_main(argv: list[str]) -> int:
+def train_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="datagen train", description="Train one mPLUG-Owl stage on datagen shards.")
     p.add_argument("config", help="YAML training config (recipes/train/*.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
@@ -21,7 +21,11 @@ def train_main(argv: list[str]) -> int:
     p.add_argument("--out", help="run folder (overrides 'out' in the config)")
     p.add_argument("--data", help="shard folder (overrides data.dir)")
     p.add_argument("--no-resume", action="store_true", help="start over even if <out>/latest.txt exists")
-    args = p.parse_args(argv)
+    return p
+
+
+def train_main(argv: list[str]) -> int:
+    args = train_parser().parse_args(argv)
 
     from datagen.train.config import load_config
     from datagen.train.loop import train
@@ -44,7 +48,7 @@ def train_main(argv: list[str]) -> int:
     return 0
 
 
-def eval_main(argv: list[str]) -> int:
+def eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="datagen eval",
         description="Held-out loss and a POPE-style yes/no probe for a trained checkpoint.",
@@ -55,19 +59,25 @@ def eval_main(argv: list[str]) -> int:
                    help="split for the held-out loss (default: the checkpoint's stage)")
     p.add_argument("--holdout-fraction", type=float, default=None,
                    help="keys kept out of training (default: the training config's; 0 = all samples)")
-    p.add_argument("--max-batches", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--pope-sampling", default="random", choices=["random", "popular", "adversarial"])
+    p.add_argument("--max-batches", type=int, default=50, help="held-out batches to score at most (default: 50)")
+    p.add_argument("--batch-size", type=int, default=8, help="examples per batch (default: 8)")
+    p.add_argument("--pope-sampling", default="random", choices=["random", "popular", "adversarial"],
+                   help="how POPE picks absent objects for the negative probes (default: random)")
     p.add_argument("--pope-per-image", type=int, default=3, help="positive (and as many negative) probes per image")
-    p.add_argument("--max-images", type=int, default=100)
+    p.add_argument("--max-images", type=int, default=100, help="images probed at most (default: 100)")
     p.add_argument("--lang", action="append", choices=["en", "zh"], default=None,
                    help="probe language(s), repeatable (default: en and zh)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to run the model (default: auto, a GPU when there is one)")
     p.add_argument("--no-generate", action="store_true",
                    help="skip the generation-based POPE (parse yes/no from generated replies)")
     p.add_argument("--max-new-tokens", type=int, default=16, help="reply length for the generation-based POPE")
     p.add_argument("--out", help="write the report as JSON here")
-    args = p.parse_args(argv)
+    return p
+
+
+def eval_main(argv: list[str]) -> int:
+    args = eval_parser().parse_args(argv)
 
     from datagen.train.eval import evaluate
 
@@ -96,7 +106,7 @@ def _device(name: str):
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
-def chat_main(argv: list[str], stdin=None, stdout=None) -> int:
+def chat_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="datagen chat",
         description="Ask a trained model about images. With a question: print one reply. Without: a "
@@ -104,12 +114,17 @@ def chat_main(argv: list[str], stdin=None, stdout=None) -> int:
     p.add_argument("model", help="checkpoint folder, run folder or export-model folder")
     p.add_argument("question", nargs="?", help="the question; omit for a multi-turn session")
     p.add_argument("--image", action="append", default=[], help="image file; repeat for several (<image_0>, ...)")
-    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int, default=128, help="reply length in tokens at most (default: 128)")
     p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    args = p.parse_intermixed_args(argv)  # the question may come after the options
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0, off)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: not seeded)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to run the model (default: auto, a GPU when there is one)")
+    return p
+
+
+def chat_main(argv: list[str], stdin=None, stdout=None) -> int:
+    args = chat_parser().parse_intermixed_args(argv)  # the question may come after the options
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
 
     from PIL import Image, UnidentifiedImageError
@@ -156,7 +171,7 @@ def chat_main(argv: list[str], stdin=None, stdout=None) -> int:
         return 2
 
 
-def export_main(argv: list[str]) -> int:
+def export_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="datagen export-model",
         description="Write a trained model as a folder: a Hugging Face causal LM (LoRA merged), the ViT and "
@@ -167,7 +182,11 @@ def export_main(argv: list[str]) -> int:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="LLM weights dtype (default: the training config's)")
     p.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
-    args = p.parse_args(argv)
+    return p
+
+
+def export_main(argv: list[str]) -> int:
+    args = export_parser().parse_args(argv)
 
     from datagen.train.export import export_model
 
@@ -182,6 +201,7 @@ def export_main(argv: list[str]) -> int:
 
 
 COMMANDS = {"train": train_main, "eval": eval_main, "chat": chat_main, "export-model": export_main}
+PARSERS = {"train": train_parser, "eval": eval_parser, "chat": chat_parser, "export-model": export_parser}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,188 @@
+"""Command-line conventions: --version, -q / --log-level, help for every argument, documented exit
+codes, and progress that is a bar only on a terminal and plain log lines everywhere else."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import datagen
+from datagen import progress as progress_mod
+from datagen.cli import EXIT_CODES, build_parser
+from datagen.train import cli as train_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = ROOT / "datagen" / "assets" / "demo"
+PROGRESS_LINE = re.compile(r"^INFO pairs: \d+/\d+ rows \(\d+%\), \d+ rows/s", re.M)
+
+
+def _cli(*args, env=None, cwd=None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "datagen.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=300)
+
+
+def _walk(parser: argparse.ArgumentParser, path: str):
+    """Every (command path, action) of ``parser`` and of its sub-commands, recursively."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                yield f"{path} {name}", argparse.Action([name], name, help=helps.get(name))
+                yield from _walk(sub, f"{path} {name}")
+        else:
+            yield path, action
+
+
+def test_every_argument_of_every_command_has_help():
+    parsers = [(build_parser(), "datagen")] + [(make(), f"datagen {name}") for name, make in train_cli.PARSERS.items()]
+    missing = [f"{path}: {action.option_strings or action.dest}"
+               for parser, path in parsers for path, action in _walk(parser, path)
+               if not (action.help or "").strip() or action.help == argparse.SUPPRESS]
+    assert not missing, "arguments without help text:\n" + "\n".join(missing)
+    # the trainer's commands are all reachable from the top-level parser too
+    assert set(train_cli.PARSERS) <= set(_subcommands(build_parser()))
+
+
+def _subcommands(parser):
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_version_prints_the_package_version():
+    r = _cli("--version")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"datagen {datagen.__version__}"
+
+
+def test_exit_codes_are_documented_in_help_and_readme():
+    r = _cli("--help")
+    assert r.returncode == 0
+    helptext = " ".join(r.stdout.split())
+    readme = (ROOT / "README.md").read_text()
+    for code, text in EXIT_CODES.items():
+        assert re.search(rf"\b{code}\s+" + re.escape(" ".join(text.split())[:40]), helptext), code
+        assert f"| {code} | {text} |" in readme, f"README's exit code table lacks {code}: {text}"
+
+
+def test_bad_usage_exits_2_and_missing_folder_exits_2():
+    assert _cli("--log-level", "loud", "validate", "x.yaml").returncode == 2
+    r = _cli("validate", "/no/such/recipe.yaml")
+    assert r.returncode == 2 and "error:" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    """The demo's COCO photographs as local files, cut into input shards of 4 rows (7 tasks)."""
+    d = tmp_path_factory.mktemp("conv")
+    (d / "r.yaml").write_text(f"""
+name: conv
+sources:
+  - name: coco
+    kind: coco
+    captions: {DEMO}/annotations/captions_demo2017.json
+    instances: {DEMO}/annotations/instances_demo2017.json
+    images: {DEMO}/images
+fetch: {{allow_local_files: true, max_side: 128}}
+filters: {{quality: {{min_side: 64}}}}
+synthesize: {{sources: [coco]}}
+executor: {{shard_rows: 4}}
+output: {{shard_max_count: 8, exports: [hf]}}  # datasets draws bars of its own
+""")
+    return d / "r.yaml"
+
+
+def test_progress_off_a_terminal_is_plain_periodic_lines(recipe, tmp_path):
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as f:  # a file, as a CI log or `nohup` would capture it
+        r = subprocess.run([sys.executable, "-m", "datagen.cli", "run", str(recipe), "--out", str(tmp_path / "o")],
+                           stdout=subprocess.PIPE, stderr=f, text=True, timeout=300,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)})
+    log = err.read_bytes()
+    assert r.returncode == 0, log.decode()
+    assert b"\r" not in log
+    lines = PROGRESS_LINE.findall(log.decode())
+    assert len(lines) >= 3, log.decode()  # 7 tasks of 4 rows: a line per 10% crossed, and the last
+    assert "pairs: 28/28 rows (100%)" in log.decode()
+    assert "stage1 shards: " in log.decode()
+
+
+def test_quiet_drops_info_lines_before_or_after_the_command(recipe, tmp_path):
+    for i, args in enumerate((["-q", "run", str(recipe)], ["run", str(recipe), "--quiet"])):
+        r = _cli(*args, "--out", str(tmp_path / f"o{i}"))
+        assert r.returncode == 0, r.stderr
+        assert "INFO" not in r.stderr and "rows/s" not in r.stderr, r.stderr
+        assert "stage1 samples" in r.stdout  # the summary is output, not a log line
+
+
+def test_log_level_debug_shows_debug_lines(recipe, tmp_path):
+    r = _cli("run", str(recipe), "--out", str(tmp_path / "o"), "--log-level", "debug")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^DEBUG pairs: shard coco-\d+ done", r.stderr, re.M), r.stderr
+    r = _cli("run", str(recipe), "--out", str(tmp_path / "o"))
+    assert "DEBUG" not in r.stderr and "INFO" in r.stderr
+
+
+# ----------------------------------------------------------------------------- the helper itself
+
+class _Stream:
+    def __init__(self, tty: bool):
+        self.tty, self.text = tty, ""
+
+    def isatty(self):
+        return self.tty
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+@pytest.fixture
+def info_logging():
+    lg = logging.getLogger("datagen")
+    old = lg.level
+    lg.setLevel(logging.INFO)
+    yield
+    lg.setLevel(old)
+
+
+def test_progress_is_a_bar_only_on_a_terminal(monkeypatch, info_logging):
+    from tqdm import tqdm
+
+    monkeypatch.setattr(sys, "stderr", _Stream(tty=True))
+    bar = progress_mod.progress(10, "fetch")
+    assert isinstance(bar, tqdm)
+    bar.close()
+    monkeypatch.setattr(sys, "stderr", _Stream(tty=False))
+    assert isinstance(progress_mod.progress(10, "fetch"), progress_mod.LogProgress)
+    logging.getLogger("datagen").setLevel(logging.WARNING)  # -q: no bar even on a terminal
+    monkeypatch.setattr(sys, "stderr", _Stream(tty=True))
+    assert isinstance(progress_mod.progress(10, "fetch"), progress_mod.LogProgress)
+
+
+def test_log_progress_lines_every_tenth_and_every_interval(monkeypatch, caplog, info_logging):
+    caplog.set_level(logging.INFO, logger="datagen.progress")
+    monkeypatch.setenv("DATAGEN_PROGRESS_SECONDS", "1000")
+    with progress_mod.progress(3000, "fetch") as bar:
+        for _ in range(30):
+            bar.update(100)
+    msgs = [r.getMessage() for r in caplog.records if r.name == "datagen.progress"]
+    assert len(msgs) == 10  # 10%, 20% ... 90%, then the closing line at 100%
+    assert msgs[3].startswith("fetch: 1200/3000 rows (40%), ") and msgs[3].endswith(" rows/s")
+    assert msgs[-1].startswith("fetch: 3000/3000 rows (100%), ")
+    caplog.clear()
+    monkeypatch.setenv("DATAGEN_PROGRESS_SECONDS", "0")  # every update is past the interval
+    with progress_mod.progress(None, "sink", "sample") as bar:
+        for _ in range(5):
+            bar.update(1)
+    msgs = [r.getMessage() for r in caplog.records if r.name == "datagen.progress"]
+    assert [m.split(",")[0] for m in msgs] == ["sink: 1 samples", "sink: 2 samples", "sink: 3 samples",
+                                              "sink: 4 samples", "sink: 5 samples", "sink: 5 samples"]

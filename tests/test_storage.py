@@ -1,5 +1,6 @@
-"""Sources in a bucket: parquet and TSV tables read through pyarrow's S3 filesystem from a real S3
-server (moto's, on 127.0.0.1), with the endpoint and credentials from the environment."""
+"""A bucket as storage: parquet and TSV sources read, and finished outputs uploaded, through pyarrow's
+S3 filesystem against a real S3 server (moto's, on 127.0.0.1), with the endpoint and credentials from
+the environment."""
 
 import hashlib
 import json
@@ -9,6 +10,7 @@ import tarfile
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from moto.server import ThreadedMotoServer  # the dev extra: moto[server]
 
 from datagen.cli import main
 from datagen.core import storage
@@ -23,8 +25,7 @@ SECRET = "s3-secret-never-logged-4711"
 
 @pytest.fixture
 def s3(monkeypatch):
-    moto_server = pytest.importorskip("moto.server", reason="the dev extra installs moto[server]")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     assert host == "127.0.0.1"

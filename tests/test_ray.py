@@ -143,6 +143,9 @@ def test_the_workers_cache_answers_merge_and_a_fresh_rerun_on_ray_asks_nothing_a
     assert _shard_hashes(out) == first
 
 
+RAY_DIR = os.path.dirname(ray.__file__)
+
+
 def _descendants(pid: int) -> set[int]:
     children: dict[int, list[int]] = {}
     for p in os.listdir("/proc"):
@@ -201,8 +204,8 @@ def test_a_killed_ray_driver_leaves_no_ray_behind_and_the_rerun_resumes_by_shard
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        for p in ray_procs if "ray_procs" in locals() else ():
-            if _alive(p):
+        for p in ray_procs if "ray_procs" in locals() else ():  # leftovers: the agents, on their way out
+            if _alive(p) and _cmdline(p).startswith(("ray::", str(RAY_DIR))):  # ray's own, not a reused pid
                 os.kill(p, signal.SIGKILL)
     done = {p: p.stat().st_mtime_ns for p in parts()}
     fetched = image_server.count("/img/")

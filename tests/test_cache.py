@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from datagen.core import cache as cache_mod
 from datagen.core.cache import RequestCache, flush_all, merge, merge_dir, parts_dir, task_scope
 
 N_PROCS = 4
@@ -145,3 +146,30 @@ def test_a_forked_child_does_not_flush_its_parents_answers_again(tmp_path):
     assert q.get(timeout=60) == []
     p.join(timeout=60)
     assert len(flush_all()) == 1 and merge(tmp_path / "llm.sqlite") == 1
+
+
+class _StaleHandle:
+    """An SQLite connection whose file was replaced under it on NFS: every read is an I/O error."""
+
+    def execute(self, *a):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    def close(self):
+        pass
+
+
+def test_a_stale_snapshot_handle_is_reopened_once(tmp_path):
+    path = tmp_path / "requests.sqlite"
+    c = RequestCache(path)
+    c.put("t", "x", "answer")
+    c.close()
+    merge(path)
+    cache_mod._STORES.clear()  # a reader that holds nothing in memory
+    reader = RequestCache(path)
+    assert reader.get("t", "x") == "answer"
+    reader._store._local.conn = _StaleHandle()  # another run's merge replaced the file on NFS
+    assert reader.get("t", "x") == "answer"
+    reader._store._local.conn = _StaleHandle()
+    reader._store._snapshot = lambda: _StaleHandle()  # a snapshot that stays unreadable: the error shows
+    with pytest.raises(sqlite3.OperationalError):
+        reader.get("t", "x")

@@ -97,11 +97,20 @@ class _Store:
             hit = self.memory.get(key)
         if hit is not None:
             return hit[1]
-        conn = self._snapshot()
-        if conn is None:
-            return None
-        row = conn.execute("SELECT value FROM cache WHERE key=?", (key,)).fetchone()
-        return None if row is None else row[0]
+        for attempt in (0, 1):
+            conn = self._snapshot()
+            if conn is None:
+                return None
+            try:
+                row = conn.execute("SELECT value FROM cache WHERE key=?", (key,)).fetchone()
+                return None if row is None else row[0]
+            except sqlite3.DatabaseError:
+                # A merge by another run sharing this cache replaced the snapshot under us; on NFS the
+                # old file's handle goes stale ("disk I/O error"). Open the new snapshot, once.
+                if attempt:
+                    raise
+                self.close_thread()
+        return None  # not reached
 
     def put(self, key: str, namespace: str, value: str) -> None:
         with self.lock:

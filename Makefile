@@ -9,7 +9,7 @@ RECIPE ?= recipes/demo.yaml
 OUT    ?=
 PYTEST_ARGS ?=
 
-.PHONY: dataset test train bench schema clean venv lint
+.PHONY: dataset test train bench bench-peers schema clean venv lint
 
 venv: $(STAMP)
 
@@ -42,7 +42,15 @@ train: $(STAMP)
 
 ## make bench: throughput benchmarks, each printing a ratio against a baseline measured in the same run
 bench: $(STAMP)
-	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	@for b in bench/bench_*.py; do [ $$b = bench/bench_download.py ] && continue; \
+		echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+## make bench-peers: datagen against img2dataset, side by side (img2dataset goes into its own venv,
+## bench/.peers-venv, so its pins never touch ours); ARGS="--images 300 --rounds 1" for a quick look
+bench-peers: $(STAMP)
+	@test -x bench/.peers-venv/bin/img2dataset || ($(PYTHON) -m venv bench/.peers-venv && \
+		bench/.peers-venv/bin/python -m pip install -q 'img2dataset==1.47.0')
+	$(BIN)/python bench/bench_download.py $(ARGS)
 
 ## make schema: regenerate schemas/recipe.schema.json from the config models
 schema: $(STAMP)

@@ -1,6 +1,7 @@
 """``datagen`` command line: run, validate, export, report, view, schema, train, eval.
 
     datagen run RECIPE [--out DIR] [--set key.path=value ...] [--dry-run] [--fresh]
+    datagen retry-failed OUT [--reasons timeout,http_5xx,...]  fetch again only rows that failed for a passing reason
     datagen validate RECIPE [--set ...]          check a recipe without running it
     datagen export OUT --format llava|mplug_owl|sharegpt|hf [--dest DIR]
     datagen check OUT [--format F ...] [--tokenizer DIR] [--template llava_v1]  verify before training
@@ -18,11 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import textwrap
 from pathlib import Path
+
+from datagen.progress import configure_logging
 
 # What each exit status means; also in the README ("Exit codes") and `datagen --help`.
 EXIT_CODES = {
@@ -56,7 +58,7 @@ def _run(args: argparse.Namespace) -> int:
     with RunLock(out):  # held from the first step to the last shard
         if args.fresh:
             clean_run_dir(out)
-        state = run(recipe, recipe_path.resolve().parent, out, dry_run=args.dry_run)
+        state = run(recipe, recipe_path.resolve().parent, out, dry_run=args.dry_run, retry=getattr(args, "retry", None))
         if args.dry_run:
             print("dry run: no shards written")
             return 0
@@ -74,6 +76,38 @@ def _run(args: argparse.Namespace) -> int:
         if not manifest["check"]["ok"]:
             return 5
     return 0 if manifest["counts"]["pairs"]["reconciled"] else 3
+
+
+def _retry_failed(args: argparse.Namespace) -> int:
+    """The finished run's recipe (its manifest names it and its --set overrides), run again with the matching
+    fetch rejects re-fetched first (datagen.fetch.retry)."""
+    from datagen.fetch.retry import RetryPlan, parse_reasons
+    from datagen.recipe import RecipeError
+
+    out = Path(args.out)
+    overrides = list(args.set)
+    if args.recipe is None:
+        manifest = out / "manifest.json"
+        if not manifest.is_file():
+            raise RecipeError(f"{manifest} not found: retry-failed needs a finished run, or --recipe RECIPE (the "
+                              f"recipe the run used; an unfinished run resumes with `datagen run`)")
+        m = json.loads(manifest.read_text())
+        args.recipe = m["recipe_path"]
+        overrides = list(m["recipe"].get("_overrides", [])) + overrides
+        if not Path(args.recipe).is_file():
+            raise RecipeError(f"{args.out}: the run's recipe {args.recipe!r} is not there (relative to where the "
+                              f"run started?): pass --recipe PATH")
+    if not (out / "_run" / "pairs").is_dir():
+        raise RecipeError(f"{out}/_run/pairs not found: the fetched rows are gone (output.keep_intermediate: false?),"
+                          f" so only a full `datagen run` can fetch again")
+    try:
+        plan = RetryPlan(parse_reasons(args.reasons))
+    except ValueError as e:
+        raise RecipeError(str(e)) from None
+    args.set, args.dry_run, args.fresh, args.retry = overrides, False, False, plan
+    code = _run(args)
+    print(plan.report())
+    return code
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -170,6 +204,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fresh", action="store_true", help="recompute every step (the request cache of LLM/DeepL/HTTP answers is kept)")
     r.set_defaults(fn=_run)
 
+    rf = sub.add_parser("retry-failed", help="fetch again only the rows whose download failed for a reason that may "
+                        "pass (timeouts, 5xx, DNS, stragglers...), and rebuild the output with them")
+    rf.add_argument("out", help="a finished run's output folder")
+    rf.add_argument("--reasons", help="reject reasons to retry, comma-separated; http_5xx/http_4xx name a class "
+                    "(default: timeout,connection_error,dns_error,http_5xx,http_408,http_429,image_truncated,"
+                    "straggler_timeout,host_backoff,robots_unreachable; 404, not_an_image, blocked_address, "
+                    "opted_out only when named)")
+    rf.add_argument("--recipe", help="the recipe of the run (default: the one its manifest names)")
+    rf.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
+                    help="more overrides after the run's own; keep to fetch watch settings (max_failure_rate...): "
+                    "others change fingerprints and redo finished work")
+    rf.set_defaults(fn=_retry_failed)
+
     v = sub.add_parser("validate", help="check a recipe against the schema")
     v.add_argument("recipe", help="the recipe YAML file")
     v.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE",
@@ -243,8 +290,7 @@ def _global_options() -> argparse.ArgumentParser:
 def setup_logging(opts: argparse.Namespace) -> None:
     """Log lines go to stderr; the level applies to the ``datagen`` loggers (progress lines included)."""
     level = opts.log_level or ("warning" if opts.quiet else "debug" if opts.verbose else "info")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    logging.getLogger("datagen").setLevel(level.upper())
+    configure_logging(level)
 
 
 def _train_command(command: str, rest: list[str]) -> int:
@@ -274,12 +320,16 @@ def main(argv: list[str] | None = None) -> int:
     from datagen.recipe import RecipeError
     from datagen.sources.errors import InputFileError
     from datagen.translate.errors import BackendConfigError, QuotaExhausted
+    from datagen.fetch.errors import FetchFailureRateExceeded
 
     try:
         return args.fn(args)
     except QuotaExhausted as e:
         print(f"stopped: {e}", file=sys.stderr)
         return 4
+    except FetchFailureRateExceeded as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return 6
     except (RecipeError, FileNotFoundError, InputFileError, ClipWeightsUnavailable, BackendConfigError,
             FolderInUse, RayUnavailable, UploadError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -21,6 +21,20 @@ import time
 log = logging.getLogger("datagen.progress")
 
 STEP_FRACTION = 0.1  # a line at every 10% of the total
+LOG_FORMAT = "%(levelname)s %(message)s"
+
+
+def configure_logging(level: int | str) -> None:
+    """Log lines to stderr, ``level`` for the ``datagen`` loggers, warnings only for other libraries.
+    The CLI calls it once; worker processes call it with the driver's level, so their progress and
+    warnings read the same as the driver's."""
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+    logging.getLogger("datagen").setLevel(level.upper() if isinstance(level, str) else level)
+
+
+def datagen_level() -> int:
+    """The effective level of the ``datagen`` loggers here, to hand to worker processes."""
+    return logging.getLogger("datagen").getEffectiveLevel()
 
 
 def _interval() -> float:

@@ -21,24 +21,36 @@ def ctx(tmp_path):
     return RunContext(run_dir=run_dir, recipe_dir=tmp_path, seed=0)
 
 
+class DnsTable(dict):
+    """name -> addresses, plus ``calls``: every name the fake resolver was asked, in order."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.calls: list[str] = []
+
+
 @pytest.fixture
 def fake_dns(monkeypatch):
     """Name resolution from a table instead of the system resolver, so no DNS query leaves the machine.
 
-    Returns the table (name -> addresses); names not in it fail like an unknown host."""
+    Returns the table (name -> addresses); names not in it fail like an unknown host (the same
+    socket.gaierror getaddrinfo raises). The worker's DNS cache starts and ends empty."""
     import socket
 
     from datagen.fetch import guard
 
-    table: dict[str, list[str]] = {"localhost": ["127.0.0.1"]}
+    table = DnsTable({"localhost": ["127.0.0.1"]})
 
     async def resolve(host: str, port: int) -> list[str]:
+        table.calls.append(host)
         if host not in table:
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         return list(table[host])
 
     monkeypatch.setattr(guard, "resolve", resolve)
-    return table
+    guard.DNS.clear()
+    yield table
+    guard.DNS.clear()
 
 
 @pytest.fixture

@@ -60,6 +60,7 @@ class LocalServer:
         self.requests: list[Request] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.sent: dict[str, tuple[int, int]] = {}  # path -> (body bytes written, body length), once a reply ends
         self._lock = threading.Lock()
         server = self
 
@@ -97,7 +98,14 @@ class LocalServer:
                         return
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
-                    self.wfile.write(data)
+                    written = 0
+                    try:  # in pieces, so a client that hangs up early shows in ``sent``
+                        for i in range(0, len(data), 1 << 16):
+                            self.wfile.write(data[i:i + (1 << 16)])
+                            written += len(data[i:i + (1 << 16)])
+                    finally:
+                        with server._lock:
+                            server.sent[self.path] = (written, len(data))
                 except (BrokenPipeError, ConnectionResetError):
                     pass
                 finally:

@@ -186,3 +186,19 @@ def test_log_progress_lines_every_tenth_and_every_interval(monkeypatch, caplog, 
     msgs = [r.getMessage() for r in caplog.records if r.name == "datagen.progress"]
     assert [m.split(",")[0] for m in msgs] == ["sink: 1 samples", "sink: 2 samples", "sink: 3 samples",
                                               "sink: 4 samples", "sink: 5 samples", "sink: 5 samples"]
+
+
+@pytest.mark.parametrize("level", [logging.DEBUG, logging.WARNING])
+def test_pool_workers_log_at_the_drivers_level(tmp_path, level):
+    """A spawned pool process starts with no logging set up: without the driver's level its progress
+    and info lines were dropped, even with -v."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    from datagen.core import executor
+    from datagen.core.steps import RunContext
+
+    ctx = RunContext(tmp_path, tmp_path)
+    with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=executor._init,
+                                initargs=(ctx, level)) as pool:
+        assert pool.submit(progress_mod.datagen_level).result() == level

@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from datagen.core.cache import task_scope
 from datagen.core.parts import PartWriter, iter_batches
 from datagen.core.steps import RunContext, Step
-from datagen.progress import progress
+from datagen.progress import configure_logging, datagen_level, progress
 
 log = logging.getLogger("datagen.executor")
 
@@ -144,6 +144,8 @@ def run_task(task: ShardTask, worker: _Worker) -> dict:
     ctx = worker.ctx
     ctx.stats, ctx.warnings = {}, []
     steps = [worker.step(f) for f in task.steps]
+    for s in steps:
+        s.begin_task()
     info: dict[str, Any] = {"shard": task.shard, "source": task.source, "rows_in": 0, "steps": {}}
     for s in steps:
         info["steps"][s.name] = {"in": 0, "kept": 0, "rejected": 0, "seconds": 0.0}
@@ -173,7 +175,9 @@ def run_task(task: ShardTask, worker: _Worker) -> dict:
 _PROCESS: dict[str, _Worker] = {}
 
 
-def _init(ctx: RunContext) -> None:
+def _init(ctx: RunContext, log_level: int) -> None:
+    """A pool process: the driver's log level (a spawned process starts with no logging set up), one worker."""
+    configure_logging(log_level)
     _PROCESS["worker"] = _Worker(ctx)
 
 
@@ -208,7 +212,7 @@ def execute(tasks: list[ShardTask], ctx: RunContext, workers: int, desc: str) ->
                 worker.close()
         else:
             with cf.ProcessPoolExecutor(min(workers, len(tasks)), mp_context=mp.get_context("spawn"),
-                                        initializer=_init, initargs=(task_context(ctx),)) as pool:
+                                        initializer=_init, initargs=(task_context(ctx), datagen_level())) as pool:
                 futures = {pool.submit(_run_in_pool, t): i for i, t in enumerate(tasks)}
                 try:
                     for fut in cf.as_completed(futures):

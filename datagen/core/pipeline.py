@@ -38,7 +38,7 @@ from datagen.core.steps import RunContext
 
 log = logging.getLogger("datagen")
 
-PASS_DIRS = ("sources", "pairs", "barriers", "convs")
+PASS_DIRS = ("sources", "pairs", "barriers", "convs", "retry")  # retry: `datagen retry-failed` scratch
 
 
 @dataclass
@@ -75,6 +75,7 @@ class RunState:
     used: set[Path] = field(default_factory=set)  # pass folders of this run (the rest is stale)
     text_sources: set[str] = field(default_factory=set)
     pairs_fp: str = ""
+    retry: Any = None  # a datagen.fetch.retry.RetryPlan: `datagen retry-failed` re-fetches failed rows first
 
     @property
     def run_dir(self) -> Path:
@@ -310,6 +311,19 @@ def preflight(recipe: Recipe, ctx: RunContext) -> None:
 
 # ----------------------------------------------------------------------------- passes
 
+def _execute(state: RunState, tasks: list[ShardTask], name: str) -> list[dict]:
+    """Run ``tasks`` on the recipe's executor, then merge the request-cache parts they wrote."""
+    ex = state.recipe.executor
+    if ex.kind == "ray":
+        from datagen.core.ray_executor import execute_ray
+
+        infos = execute_ray(tasks, state.ctx, ex.workers, name, ex.address, ex.cpus_per_worker, ex.gpus_per_worker)
+    else:
+        infos = execute(tasks, state.ctx, ex.workers, name)
+    _merge_caches(state)
+    return infos
+
+
 def _run_pass(state: RunState, name: str, folder: Path, items: list[tuple[Shard, ShardTask]],
               factories: list[StepFactory], kinds: dict[str, str]) -> list[tuple[Shard, Part]]:
     """Run the tasks whose part is missing, then record per-step totals over all parts."""
@@ -317,14 +331,7 @@ def _run_pass(state: RunState, name: str, folder: Path, items: list[tuple[Shard,
     pending = [t for _, t in items if not Part(t.out).done]
     reused = not pending
     t0 = time.time()
-    ex = state.recipe.executor
-    if ex.kind == "ray":
-        from datagen.core.ray_executor import execute_ray
-
-        execute_ray(pending, state.ctx, ex.workers, name, ex.address, ex.cpus_per_worker, ex.gpus_per_worker)
-    else:
-        execute(pending, state.ctx, ex.workers, name)
-    _merge_caches(state)
+    _execute(state, pending, name)
     parts = [(shard, Part(t.out)) for shard, t in items]
     merged = merge_parts((p.load_info() for _, p in parts), factories, state.ctx)
     for f in factories:
@@ -363,9 +370,24 @@ def _pair_pass(state: RunState, sources: list[tuple[Any, str, list[Shard]]]) -> 
             items.append((sh, ShardTask(sh.id, sh.source, sh.path, folder / sh.id, factories, PAIR_SCHEMA,
                                         sh.rows, batch_size=recipe.executor.batch_size)))
     state.used.update(folders)
+    if state.retry is not None:
+        from datagen.fetch.retry import retry_pairs
+
+        retry_pairs(items, factories, state.retry, state.run_dir / "retry",
+                    lambda tasks: _execute(state, tasks, "retry-failed"))
     state.pair_parts = _run_pass(state, "pairs", folders[0] if folders else state.run_dir / "pairs", items,
                                  factories, {})
-    state.pairs_fp = chain([f.name for f in folders])
+    state.pairs_fp = _pairs_fingerprint(folders)
+
+
+def _pairs_fingerprint(folders: list[Path]) -> str:
+    """What barriers and the conversation pass are named by: the pair folders, and how many times
+    ``datagen retry-failed`` added rows to their parts (each time, everything after them runs again)."""
+    from datagen.fetch.retry import generation
+
+    generations = [generation(f) for f in folders]
+    names = [f.name for f in folders]
+    return chain(names, generations) if any(generations) else chain(names)
 
 
 def _metadata(state: RunState, columns: set[str]) -> pl.LazyFrame | None:
@@ -495,7 +517,7 @@ def _conversation_pass(state: RunState, barrier_fp: str, text: list[tuple[Any, s
 
 # ----------------------------------------------------------------------------- run
 
-def run(recipe: Recipe, recipe_dir: Path, out_dir: Path, dry_run: bool = False) -> RunState:
+def run(recipe: Recipe, recipe_dir: Path, out_dir: Path, dry_run: bool = False, retry: Any = None) -> RunState:
     ctx = RunContext(run_dir=out_dir / "_run", recipe_dir=recipe_dir, seed=recipe.seed, dry_run=dry_run)
     preflight(recipe, ctx)
     with RunLock(out_dir):
@@ -508,6 +530,7 @@ def run(recipe: Recipe, recipe_dir: Path, out_dir: Path, dry_run: bool = False) 
             fp, shards = shard_source(state, src)
             (text_sources if src.kind == "instructions" else pair_sources).append((src, fp, shards))
         state.text_sources = {s.name for s, _, _ in text_sources}
+        state.retry = retry
         _pair_pass(state, pair_sources)
         barrier_fp = _run_barriers(state)
         _conversation_pass(state, barrier_fp, text_sources)

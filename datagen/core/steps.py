@@ -113,6 +113,9 @@ class Step:
     def setup(self) -> None:
         """Load models or clients once per process, before the first batch."""
 
+    def begin_task(self) -> None:
+        """A new shard task starts (its batches follow): reset state scoped to one shard, e.g. a deadline."""
+
     # Barriers: the metadata columns they read, and the decision over all of them.
     columns: ClassVar[tuple[str, ...]] = ()
 

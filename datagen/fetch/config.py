@@ -18,6 +18,29 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 import datagen
 
 
+class StragglerCutoff(BaseModel):
+    """When most of a batch is done, stop waiting for the last few slow rows (img2dataset's "hangs near the end")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    done_fraction: float = Field(
+        0.95, gt=0, le=1, description="Share of a fetch batch's rows that must be done before the clock starts."
+    )
+    wait_s: float = Field(
+        30.0, gt=0, description="Seconds the remaining rows may still take after that; then they are rejected as "
+        "straggler_timeout (retryable with `datagen retry-failed`)."
+    )
+
+
+# Settings that steer how a run is watched and stopped, never what a fetched row holds: they stay out of the
+# fetch step's fingerprint and the recipe hash, so changing one (say, to resume after max_failure_rate stopped
+# a run) reuses every finished shard.
+RUN_CONTROL_KEYS = frozenset({
+    "progress_interval_s", "failure_window", "warn_failure_rate", "max_failure_rate",
+    "dns_cache_ttl_s", "dns_negative_ttl_s", "pre_resolve",
+})
+
+
 class FetchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -31,6 +54,49 @@ class FetchConfig(BaseModel):
     backoff_max_s: float = Field(30.0, ge=0, description="Cap on one backoff sleep.")
     retry_after_max_s: float = Field(
         60.0, ge=0, description="Cap on a server's Retry-After (429/503); longer waits are cut to this."
+    )
+    shard_timeout_s: Optional[float] = Field(
+        None, gt=0, description="Deadline for fetching one shard task's rows, from its first batch: rows not done "
+        "by then are rejected as straggler_timeout and the shard finishes. null: no deadline (each request is "
+        "still bounded by total_timeout_s per try)."
+    )
+    straggler_cutoff: Optional[StragglerCutoff] = Field(
+        default_factory=lambda: StragglerCutoff(done_fraction=0.95, wait_s=60.0),
+        description="Once done_fraction of a fetch batch is done, the rest get wait_s more seconds, then become "
+        "straggler_timeout rejects (retryable with `datagen retry-failed`). null: wait for every row."
+    )
+    progress_interval_s: float = Field(
+        30.0, gt=0, description="Every this many seconds a fetch batch logs its progress and the hosts with "
+        "requests in flight; a batch where no row finished in that time logs a warning naming them."
+    )
+    failure_window: int = Field(
+        2000, ge=1, description="Downloads (last tries of rows) that the failure-rate warning and "
+        "max_failure_rate look at."
+    )
+    warn_failure_rate: Optional[float] = Field(
+        0.5, ge=0, le=1, description="Warn, naming the dominant reason, when more than this share of the last "
+        "failure_window downloads failed. null: never warn."
+    )
+    max_failure_rate: Optional[float] = Field(
+        None, ge=0, le=1, description="Stop the run (exit code 6, finished shards kept; rerun to resume) when more "
+        "than this share of the last failure_window downloads failed. null: never stop."
+    )
+    host_backoff_after: int = Field(
+        20, ge=0, description="After this many refusals in a row from one host (401, 403, 429 after retries, "
+        "X-Robots-Tag opt-outs), the shard's remaining rows for that host are rejected as host_backoff without "
+        "a request. 0: never back off."
+    )
+    dns_cache_ttl_s: float = Field(
+        300.0, ge=0, description="How long a worker reuses a host's resolved addresses (shared by all its "
+        "requests). 0: resolve for every connection."
+    )
+    dns_negative_ttl_s: float = Field(
+        60.0, ge=0, description="How long a worker remembers that a host name does not resolve (rows to it fail "
+        "as dns_error without another lookup). Temporary resolver failures are never cached."
+    )
+    pre_resolve: bool = Field(
+        False, description="Resolve every host of a fetch batch (concurrently, through the DNS cache) before the "
+        "first download."
     )
     concurrency: int = Field(16, ge=1, description="Most downloads in flight at once.")
     per_host_concurrency: int = Field(4, ge=1, description="Most downloads in flight to one host at once.")

@@ -30,6 +30,8 @@ import asyncio
 import ipaddress
 import socket
 import ssl
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable, Optional, Union
 
@@ -152,6 +154,87 @@ async def system_resolve(host: str, port: int) -> list[str]:
 resolve: Resolver = system_resolve
 
 
+class DnsCache:
+    """Resolver answers per host name, shared by every request of this process (a worker).
+
+    A LAION shard holds thousands of URLs on a few hundred hosts; asking the
+    system resolver for each connection is what makes img2dataset's runs fail
+    with name-resolution errors (its #98, #360). Answers are kept ``ttl_s``;
+    a name that does not exist (EAI_NONAME, EAI_NODATA, no addresses) is kept
+    ``negative_ttl_s`` so its rows fail at once; a temporary failure
+    (EAI_AGAIN) is never kept. Concurrent lookups of one name in one event loop
+    share one query. ``resolver`` None means the module's ``resolve`` at call
+    time (what tests swap). Counters: ``lookups`` (queries sent), ``hits``
+    (answered from the cache or a shared query), ``failures`` (queries that
+    failed)."""
+
+    MAX_ENTRIES = 200_000
+
+    def __init__(self, ttl_s: float = 300.0, negative_ttl_s: float = 60.0, resolver: Optional[Resolver] = None):
+        self.ttl_s, self.negative_ttl_s, self.resolver = ttl_s, negative_ttl_s, resolver
+        self._answers: dict[str, tuple[float, Union[list[str], tuple[int, str]]]] = {}
+        self._pending: dict[tuple[int, str], asyncio.Task] = {}
+        self._lock = threading.Lock()
+        self.lookups = self.hits = self.failures = 0
+
+    def configure(self, ttl_s: float, negative_ttl_s: float) -> None:
+        self.ttl_s, self.negative_ttl_s = ttl_s, negative_ttl_s
+
+    def clear(self) -> None:
+        with self._lock:
+            self._answers.clear()
+            self._pending.clear()
+
+    def counters(self) -> tuple[int, int, int]:
+        return self.lookups, self.hits, self.failures
+
+    @staticmethod
+    def _answer(value: Union[list[str], tuple[int, str]]) -> list[str]:
+        if isinstance(value, tuple):
+            raise socket.gaierror(*value)
+        return list(value)
+
+    async def resolve(self, host: str, port: int) -> list[str]:
+        with self._lock:
+            entry = self._answers.get(host)
+        if entry is not None and entry[0] > time.monotonic():
+            self.hits += 1
+            return self._answer(entry[1])
+        key = (id(asyncio.get_running_loop()), host)
+        task = self._pending.get(key)
+        if task is None:
+            task = self._pending[key] = asyncio.ensure_future(self._lookup(host, port))
+            task.add_done_callback(lambda t: (self._pending.pop(key, None), t.cancelled() or t.exception()))
+        else:
+            self.hits += 1
+        # shielded: a caller's connect timeout abandons its wait, never the query the others share
+        return self._answer(await asyncio.shield(task))
+
+    async def _lookup(self, host: str, port: int) -> Union[list[str], tuple[int, str]]:
+        self.lookups += 1
+        try:
+            value: Union[list[str], tuple[int, str]] = list(await (self.resolver or resolve)(host, port))
+            ttl = self.ttl_s
+            if not value:
+                value, ttl = (socket.EAI_NODATA, "no addresses"), self.negative_ttl_s
+        except socket.gaierror as e:
+            value = (e.errno if e.errno is not None else socket.EAI_FAIL, e.strerror or str(e))
+            ttl = 0.0 if e.errno == socket.EAI_AGAIN else self.negative_ttl_s
+        if isinstance(value, tuple):
+            self.failures += 1
+        if ttl > 0:
+            with self._lock:
+                if len(self._answers) >= self.MAX_ENTRIES:  # drop the older half: insertion order is age
+                    for k in list(self._answers)[: self.MAX_ENTRIES // 2]:
+                        del self._answers[k]
+                self._answers[host] = (time.monotonic() + ttl, value)
+        return value
+
+
+# One cache per process, shared by every client and batch of a worker (fetch.http configures its TTLs).
+DNS = DnsCache()
+
+
 def _literal(host: str) -> Optional[IPAddress]:
     """The address a host names by itself, including the forms getaddrinfo reads as IPv4 without DNS
     (``2130706433``, ``0x7f.1``, ``127.1``): those never reach a resolver, they ARE an address."""
@@ -168,8 +251,9 @@ def _literal(host: str) -> Optional[IPAddress]:
 class GuardedBackend(httpcore.AsyncNetworkBackend):
     """httpcore network backend: resolve, check every address, connect to a checked literal."""
 
-    def __init__(self, policy: AddressPolicy):
+    def __init__(self, policy: AddressPolicy, dns: Optional[DnsCache] = None):
         self.policy = policy
+        self.dns = dns if dns is not None else DNS
         self._inner = httpcore.AnyIOBackend()
 
     async def addresses(self, host: str, port: int, timeout: Optional[float]) -> list[str]:
@@ -179,7 +263,7 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
             addrs = [str(literal)]
         else:
             try:
-                addrs = await asyncio.wait_for(resolve(host, port), timeout)
+                addrs = await asyncio.wait_for(self.dns.resolve(host, port), timeout)
             except asyncio.TimeoutError as e:
                 raise httpcore.ConnectTimeout(f"resolving {host!r} took more than {timeout} s") from e
             except socket.gaierror as e:  # keeps the errno on the chain: fetch.http tells dns_error from others
@@ -219,7 +303,8 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
 class GuardedTransport(httpx.AsyncHTTPTransport):
     """httpx transport whose every connection goes through ``GuardedBackend``."""
 
-    def __init__(self, policy: AddressPolicy, ssl_context: ssl.SSLContext, limits: httpx.Limits):
+    def __init__(self, policy: AddressPolicy, ssl_context: ssl.SSLContext, limits: httpx.Limits,
+                 dns: Optional[DnsCache] = None):
         super().__init__(verify=ssl_context, limits=limits, trust_env=False)
         # httpx 0.28 takes no network backend, so the pool it just made is replaced by one that has ours;
         # tests/test_guard.py fails if a later httpx stops routing connections through it.
@@ -228,5 +313,5 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
             max_connections=limits.max_connections,
             max_keepalive_connections=limits.max_keepalive_connections,
             keepalive_expiry=limits.keepalive_expiry,
-            network_backend=GuardedBackend(policy),
+            network_backend=GuardedBackend(policy, dns),
         )

@@ -39,13 +39,14 @@ import socket
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Optional
+from typing import Callable, Optional
 
 import httpx
 
 from datagen.fetch.config import FetchConfig
 from datagen.fetch.errors import FetchError
-from datagen.fetch.guard import AddressPolicy, GuardedTransport
+from datagen.fetch.guard import DNS, AddressPolicy, GuardedTransport
+from datagen.fetch.health import HostBackoff, InFlight
 from datagen.fetch.optout import RobotsRules, opt_out
 
 RETRY_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
@@ -169,6 +170,7 @@ class DownloadCounters:
     host_pauses: int = 0
     cache_hits: int = 0
     robots_fetched: int = 0
+    dns: tuple = (0, 0, 0)  # the worker's DNS cache during the batch: lookups, hits, failures
 
 
 class HostGate:
@@ -202,9 +204,16 @@ class Downloader:
     """Fetches URLs under the global and per-host limits, with retries; raises FetchError with a reason."""
 
     def __init__(self, cfg: FetchConfig, rng: random.Random, host_open_at: Optional[dict[str, float]] = None,
-                 robots_store: Optional[dict] = None):
+                 robots_store: Optional[dict] = None, backoff: Optional[HostBackoff] = None,
+                 on_outcome: Optional[Callable[[str, Optional[str]], None]] = None):
+        """``backoff``: the shard's refusing hosts; ``on_outcome(host, reason or None)``: called once per
+        download with its final outcome (the failure monitor)."""
         self.cfg = cfg
         self.rng = rng
+        DNS.configure(cfg.dns_cache_ttl_s, cfg.dns_negative_ttl_s)
+        self.host_backoff = backoff if backoff is not None else HostBackoff(cfg.host_backoff_after)
+        self.on_outcome = on_outcome
+        self.in_flight = InFlight()
         self.gate = HostGate(cfg.per_host_concurrency, host_open_at)
         self.slots = ClientSlots(cfg)
         self.counters = DownloadCounters()
@@ -234,18 +243,40 @@ class Downloader:
         d = min(self.cfg.backoff_max_s, self.cfg.backoff_s * (2**attempt))
         return d / 2 + self.rng.uniform(0, d / 2)
 
+    def _refuse_backed_off(self, host: str) -> None:
+        why = self.host_backoff.refused(host)
+        if why is not None:
+            raise FetchError("host_backoff", why)
+
     async def get(self, url: str) -> tuple[bytes, Optional[str]]:
-        """The body and its Content-Type."""
+        """The body and its Content-Type; the final outcome goes to the host backoff and ``on_outcome``."""
         try:
             host = httpx.URL(url).host
         except Exception as e:
             raise FetchError("invalid_url", f"{url!r}: {e}")
+        try:
+            result = await self._get(url, host)
+        except FetchError as e:
+            self._outcome(host, e.reason)
+            raise
+        self._outcome(host, None)
+        return result
+
+    def _outcome(self, host: str, reason: Optional[str]) -> None:
+        self.host_backoff.record(host, reason)
+        if self.on_outcome is not None and reason != "host_backoff":
+            self.on_outcome(host, reason)
+
+    async def _get(self, url: str, host: str) -> tuple[bytes, Optional[str]]:
         attempt = 0
         while True:
             try:
+                self._refuse_backed_off(host)
                 await self.gate.wait_open(host)
                 async with self.gate.slot(host), self.slots.slot() as client:
-                    return await self._attempt(client, url)
+                    self._refuse_backed_off(host)  # it may have run out of patience while we queued
+                    with self.in_flight.track(host):
+                        return await self._attempt(client, url)
             except FetchError as e:
                 if e.retry_after_s is not None:  # the host asked everyone to wait, whether we retry or not
                     self.gate.pause(host, e.retry_after_s)

@@ -23,7 +23,13 @@ Why it is built this way:
   Step checkpoints already cover reruns with the same config.
 - Counts go to ``ctx.stat("fetch")``: rows_in, ok, passthrough, reencoded,
   bytes (stored), bytes_downloaded, retries, redirects, host_pauses,
-  cache_hits, and rejects per reason.
+  cache_hits, dns_lookups, dns_cache_hits, rejects per reason and
+  errors_by_host; ``derive_stats`` turns them into ``failures``, the error
+  breakdown the manifest and the run summary show (``datagen.fetch.health``).
+- Nothing hangs and nobody waits blind (``datagen.fetch.watch``,
+  ``datagen.fetch.health``): a batch always ends (straggler cutoff, shard
+  deadline), a refusing host is left alone for the rest of the shard, the
+  failure rate of the last downloads warns or stops the run.
 """
 from __future__ import annotations
 
@@ -31,16 +37,22 @@ import asyncio
 import base64
 import concurrent.futures
 import hashlib
+import json
+import time
 from collections import Counter
 from typing import Any, Optional, Union
 
+import httpx
 import pyarrow as pa
 from PIL import ImageFile
 
 from datagen.core.cache import RequestCache
-from datagen.fetch.config import FetchConfig
-from datagen.fetch.errors import FetchError
+from datagen.fetch import guard
+from datagen.fetch.config import RUN_CONTROL_KEYS, FetchConfig
+from datagen.fetch.errors import FetchError, FetchFailureRateExceeded
+from datagen.fetch.health import FailureMonitor, HostBackoff, add_failures, breakdown
 from datagen.fetch.http import Downloader, policy_summary
+from datagen.fetch.watch import wait_rows
 from datagen.fetch.image import StoredImage, probe_size, process_image
 from datagen.fetch.location import locate, read_file
 from datagen.core.records import PAIR_SCHEMA, reject, rejects_table
@@ -78,10 +90,38 @@ def _is_permanent(e: FetchError) -> bool:
     return e.reason.startswith("http_4") or e.reason in ("dns_error", "too_many_redirects")
 
 
+async def pre_resolve(urls: list, concurrency: int) -> None:
+    """Look up every host of a batch before fetching (``fetch.pre_resolve``), through the worker's DNS cache;
+    failures are cached like any answer and show up on the rows that need them."""
+    hosts = sorted({h for h in (_http_host(u) for u in urls) if h})
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(host: str) -> None:
+        async with sem:
+            try:
+                await guard.DNS.resolve(host, 443)
+            except OSError:
+                pass
+
+    await asyncio.gather(*(one(h) for h in hosts))
+
+
+def _http_host(url) -> Optional[str]:
+    """The host name of an http(s) URL that needs a resolver (not an address literal), else None."""
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        return None
+    try:
+        host = httpx.URL(url).host
+    except Exception:  # noqa: BLE001 - the row itself reports a bad URL
+        return None
+    return host if host and guard._literal(host) is None else None
+
+
 class FetchStep(Step):
     name = "fetch"
     kind = "map"
     version = 1
+    refetch_cached_failures = False  # `datagen retry-failed` asks again what the request cache says failed
 
     def __init__(self, config: Optional[FetchConfig], ctx: RunContext):
         super().__init__(config if config is not None else FetchConfig(), ctx)
@@ -89,6 +129,21 @@ class FetchStep(Step):
         # Retry-After pauses per host, kept across batches of this process (timing only, never results).
         self._host_open_at: dict[str, float] = {}
         self._robots: dict = {}  # robots.txt verdicts per origin, read once per process
+        cfg = self.config
+        # The last downloads of this worker, across batches and shards (warnings, max_failure_rate).
+        self._monitor = FailureMonitor(cfg.failure_window, cfg.warn_failure_rate, cfg.max_failure_rate, ctx.warn)
+        self.begin_task()
+
+    def begin_task(self) -> None:
+        """A new shard task: its deadline starts at its first batch, and refusing hosts get a new chance."""
+        self._backoff = HostBackoff(self.config.host_backoff_after)
+        self._task_deadline: Optional[float] = None
+
+    def fingerprint(self) -> str:
+        """Settings that only watch or stop the run (RUN_CONTROL_KEYS) do not decide a row's result."""
+        cfg = self.config.model_dump(mode="json", exclude=set(RUN_CONTROL_KEYS))
+        blob = json.dumps({"name": self.name, "version": self.version, "config": cfg}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------ batch
 
@@ -104,7 +159,14 @@ class FetchStep(Step):
             self.ctx.warn("PIL.ImageFile.LOAD_TRUNCATED_IMAGES was True; fetch set it back to False")
             ImageFile.LOAD_TRUNCATED_IMAGES = False
         batch_no = self.ctx.stat(self.name).get("batches", 0)
+        if self._task_deadline is None and self.config.shard_timeout_s is not None:
+            self._task_deadline = time.monotonic() + self.config.shard_timeout_s
+        dns_before = guard.DNS.counters()
+        self._stop: Optional[str] = None
         results, counters = run_coroutine(lambda: self._fetch_all(cols, batch_no))
+        if self._stop is not None:
+            raise FetchFailureRateExceeded(self._stop)
+        counters.dns = tuple(a - b for a, b in zip(guard.DNS.counters(), dns_before))
         return self._assemble(table, cols, results, counters)
 
     async def _fetch_all(self, cols: dict[str, list], batch_no: int) -> tuple[list[Result], Any]:
@@ -121,7 +183,16 @@ class FetchStep(Step):
         cfg = self.config
         loop = asyncio.get_running_loop()
         with concurrent.futures.ThreadPoolExecutor(cfg.workers, thread_name_prefix="fetch-decode") as pool:
-            async with Downloader(cfg, self.ctx.rng("fetch", batch_no), self._host_open_at, self._robots) as downloader:
+            stop = asyncio.Event()
+
+            def on_outcome(host: str, reason: Optional[str]) -> None:
+                message = self._monitor.record(reason)
+                if message is not None and self._stop is None:
+                    self._stop = message
+                    stop.set()
+
+            async with Downloader(cfg, self.ctx.rng("fetch", batch_no), self._host_open_at, self._robots,
+                                  self._backoff, on_outcome) as downloader:
 
                 async def one(i: int) -> Result:
                     try:
@@ -145,7 +216,10 @@ class FetchStep(Step):
                     except Exception as e:  # never lose a row to a bug or an odd input
                         return FetchError("fetch_error", f"{type(e).__name__}: {e}")
 
-                results = await asyncio.gather(*(one(i) for i in range(len(cols["key"]))))
+                if cfg.pre_resolve:
+                    await pre_resolve(cols["url"], cfg.concurrency)
+                results = await wait_rows([one(i) for i in range(len(cols["key"]))], cfg, self._task_deadline, stop,
+                                          downloader.in_flight.describe)
         return list(results), downloader.counters
 
     async def _download(
@@ -157,6 +231,8 @@ class FetchStep(Step):
             return await downloader.get(url)
         request = {"url": url, "policy": policy_summary(self.config)}
         hit = cache.get(CACHE_NAMESPACE, request)
+        if hit is not None and "reason" in hit and self.refetch_cached_failures:
+            hit = None
         if hit is not None:
             downloader.counters.cache_hits += 1
             if "reason" in hit:
@@ -235,8 +311,10 @@ class FetchStep(Step):
         return StepOutput(kept=kept, rejects=rejects_table(rejects))
 
     def derive_stats(self, stats: dict[str, Any]) -> None:
-        """The policy is the run's, not a sum over parts (merging would concatenate allow_networks)."""
+        """The policy is the run's, not a sum over parts (merging would concatenate allow_networks);
+        ``failures`` is the error breakdown over all parts."""
         stats["policy"] = policy_summary(self.config)
+        stats["failures"] = breakdown(stats)
 
     def _count(self, n_in: int, n_ok: int, stats: Counter, rejects: list[dict], counters) -> None:
         st = self.ctx.stat(self.name)
@@ -253,6 +331,8 @@ class FetchStep(Step):
             "host_pauses": counters.host_pauses,
             "cache_hits": counters.cache_hits,
             "robots_fetched": counters.robots_fetched,
+            "dns_lookups": counters.dns[0],
+            "dns_cache_hits": counters.dns[1],
         }
         for k, v in add.items():
             st[k] = st.get(k, 0) + v
@@ -260,6 +340,7 @@ class FetchStep(Step):
         by_reason = st.setdefault("rejects", {})
         for r in rejects:
             by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+        add_failures(st.setdefault("errors_by_host", {}), ((r["url"], r["reason"]) for r in rejects))
         if by_reason.get("local_file_not_allowed"):
             self.ctx.warn("fetch refused local paths (local_file_not_allowed): set fetch.allow_local_files: true "
                           "if this source's files are yours; leave it off for public URL lists")

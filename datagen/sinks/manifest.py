@@ -26,6 +26,8 @@ from datagen.core.lock import RunLock
 from datagen.core.parts import tmp_name
 from datagen.core.pipeline import RunState, drop_intermediate_images, prune_stale
 from datagen.core.records import CONVERSATION_SCHEMA, REJECT_SCHEMA, rejects_table
+from datagen.fetch.config import RUN_CONTROL_KEYS
+from datagen.fetch.health import summary_lines as fetch_failure_lines
 from datagen.sinks.hf import card_header, image_members, shard_features
 from datagen.sinks.shards import json_fields, shard_dicts
 from datagen.sinks.stages import STAGE1, STAGE2, STAGE2_TEXT, write_stage1, write_stage2
@@ -37,7 +39,8 @@ TOOLS = ["pyarrow", "polars", "webdataset", "torch", "open_clip_torch", "transfo
 SAMPLE_PROVENANCE = pa.field("provenance", pa.struct([("recipe_sha256", pa.string()), ("datagen", pa.string())]))
 
 # Recipe settings that change how a run works or what it writes beside the shards, never a sample.
-_NOT_DATA = {"out": True, "executor": True, "output": {"exports", "check", "keep_intermediate"}}
+_NOT_DATA = {"out": True, "executor": True, "output": {"exports", "check", "keep_intermediate"},
+             "fetch": set(RUN_CONTROL_KEYS)}
 
 
 def recipe_hash(recipe) -> str:
@@ -234,6 +237,9 @@ def summary(manifest: dict) -> str:
         if grouped:
             lines.append(title)
             lines += [f"  {r:<28} {n}" for r, n in grouped.most_common()]
+    fetch = next((st["stats"] for st in manifest["steps"] if st["name"] == "fetch"), None)
+    if fetch:
+        lines += fetch_failure_lines(fetch)
     lines.append("steps:")
     for s in manifest["steps"]:
         took = "(reused)" if s["reused"] else f"{s['seconds']:.1f}s"

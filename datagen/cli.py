@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import textwrap
 from pathlib import Path
 
 from datagen.progress import configure_logging
+
+log = logging.getLogger("datagen")
 
 # What each exit status means; also in the README ("Exit codes") and `datagen --help`.
 EXIT_CODES = {
@@ -46,6 +49,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 def _run(args: argparse.Namespace) -> int:
     from datagen.core.lock import RunLock
     from datagen.core.pipeline import clean_run_dir, preflight, run
+    from datagen.core.storage import upload
     from datagen.recipe import load_recipe
     from datagen.sinks.manifest import finish, summary
     from datagen.core.steps import RunContext
@@ -62,9 +66,14 @@ def _run(args: argparse.Namespace) -> int:
             print("dry run: no shards written")
             return 0
         manifest = finish(state, raw | ({"_overrides": args.set} if args.set else {}), recipe_path)
+        report = _write_report(out)  # before the upload, which copies it too
+        good = manifest["counts"]["pairs"]["reconciled"] and manifest.get("check", {}).get("ok", True)
+        uploaded = upload(out, recipe.output.upload_to) if recipe.output.upload_to and good else None
     print(summary(manifest))
     print(f"output: {out}/ (manifest.json, sizes.json, rejects.parquet, README.md)")
-    print(f"report: {_write_report(out)}")
+    print(f"report: {report}")
+    if uploaded is not None:
+        print(f"uploaded: {len(uploaded)} files to {recipe.output.upload_to}")
     if "check" in manifest:
         from datagen.check import Report
 
@@ -144,7 +153,7 @@ def _write_report(out: Path) -> str:
     try:
         return str(write_report(out))
     except Exception as e:  # noqa: BLE001 - the data is complete; the page about it is not worth losing it
-        logging.getLogger("datagen").warning("report.html not written: %s: %s", type(e).__name__, e, exc_info=True)
+        log.warning("report.html not written: %s: %s", type(e).__name__, e, exc_info=True)
         return f"not written ({type(e).__name__}: {e}); retry with `datagen report {out}`"
 
 
@@ -325,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from datagen.core.lock import FolderInUse
     from datagen.core.ray_executor import RayUnavailable
+    from datagen.core.storage import UploadError
     from datagen.filters.clip import ClipWeightsUnavailable
     from datagen.recipe import RecipeError
     from datagen.sources.errors import InputFileError
@@ -340,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stopped: {e}", file=sys.stderr)
         return 6
     except (RecipeError, FileNotFoundError, InputFileError, ClipWeightsUnavailable, BackendConfigError,
-            FolderInUse, RayUnavailable) as e:
+            FolderInUse, RayUnavailable, UploadError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

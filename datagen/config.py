@@ -83,6 +83,11 @@ class OutputConfig(_Strict):
     check: CheckConfig | None = Field(
         None, description="Run `datagen check` over the shards and exports at the end of the run: any problem "
         "(a sample a trainer would drop or mis-train) fails the run with exit code 5; the report is in manifest.json.")
+    upload_to: str | None = Field(
+        None, pattern=r"^[a-zA-Z][a-zA-Z0-9+.-]*://",
+        description="A pyarrow filesystem URI (s3://bucket/prefix; S3 settings from AWS_* env vars) to copy the "
+        "finished output to after a successful run: shards, exports, manifest (last), sizes, rejects, dataset "
+        "card; not _run/.")
 
 
 class ExecutorConfig(_Strict):

@@ -22,6 +22,7 @@ from PIL import Image, ImageOps
 from datagen.fetch import FetchConfig, FetchStep
 from datagen.fetch.http import parse_retry_after
 from datagen.fetch.image import transform_bbox
+from datagen.core.cache import RequestCache
 from datagen.core.records import PAIR_SCHEMA, REJECT_SCHEMA, pairs_table
 from datagen.core.steps import RunContext
 from servers import LocalServer, Reply
@@ -532,7 +533,7 @@ def test_download_cache_saves_a_rerun_with_another_config(tmp_path):
     assert kept_image(second).size == (100, 50)
     assert reasons(second) == {"b": "http_404", "c": "http_503"}
     assert ctx.stats["fetch"]["cache_hits"] == 2
-    assert (tmp_path / "run" / "cache" / "fetch.sqlite").exists()
+    assert len(RequestCache(tmp_path / "run" / "cache" / "fetch.sqlite")) == 2  # a part file: fetch closed it
 
 
 def test_host_pause_outlives_the_batch(tmp_path):

@@ -22,6 +22,7 @@ from datagen.llm.config import ALL_TASKS, LLMGenerateConfig
 from datagen.llm.prompts import BUNDLED_RECIPES_DIR, build_context, load_prompt
 from datagen.llm.replies import LeakChecker, MalformedReply, check_negative, parse_reply
 from datagen.llm.step import LLMGenerateStep
+from datagen.core.cache import RequestCache, merge
 from datagen.core.records import CONVERSATION_SCHEMA, pairs_table
 from datagen.core.steps import RunContext
 from servers import LocalServer, Reply
@@ -231,7 +232,9 @@ def test_second_run_sends_zero_requests(tmp_path):
     assert second.kept.equals(first.kept)
     c = second_step.ctx.stats["llm_generate"]["client"]
     assert c["requests"] == 0 and c["cache_hits"] == 8 and c["prompt_tokens"] == 0
-    assert (tmp_path / "run" / "cache" / "llm.sqlite").exists()
+    second_step.close()  # the answers land in a cache part file, which the next run merges
+    merge(tmp_path / "run" / "cache" / "llm.sqlite")
+    assert len(RequestCache(tmp_path / "run" / "cache" / "llm.sqlite")) == 8
 
 
 # ---------------------------------------------------------------- malformed and leaking
@@ -356,7 +359,9 @@ def test_api_key_never_reaches_cache_logs_or_output(tmp_path, monkeypatch, caplo
         out = step.process(pair_rows())
         assert all(r.headers["authorization"] == f"Bearer {SECRET}" for r in srv.requests)
     assert step.ctx.stats["llm_generate"]["client"]["retries"] == 1
-    cache_bytes = b"".join(p.read_bytes() for p in (tmp_path / "run" / "cache").iterdir())
+    step.close()  # the answers go to a cache part file; a merge puts them in the snapshot
+    merge(tmp_path / "run" / "cache" / "llm.sqlite")
+    cache_bytes = b"".join(p.read_bytes() for p in (tmp_path / "run" / "cache").rglob("*") if p.is_file())
     assert len(cache_bytes) > 0 and SECRET.encode() not in cache_bytes
     assert SECRET not in caplog.text
     assert SECRET not in json.dumps(step.ctx.stats) and SECRET not in str(out.kept.to_pylist())
@@ -375,7 +380,7 @@ def test_dry_run_prints_prompts_and_sends_nothing(tmp_path, capsys):
     assert "- person: [0.100, 0.200, 0.500, 0.800]" in printed and "[system]" in printed
     assert "7 more requests not shown" in printed
     assert out.kept.num_rows == 0 and step.ctx.stats["llm_generate"]["dry_run_requests"] == 8
-    assert not (tmp_path / "run" / "cache" / "llm.sqlite").exists()
+    assert not [p for p in (tmp_path / "run").rglob("*") if p.is_file()]  # no cache written
 
 
 # ------------------------------------------------------------------ context and prompt files

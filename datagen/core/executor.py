@@ -28,6 +28,7 @@ from typing import Any, Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from datagen.core.cache import task_scope
 from datagen.core.parts import PartWriter, iter_batches
 from datagen.core.steps import RunContext, Step
 from datagen.progress import configure_logging, datagen_level, progress
@@ -152,12 +153,13 @@ def run_task(task: ShardTask, worker: _Worker) -> dict:
     writer = PartWriter(task.out, task.empty_schema)
     t0 = time.perf_counter()
     try:
-        for batch in iter_batches(task.input, task.batch_size, task.columns):
-            if drop is not None:
-                batch = batch.filter(pc.invert(pc.is_in(batch.column("key"), value_set=drop)))
-            info["rows_in"] += batch.num_rows
-            kept, rejects = run_chain(steps, batch, info)
-            writer.write(kept, pa.concat_tables(rejects) if rejects else None)
+        with task_scope():  # the answers this task paid for are durable (cache parts) before its part
+            for batch in iter_batches(task.input, task.batch_size, task.columns):
+                if drop is not None:
+                    batch = batch.filter(pc.invert(pc.is_in(batch.column("key"), value_set=drop)))
+                info["rows_in"] += batch.num_rows
+                kept, rejects = run_chain(steps, batch, info)
+                writer.write(kept, pa.concat_tables(rejects) if rejects else None)
     except BaseException:
         writer.abort()
         raise

@@ -38,9 +38,11 @@ def chain(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def file_fingerprint(paths: list[Path]) -> str:
-    """Cheap identity of input files: path, size, mtime."""
-    return chain([(str(p), p.stat().st_size, int(p.stat().st_mtime)) for p in paths])
+def file_fingerprint(paths: list[Path | str]) -> str:
+    """Cheap identity of input files (local, or URIs on a pyarrow filesystem): path, size, mtime."""
+    from datagen.core.storage import identity
+
+    return chain([identity(p) for p in paths])
 
 
 def tmp_name(path: Path) -> Path:

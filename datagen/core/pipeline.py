@@ -110,7 +110,7 @@ def _source_files(cfg, ctx: RunContext) -> list[Path]:
     if cfg.kind == "visual_genome":
         from datagen.sources.visual_genome import vg_files
         return vg_files(cfg, ctx)
-    return source_files(cfg.path, ctx, cfg.name)
+    return source_files(cfg.path, ctx, cfg.name, remote=cfg.kind != "instructions")
 
 
 def _rechunk(tables: Iterator[pa.Table], rows: int) -> Iterator[pa.Table]:
@@ -312,12 +312,16 @@ def preflight(recipe: Recipe, ctx: RunContext) -> None:
 # ----------------------------------------------------------------------------- passes
 
 def _execute(state: RunState, tasks: list[ShardTask], name: str) -> list[dict]:
+    """Run ``tasks`` on the recipe's executor, then merge the request-cache parts they wrote."""
     ex = state.recipe.executor
     if ex.kind == "ray":
         from datagen.core.ray_executor import execute_ray
 
-        return execute_ray(tasks, state.ctx, ex.workers, name, ex.address, ex.cpus_per_worker, ex.gpus_per_worker)
-    return execute(tasks, state.ctx, ex.workers, name)
+        infos = execute_ray(tasks, state.ctx, ex.workers, name, ex.address, ex.cpus_per_worker, ex.gpus_per_worker)
+    else:
+        infos = execute(tasks, state.ctx, ex.workers, name)
+    _merge_caches(state)
+    return infos
 
 
 def _run_pass(state: RunState, name: str, folder: Path, items: list[tuple[Shard, ShardTask]],
@@ -340,6 +344,16 @@ def _run_pass(state: RunState, name: str, folder: Path, items: list[tuple[Shard,
     log.info("%s: %d parts, %d run now in %.1fs", name, len(parts), len(pending), time.time() - t0)
     state.reject_files.extend(p.rejects for _, p in parts)
     return parts
+
+
+def _merge_caches(state: RunState) -> None:
+    """The request caches' part files (written by the workers) into their snapshots, on the driver
+    while no worker runs (``datagen.core.cache``)."""
+    from datagen.core.cache import flush_all, merge_dir
+
+    flush_all()  # what this process asked itself (workers: 1, barriers)
+    tr = state.recipe.translate
+    merge_dir(state.ctx.cache_dir, state.ctx.resolve(tr.cache_path) if tr is not None and tr.cache_path else None)
 
 
 def _pair_pass(state: RunState, sources: list[tuple[Any, str, list[Shard]]]) -> None:
@@ -510,6 +524,7 @@ def run(recipe: Recipe, recipe_dir: Path, out_dir: Path, dry_run: bool = False, 
         remove_temporaries(out_dir)  # what killed runs left half-written: shard folders, parts, spills
         (out_dir / "_run").mkdir(parents=True, exist_ok=True)
         state = RunState(recipe, out_dir, ctx)
+        _merge_caches(state)  # answers a killed run paid for
         pair_sources, text_sources = [], []
         for src in recipe.sources:
             fp, shards = shard_source(state, src)

@@ -54,7 +54,8 @@ class ParquetSource(_Source):
     """URL-caption tables in parquet: LAION-400M/2B, COYO-700M, or any with ``columns``."""
 
     kind: Literal["laion", "coyo", "parquet", "wukong"]
-    path: str = Field(..., description="A parquet file, or a glob of them (shards).")
+    path: str = Field(..., description="A parquet file, or a glob of them (shards); also a URI such as "
+                      "s3://bucket/laion/*.parquet (pyarrow filesystems; S3 settings from AWS_* env vars).")
     columns: dict[str, str] = Field(
         default_factory=dict,
         description="Override the preset: our field (url, caption, width, height, id) -> column name.",
@@ -71,7 +72,7 @@ class TsvSource(_Source):
     """Header-less TSV of URL-caption pairs: CC3M (caption, url) or CC12M (url, caption)."""
 
     kind: Literal["cc3m", "cc12m", "tsv"]
-    path: str = Field(..., description="A .tsv file, or a glob of them.")
+    path: str = Field(..., description="A .tsv file, or a glob of them; also a URI such as s3://bucket/cc3m/*.tsv.")
     columns: list[str] | None = Field(None, description="Column order for kind tsv, e.g. [caption, url].")
     lang: str | None = Field(None, description="Language of every caption, kept in `meta.lang`; null: unknown.")
 

@@ -24,14 +24,29 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from datagen.core import storage
 from datagen.core.records import PAIR_SCHEMA, make_key, reject, rejects_table
 from datagen.sources.config import PARQUET_PRESETS, PRESET_LANG, TSV_PRESETS, ParquetSource, TsvSource
 from datagen.sources.errors import InputFileError
 from datagen.core.steps import RunContext, StepOutput
 
 
-def source_files(pattern: str, ctx: RunContext, source: str) -> list[Path]:
-    """The files a path or glob names, sorted; a clear error when there are none."""
+def source_files(pattern: str, ctx: RunContext, source: str, remote: bool = False) -> list[Path | str]:
+    """The files a path or glob names, sorted; a clear error when there are none. With ``remote``,
+    a URI (``s3://bucket/x/*.parquet``) names files on a pyarrow filesystem (``datagen.core.storage``)."""
+    if storage.is_uri(pattern):
+        if not remote:
+            raise InputFileError(pattern, f"source {source!r} reads local files only; remote URIs work for "
+                                 "parquet and tsv sources (laion, coyo, wukong, parquet, cc3m, cc12m, tsv)",
+                                 "Copy the file to a local or shared path")
+        try:
+            files = storage.expand(pattern)
+            missing = [f for f in files if not storage.is_file(f)]
+        except OSError as e:
+            raise FileNotFoundError(f"source {source!r}: cannot list {pattern}: {e}") from None
+        if not files or missing:
+            raise FileNotFoundError(f"source {source!r}: no file at {missing[0] if missing else pattern}")
+        return files
     resolved = str(ctx.resolve(pattern))
     files = sorted(Path(p) for p in glob.glob(resolved)) if glob.has_magic(resolved) else [Path(resolved)]
     missing = [f for f in files if not f.is_file()]
@@ -47,13 +62,14 @@ def portable_path(path: Path, root: Path) -> str:
     return Path(os.path.relpath(path.resolve(), root.resolve())).as_posix()
 
 
-def resolve_url(url: str | None, base: Path, root: Path) -> str | None:
+def resolve_url(url: str | None, base: Path | str, root: Path) -> str | None:
     """Absolute paths and URLs pass; a bare relative path resolves against ``base`` (the table's
-    folder) and is stored relative to ``root`` (``portable_path``)."""
+    folder) and is stored relative to ``root`` (``portable_path``). A table in a bucket keeps its
+    relative paths as they are."""
     if url is None:
         return None
     url = url.strip()
-    if not url or "://" in url or url.startswith("/"):
+    if not url or "://" in url or url.startswith("/") or storage.is_uri(base):
         return url
     return portable_path(base / url, root)
 
@@ -64,12 +80,12 @@ def _key(name: str, n_files: int, file_idx: int, row: int) -> str:
 
 def read_parquet(cfg: ParquetSource, ctx: RunContext) -> Iterator[StepOutput]:
     mapping = {**PARQUET_PRESETS[cfg.kind], **cfg.columns}
-    files = source_files(cfg.path, ctx, cfg.name)
+    files = source_files(cfg.path, ctx, cfg.name, remote=True)
     lang = cfg.lang or PRESET_LANG.get(cfg.kind)
     emitted = 0
     for fi, path in enumerate(files):
         try:
-            pf = pq.ParquetFile(path)
+            pf = pq.ParquetFile(storage.open_input(path))
         except (pa.ArrowException, OSError) as e:
             raise InputFileError(path, f"not a readable parquet file ({e})",
                                  "The file is truncated or not parquet: download it again, or drop it from "
@@ -99,7 +115,7 @@ def read_parquet(cfg: ParquetSource, ctx: RunContext) -> Iterator[StepOutput]:
                 out.append({
                     "key": make_key(cfg.name, local_id) if local_id is not None else _key(cfg.name, len(files), fi, row + i),
                     "source": cfg.name,
-                    "url": resolve_url(get("url"), path.parent, ctx.recipe_dir),
+                    "url": resolve_url(get("url"), storage.parent(path), ctx.recipe_dir),
                     "caption": get("caption"),
                     "width": get("width"),
                     "height": get("height"),
@@ -131,7 +147,7 @@ def _batches(pf: pq.ParquetFile, path: Path, batch_size: int, columns: list[str]
 
 def _open_tsv(path: Path, **options) -> pacsv.CSVStreamingReader:
     try:
-        return pacsv.open_csv(path, **options)
+        return pacsv.open_csv(storage.open_input(path), **options)
     except (pa.ArrowException, OSError) as e:
         raise InputFileError(path, f"cannot read as tab-separated text ({e})",
                              "Check that it is a UTF-8, header-less TSV", where="1") from None
@@ -154,7 +170,7 @@ def read_tsv(cfg: TsvSource, ctx: RunContext) -> Iterator[StepOutput]:
     columns = cfg.columns or TSV_PRESETS[cfg.kind]
     if sorted(columns) != ["caption", "url"]:
         raise ValueError(f"source {cfg.name!r}: columns must name caption and url once each, got {columns}")
-    files = source_files(cfg.path, ctx, cfg.name)
+    files = source_files(cfg.path, ctx, cfg.name, remote=True)
     emitted = 0
     for fi, path in enumerate(files):
         bad: list[tuple[int, str]] = []  # malformed lines not yet reported
@@ -190,9 +206,9 @@ def read_tsv(cfg: TsvSource, ctx: RunContext) -> Iterator[StepOutput]:
                 out.append({
                     "key": _key(cfg.name, len(files), fi, line),
                     "source": cfg.name,
-                    "url": resolve_url(cols["url"][i], path.parent, ctx.recipe_dir),
+                    "url": resolve_url(cols["url"][i], storage.parent(path), ctx.recipe_dir),
                     "caption": cols["caption"][i],
-                    "meta": json.dumps({"file": path.name, "line": line, **({"lang": cfg.lang} if cfg.lang else {})}),
+                    "meta": json.dumps({"file": storage.name(path), "line": line, **({"lang": cfg.lang} if cfg.lang else {})}),
                 })
             rejects = [
                 reject({"key": _key(cfg.name, len(files), fi, n), "source": cfg.name}, "source", "malformed_row",

@@ -61,7 +61,6 @@ class RunContext:
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Human-readable warnings that the summary and manifest must show (e.g. untrained CLIP).
     warnings: list[str] = field(default_factory=list)
-    _logged: set[str] = field(default_factory=set, repr=False)
 
     @property
     def cache_dir(self) -> Path:
@@ -84,9 +83,12 @@ class RunContext:
     def warn(self, message: str) -> None:
         if message not in self.warnings:
             self.warnings.append(message)
-            if message not in self._logged:  # shard tasks reset ``warnings``; say each thing once per process
-                self._logged.add(message)
+            if message not in _LOGGED:  # shard tasks and passes get fresh contexts: say each thing once per process
+                _LOGGED.add(message)
                 log.warning(message)
+
+
+_LOGGED: set[str] = set()  # warnings already logged by this process (the summary repeats them at the end)
 
 
 class Step:

@@ -84,6 +84,10 @@ def not_blank(png: bytes) -> float:
 
 
 def broken_images(pg) -> list[str]:
+    """Alt texts of the images that did not render. Waits until every image has finished loading or
+    failing first (an image that fails is complete too): on a busy machine the page is ready before its
+    images are (seen in CI)."""
+    pg.wait_for_function("[...document.images].every(i => i.complete)", timeout=60_000)
     return pg.eval_on_selector_all("img", "els => els.filter(e => !(e.complete && e.naturalWidth > 0)).map(e => e.alt)")
 
 

@@ -14,8 +14,8 @@ Why it is built this way:
   decode pool, for as long as the step lives in this process (``close`` ends
   them). Every batch of every shard runs on them: kept-alive connections and
   DNS answers carry over from batch to batch instead of being re-opened every
-  ``executor.batch_size`` rows (the per-batch loop and clients cost 1.4-1.6x
-  in wall time on a loopback test). ``process`` hands the batch to that loop
+  ``executor.batch_size`` rows (``bench/bench_fetch.py`` compares the two;
+  README, "Downloading against img2dataset"). ``process`` hands the batch to that loop
   and waits, so the step works in any process or Ray worker, and from inside
   a running loop (a notebook) too. Shard-scoped state stays per shard: the
   host backoff and the deadline are renewed by ``begin_task``; the straggler

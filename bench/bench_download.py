@@ -188,11 +188,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(cmd: list[str], env: dict | None = None) -> dict:
+def measure(cmd: list[str], env: dict | None = None, cwd: Path = ROOT) -> dict:
     """Wall time, children's CPU time and the process tree's peak RSS of one command."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd, env=env)
     peak = largest = 0
 
     def sample() -> None:
@@ -261,7 +261,9 @@ def run_datagen(urls: Path, out: Path, work: Path, cores: int, shard_rows: int, 
         "executor": {"workers": cores, "shard_rows": shard_rows},
     }))
     env = {**os.environ, "PYTHONPATH": str(root)}
-    r = measure([sys.executable, "-m", "datagen.cli", "run", str(recipe), "--out", str(out)], env)
+    # cwd too: `python -m` puts the working directory first on sys.path, ahead of PYTHONPATH, so from
+    # this checkout's root a --baseline-root run would import this checkout's datagen
+    r = measure([sys.executable, "-m", "datagen.cli", "run", str(recipe), "--out", str(out)], env, cwd=root)
     m = json.loads((out / "manifest.json").read_text())
     c = m["counts"]["pairs"]
     r.update(ok=c["kept"], failed=c["rejected"], reasons=dict(m["rejects"].get("by_reason", m["rejects"])))

@@ -8,7 +8,11 @@ trip), and prints:
   ``httpx.get`` (the obvious first script) over a subset of such URLs, and to
   a fairer sequential loop that keeps one ``httpx.Client`` alive,
 - the ratio to the ideal ``concurrency / latency`` (what perfect overlap of the
-  waits would give; the rest is Python/HTTP overhead and the 2-core machine).
+  waits would give; the rest is Python/HTTP overhead and the 2-core machine),
+- the step keeping its loop and clients across batches (``--session-batch``
+  rows each, as the executor sends them) against a fresh loop and clients per
+  batch (what the step did before issue 10: the step closed after every batch),
+  alternating, ``--session-rounds`` each.
 
 The server (asyncio, keep-alive, one write per response) runs in its own
 process so its work does not share our GIL.
@@ -151,6 +155,33 @@ def bench_png_check(reps: int = 5) -> None:
           f"({timings['recount'] / timings['process_image']:.2f} of it); it runs only for a blank last scanline")
 
 
+def bench_session(urls: list[str], cfg: FetchConfig, batch: int, rounds: int) -> None:
+    """Loop and clients kept for the step's life against a fresh set per batch, alternating."""
+    def run(kept_alive: bool, tag: str) -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            step = FetchStep(cfg, RunContext(run_dir=Path(tmp), recipe_dir=Path(tmp)))
+            t = time.perf_counter()
+            try:
+                for start in range(0, len(urls), batch):
+                    rows = [{"key": f"{tag}{i}", "source": "bench", "url": f"{u}?{tag}"}
+                            for i, u in enumerate(urls[start:start + batch], start)]
+                    assert step.process(pairs_table(rows)).kept.num_rows == len(rows)
+                    if not kept_alive:
+                        step.close()  # the next batch starts a new loop, new clients, new connections
+            finally:
+                step.close()
+            return len(urls) / (time.perf_counter() - t)
+
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    for r in range(rounds):
+        for kept_alive in ((True, False) if r % 2 == 0 else (False, True)):
+            rates[kept_alive].append(run(kept_alive, f"r{r}{int(kept_alive)}-"))
+    best = {k: max(v) for k, v in rates.items()}
+    print(f"clients kept across batches of {batch}: {best[True]:.0f} images/s best of {rounds} "
+          f"({', '.join(f'{x:.0f}' for x in rates[True])}); a new loop and clients per batch: {best[False]:.0f} "
+          f"({', '.join(f'{x:.0f}' for x in rates[False])}); {best[True] / best[False]:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=2000, help="images fetched by the step")
@@ -158,6 +189,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--latency-ms", type=float, default=20.0)
     ap.add_argument("--batch", type=int, default=1000, help="rows per process() call, like an executor's batch")
+    ap.add_argument("--session-batch", type=int, default=256, help="rows per batch in the kept-clients comparison")
+    ap.add_argument("--session-rounds", type=int, default=3)
     args = ap.parse_args()
     latency = args.latency_ms / 1000
     shard = ClientSlots.SHARD
@@ -210,6 +243,7 @@ def main() -> None:
               f"{single_rate:.0f} images/s over {single_n}; shards are {rate / single_rate:.1f}x faster")
         print(f"ideal (concurrency/latency) = {ideal:.0f} images/s; fetch step reaches {rate / ideal:.2f} of it")
         print(f"stats: {ctx.stats['fetch']}")
+        bench_session(urls, cfg, args.session_batch, args.session_rounds)
     finally:
         stop.set()
         server.join(timeout=5)

@@ -76,7 +76,10 @@ def run_step(tmp_path, rows, config=None, table=None):
     ctx = ctx_for(tmp_path)
     step = FetchStep(config or cfg(), ctx)
     table = table if table is not None else pairs_table(rows)
-    out = step.process(table)
+    try:
+        out = step.process(table)
+    finally:
+        step.close()
     # nothing is ever lost: every input row is kept or rejected, exactly once
     assert out.kept.num_rows + out.rejects.num_rows == table.num_rows
     assert sorted(out.kept.column("key").to_pylist() + out.rejects.column("key").to_pylist()) == sorted(

@@ -144,12 +144,14 @@ class PartWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def iter_batches(path: Path, batch_size: int, columns: list[str] | None = None) -> Iterator[pa.Table]:
+def iter_batches(path: Path, batch_size: int, columns: list[str] | None = None,
+                 use_threads: bool = True) -> Iterator[pa.Table]:
+    """``use_threads=False``: decode columns in this thread (Arrow's pool threads each keep memory)."""
     pf = pq.ParquetFile(path)
     if columns is not None:
         have = set(pf.schema_arrow.names)
         columns = [c for c in columns if c in have]
-    for b in pf.iter_batches(batch_size=batch_size, columns=columns):
+    for b in pf.iter_batches(batch_size=batch_size, columns=columns, use_threads=use_threads):
         yield pa.Table.from_batches([b])
 
 

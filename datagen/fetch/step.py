@@ -9,9 +9,17 @@ with a stable reason code (see ``datagen.fetch.errors``), so rows in = kept +
 rejected.
 
 Why it is built this way:
-- ``process`` runs its own event loop (``asyncio.run``) per batch, so the step
-  works in any process or Ray worker with no loop of its own; if it is called
-  from inside a running loop (a notebook), the batch runs in a helper thread.
+- The step owns one event loop, in a daemon thread, with its HTTP clients
+  (``Downloader``: connection pools, per-host gates, robots client) and its
+  decode pool, for as long as the step lives in this process (``close`` ends
+  them). Every batch of every shard runs on them: kept-alive connections and
+  DNS answers carry over from batch to batch instead of being re-opened every
+  ``executor.batch_size`` rows (``bench/bench_fetch.py`` compares the two;
+  README, "Downloading against img2dataset"). ``process`` hands the batch to that loop
+  and waits, so the step works in any process or Ray worker, and from inside
+  a running loop (a notebook) too. Shard-scoped state stays per shard: the
+  host backoff and the deadline are renewed by ``begin_task``; the straggler
+  cutoff is per batch.
 - Network work is asyncio (``datagen.fetch.http``); decoding and encoding run
   in a small thread pool (Pillow releases the GIL), overlapped with downloads,
   so a batch costs about max(network, CPU) rather than their sum.
@@ -38,6 +46,7 @@ import base64
 import concurrent.futures
 import hashlib
 import json
+import threading
 import time
 from collections import Counter
 from typing import Any, Optional, Union
@@ -51,7 +60,7 @@ from datagen.fetch import guard
 from datagen.fetch.config import RUN_CONTROL_KEYS, FetchConfig
 from datagen.fetch.errors import FetchError, FetchFailureRateExceeded
 from datagen.fetch.health import FailureMonitor, HostBackoff, add_failures, breakdown
-from datagen.fetch.http import Downloader, policy_summary
+from datagen.fetch.http import Downloader, DownloadCounters, policy_summary
 from datagen.fetch.watch import wait_rows
 from datagen.fetch.image import StoredImage, probe_size, process_image
 from datagen.fetch.location import locate, read_file
@@ -70,14 +79,27 @@ class _Passthrough:
 Result = Union[StoredImage, _Passthrough, FetchError]
 
 
-def run_coroutine(make_coro) -> Any:
-    """Run a coroutine to completion from sync code, whether or not this thread already runs a loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(make_coro())
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(lambda: asyncio.run(make_coro())).result()
+class _Loop:
+    """An event loop running in a daemon thread; ``run`` waits for a coroutine from any thread (even one
+    that runs a loop of its own). Daemon: a pool process that never closes its steps still exits."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="fetch-loop", daemon=True)
+        self.thread.start()
+
+    def run(self, coro) -> Any:
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return fut.result()
+        except BaseException:  # e.g. Ctrl-C while waiting: do not leave the batch running
+            fut.cancel()
+            raise
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
 
 
 CACHE_NAMESPACE = "fetch:http"
@@ -132,12 +154,30 @@ class FetchStep(Step):
         cfg = self.config
         # The last downloads of this worker, across batches and shards (warnings, max_failure_rate).
         self._monitor = FailureMonitor(cfg.failure_window, cfg.warn_failure_rate, cfg.max_failure_rate, ctx.warn)
+        # Made at the first batch, kept until close(): the loop, the clients and the decode pool.
+        self._loop: Optional[_Loop] = None
+        self._downloader: Optional[Downloader] = None
+        self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._stop_event: Optional[asyncio.Event] = None
         self.begin_task()
 
     def begin_task(self) -> None:
         """A new shard task: its deadline starts at its first batch, and refusing hosts get a new chance."""
         self._backoff = HostBackoff(self.config.host_backoff_after)
         self._task_deadline: Optional[float] = None
+
+    def close(self) -> None:
+        """Close the clients (their connections), stop the loop, end the decode pool. A later batch
+        would start them again."""
+        if self._loop is not None:
+            if self._downloader is not None:
+                self._loop.run(self._downloader.__aexit__(None, None, None))
+                self._downloader = None
+            self._loop.close()
+            self._loop = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def fingerprint(self) -> str:
         """Settings that only watch or stop the run (RUN_CONTROL_KEYS) do not decide a row's result."""
@@ -163,7 +203,10 @@ class FetchStep(Step):
             self._task_deadline = time.monotonic() + self.config.shard_timeout_s
         dns_before = guard.DNS.counters()
         self._stop: Optional[str] = None
-        results, counters = run_coroutine(lambda: self._fetch_all(cols, batch_no))
+        if self._loop is None:
+            self._loop = _Loop()
+            self._pool = concurrent.futures.ThreadPoolExecutor(self.config.workers, thread_name_prefix="fetch-decode")
+        results, counters = self._loop.run(self._fetch_all(cols, batch_no))
         if self._stop is not None:
             raise FetchFailureRateExceeded(self._stop)
         counters.dns = tuple(a - b for a, b in zip(guard.DNS.counters(), dns_before))
@@ -177,49 +220,67 @@ class FetchStep(Step):
             if cache is not None:
                 cache.close()
 
+    def _on_outcome(self, host: str, reason: Optional[str]) -> None:
+        """Every download's final outcome: the failure monitor, which may stop the run."""
+        message = self._monitor.record(reason)
+        if message is not None and self._stop is None:
+            self._stop = message
+            if self._stop_event is not None:
+                self._stop_event.set()
+
+    def _batch_downloader(self, batch_no: int) -> Downloader:
+        """The step's downloader (made in the loop's thread at the first batch), set up for this batch:
+        its rng, this shard's host backoff, fresh counters."""
+        d = self._downloader
+        if d is None:
+            d = self._downloader = Downloader(self.config, self.ctx.rng("fetch", batch_no), self._host_open_at,
+                                              self._robots, self._backoff, self._on_outcome)
+        d.rng = self.ctx.rng("fetch", batch_no)
+        d.host_backoff = self._backoff
+        d.counters = DownloadCounters()
+        return d
+
     async def _fetch_rows(
         self, cols: dict[str, list], batch_no: int, cache: Optional[RequestCache]
     ) -> tuple[list[Result], Any]:
         cfg = self.config
         loop = asyncio.get_running_loop()
-        with concurrent.futures.ThreadPoolExecutor(cfg.workers, thread_name_prefix="fetch-decode") as pool:
-            stop = asyncio.Event()
+        pool = self._pool
+        stop = self._stop_event = asyncio.Event()
+        downloader = self._batch_downloader(batch_no)
+        robots_before = downloader.robots.fetched if downloader.robots is not None else 0
 
-            def on_outcome(host: str, reason: Optional[str]) -> None:
-                message = self._monitor.record(reason)
-                if message is not None and self._stop is None:
-                    self._stop = message
-                    stop.set()
+        async def one(i: int) -> Result:
+            try:
+                image, objects = cols["image"][i], cols["objects"][i]
+                if image is not None:
+                    if cfg.max_side is None:
+                        return await loop.run_in_executor(pool, self._passthrough, i, cols)
+                    return await loop.run_in_executor(pool, process_image, image, objects, cfg)
+                kind, target = locate(cols["url"][i], self.ctx.resolve)
+                if kind == "file" and not cfg.allow_local_files:
+                    raise FetchError("local_file_not_allowed",
+                                     f"{cols['url'][i]!r} is a local path; fetch.allow_local_files is false")
+                content_type = None
+                if kind == "file":
+                    data = await loop.run_in_executor(pool, read_file, target, cfg.max_bytes)
+                else:
+                    data, content_type = await self._download(downloader, target, cache)
+                return await loop.run_in_executor(pool, process_image, data, objects, cfg, content_type)
+            except FetchError as e:
+                return e
+            except Exception as e:  # never lose a row to a bug or an odd input
+                return FetchError("fetch_error", f"{type(e).__name__}: {e}")
 
-            async with Downloader(cfg, self.ctx.rng("fetch", batch_no), self._host_open_at, self._robots,
-                                  self._backoff, on_outcome) as downloader:
-
-                async def one(i: int) -> Result:
-                    try:
-                        image, objects = cols["image"][i], cols["objects"][i]
-                        if image is not None:
-                            if cfg.max_side is None:
-                                return await loop.run_in_executor(pool, self._passthrough, i, cols)
-                            return await loop.run_in_executor(pool, process_image, image, objects, cfg)
-                        kind, target = locate(cols["url"][i], self.ctx.resolve)
-                        if kind == "file" and not cfg.allow_local_files:
-                            raise FetchError("local_file_not_allowed",
-                                             f"{cols['url'][i]!r} is a local path; fetch.allow_local_files is false")
-                        content_type = None
-                        if kind == "file":
-                            data = await loop.run_in_executor(pool, read_file, target, cfg.max_bytes)
-                        else:
-                            data, content_type = await self._download(downloader, target, cache)
-                        return await loop.run_in_executor(pool, process_image, data, objects, cfg, content_type)
-                    except FetchError as e:
-                        return e
-                    except Exception as e:  # never lose a row to a bug or an odd input
-                        return FetchError("fetch_error", f"{type(e).__name__}: {e}")
-
-                if cfg.pre_resolve:
-                    await pre_resolve(cols["url"], cfg.concurrency)
-                results = await wait_rows([one(i) for i in range(len(cols["key"]))], cfg, self._task_deadline, stop,
-                                          downloader.in_flight.describe)
+        try:
+            if cfg.pre_resolve:
+                await pre_resolve(cols["url"], cfg.concurrency)
+            results = await wait_rows([one(i) for i in range(len(cols["key"]))], cfg, self._task_deadline, stop,
+                                      downloader.in_flight.describe)
+        finally:
+            self._stop_event = None
+        if downloader.robots is not None:
+            downloader.counters.robots_fetched = downloader.robots.fetched - robots_before
         return list(results), downloader.counters
 
     async def _download(

@@ -68,7 +68,7 @@ class BucketSpill:
     bucket once, and appends each bucket's slice to its file as one IPC stream: one sort and one
     write per bucket per flush, however small the batches."""
 
-    def __init__(self, folder: Path, budget: int = 64 << 20):
+    def __init__(self, folder: Path, budget: int = 16 << 20):
         self.folder = folder
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
@@ -85,30 +85,34 @@ class BucketSpill:
             self.flush()
 
     def flush(self) -> None:
-        if not self._buffers:
-            return
+        """Append each bucket's rows to its file. Memory stays near the buffered batches: they are
+        concatenated without a copy, each bucket is taken out on its own and serialised straight into
+        its file (its size measured first for the length prefix), so no second buffer-sized copy and
+        no in-memory IPC stream ever exists."""
+        buffers, self._buffers, self._size = self._buffers, [], 0
         i = 0
-        while i < len(self._buffers):  # one pass per run of batches with the same schema
-            schema = self._buffers[i][1].schema
+        while i < len(buffers):  # one pass per run of batches with the same schema
+            schema = buffers[i][1].schema
             j = i
-            while j < len(self._buffers) and self._buffers[j][1].schema == schema:
+            while j < len(buffers) and buffers[j][1].schema == schema:
                 j += 1
-            buckets = np.concatenate([b for b, _ in self._buffers[i:j]])
-            table = pa.concat_tables([t for _, t in self._buffers[i:j]])
+            buckets = np.concatenate([b for b, _ in buffers[i:j]])
+            table = pa.concat_tables([t for _, t in buffers[i:j]])  # the batches' chunks, not copied
             order = np.argsort(buckets, kind="stable")
-            table, buckets = table.take(pa.array(order)), buckets[order]
-            cuts = np.flatnonzero(np.diff(buckets)) + 1
-            for start, stop in zip(np.r_[0, cuts], np.r_[cuts, len(buckets)]):
-                sink = pa.BufferOutputStream()
-                with ipc.new_stream(sink, schema) as w:
-                    w.write_table(table.slice(start, stop - start))
-                buf = sink.getvalue()
-                with open(self.folder / f"{int(buckets[start]):08d}.arrows", "ab") as f:
-                    f.write(len(buf).to_bytes(8, "little"))
-                    f.write(buf)
+            ordered = buckets[order]
+            cuts = np.flatnonzero(np.diff(ordered)) + 1
+            for start, stop in zip(np.r_[0, cuts], np.r_[cuts, len(ordered)]):
+                self._append(int(ordered[start]), table.take(pa.array(order[start:stop])), schema)
             i = j
-        self._buffers.clear()
-        self._size = 0
+
+    def _append(self, bucket: int, table: pa.Table, schema: pa.Schema) -> None:
+        size = pa.MockOutputStream()
+        with ipc.new_stream(size, schema) as w:
+            w.write_table(table)
+        with pa.OSFile(str(self.folder / f"{bucket:08d}.arrows"), "a") as f:
+            f.write(size.size().to_bytes(8, "little"))
+            with ipc.new_stream(f, schema) as w:
+                w.write_table(table)
 
     def read(self, bucket: int) -> pa.Table | None:
         path = self.folder / f"{bucket:08d}.arrows"

@@ -351,7 +351,7 @@ def export_hf(out: Path, dest: Path) -> Path:
     flush()
     name = json.loads((out / "manifest.json").read_text())["name"]
     (dest / "README.md").write_text(
-        card_header({"default": (["data/*.parquet"], features)}, default="default")
+        card_header({"default": (["data/*.parquet"], features._to_yaml_list())}, default="default")
         + f"\n# {name} (datagen export)\n\n{total} conversations, one per row: `images` holds the pixels"
         " (`datasets.Image()`), `conversations` the turns with their task family and polarity, and"
         " `parent_id` links a translation to its original.\n\n"

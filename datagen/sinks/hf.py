@@ -29,18 +29,47 @@ import pyarrow as pa
 import yaml
 
 
-def shard_features(json_schema: pa.Schema, image_members: list[str], caption: bool):
-    """Features of one split's webdataset samples: image members, ``txt`` (stage 1), ``json`` typed
-    by ``json_schema`` (the fields ``shards.shard_json`` writes), ``__key__`` and ``__url__``."""
-    import datasets
+# Plain arrow types -> the dtype names ``datasets`` writes (``features._arrow_to_datasets_dtype``).
+_DTYPES = {
+    pa.null(): "null", pa.bool_(): "bool",
+    pa.int8(): "int8", pa.int16(): "int16", pa.int32(): "int32", pa.int64(): "int64",
+    pa.uint8(): "uint8", pa.uint16(): "uint16", pa.uint32(): "uint32", pa.uint64(): "uint64",
+    pa.float16(): "float16", pa.float32(): "float32", pa.float64(): "float64",
+    pa.string(): "string", pa.large_string(): "large_string", pa.binary(): "binary", pa.large_binary(): "large_binary",
+}
 
-    feats: dict[str, Any] = {name: datasets.Image() for name in image_members}
+
+def yaml_feature(t: pa.DataType) -> dict[str, Any]:
+    """One arrow type as a feature in the card's YAML, exactly as ``datasets`` writes it
+    (``Features._to_yaml_list`` of ``Features.from_arrow_schema``) without importing ``datasets``
+    (56 MB and 0.4 s in the driver, for a header). tests/test_hf_card.py compares the two."""
+    if pa.types.is_struct(t):
+        return {"struct": [{"name": f.name, **yaml_feature(f.type)} for f in t]}
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        key = "list" if pa.types.is_list(t) else "large_list"
+        inner = yaml_feature(t.value_type)
+        if list(inner) == ["dtype"]:
+            return {key: inner["dtype"]}
+        if list(inner) == ["struct"]:
+            return {key: inner["struct"]}
+        return {key: inner}
+    if pa.types.is_dictionary(t):
+        return yaml_feature(t.value_type)
+    if t in _DTYPES:
+        return {"dtype": _DTYPES[t]}
+    raise ValueError(f"shard json field of arrow type {t}: no dataset card feature for it (add one to datagen.sinks.hf)")
+
+
+def shard_features(json_schema: pa.Schema, image_members: list[str], caption: bool) -> list[dict[str, Any]]:
+    """Features of one split's webdataset samples, in the card's YAML form: image members, ``txt``
+    (stage 1), ``json`` typed by ``json_schema`` (the fields ``shards.shard_json`` writes), ``__key__``
+    and ``__url__``."""
+    feats: list[dict[str, Any]] = [{"name": name, "dtype": "image"} for name in image_members]
     if caption:
-        feats["txt"] = datasets.Value("string")
-    feats["json"] = dict(datasets.Features.from_arrow_schema(json_schema))
-    feats["__key__"] = datasets.Value("string")
-    feats["__url__"] = datasets.Value("string")
-    return datasets.Features(feats)
+        feats.append({"name": "txt", "dtype": "string"})
+    feats.append({"name": "json", **yaml_feature(pa.struct(list(json_schema)))})
+    feats += [{"name": "__key__", "dtype": "string"}, {"name": "__url__", "dtype": "string"}]
+    return feats
 
 
 def image_members(max_images: int, exts: tuple[str, ...]) -> list[str]:
@@ -48,17 +77,20 @@ def image_members(max_images: int, exts: tuple[str, ...]) -> list[str]:
     return [f"{i}.{ext}" for i in range(max_images) for ext in exts]
 
 
-def card_header(configs: dict[str, tuple[list[str], Any]], default: str | None = None) -> str:
+def card_header(configs: dict[str, tuple[list[str], list[dict[str, Any]]]], default: str | None = None) -> str:
     """The YAML front matter of a dataset card: ``configs`` maps a config name to (data file
-    globs relative to the card, features). ``load_dataset(DIR, name)`` reads both."""
-    from datasets.info import DatasetInfo, DatasetInfosDict
-
+    globs relative to the card, features in YAML form: ``shard_features``, or a ``datasets.Features``'
+    ``_to_yaml_list()``). ``load_dataset(DIR, name)`` reads both. Laid out as ``datasets``'
+    ``DatasetInfosDict.to_dataset_card_data`` lays it out: one config a mapping, several a list
+    sorted by name, ``config_name`` first unless it is "default"."""
     header: dict[str, Any] = {"configs": [
         {"config_name": name, **({"default": True} if name == default else {}),
          "data_files": [{"split": "train", "path": globs}]}
         for name, (globs, _) in configs.items()
     ]}
-    infos = DatasetInfosDict({name: DatasetInfo(features=feats, config_name=name)
-                              for name, (_, feats) in configs.items()})
-    infos.to_dataset_card_data(header)
+    if len(configs) == 1:
+        name, (_, feats) = next(iter(configs.items()))
+        header["dataset_info"] = {"features": feats} if name == "default" else {"config_name": name, "features": feats}
+    elif configs:
+        header["dataset_info"] = [{"config_name": name, "features": feats} for name, (_, feats) in sorted(configs.items())]
     return "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---\n"

@@ -61,6 +61,8 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from _proc import cpu_seconds, tree_rss  # noqa: E402 - bench/_proc.py, beside this script
+
 IMG2DATASET = "img2dataset==1.47.0"
 MAX_SIDE = 256
 QUALITY = 90
@@ -156,37 +158,6 @@ def _serve(folder: str, port_queue, stop) -> None:
 
 
 # ----------------------------------------------------------------------------- measuring a run
-
-def tree_rss(pid: int) -> tuple[int, int]:
-    """Resident bytes of ``pid`` and all its descendants, from /proc: (sum, largest process)."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    page = os.sysconf("SC_PAGE_SIZE")
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                parts = f.read().rsplit(")", 1)[1].split()
-            children.setdefault(int(parts[1]), []).append(int(p))
-            rss[int(p)] = int(parts[21]) * page
-        except (OSError, IndexError, ValueError):
-            continue
-    total, largest, todo = 0, 0, [pid]
-    while todo:
-        p = todo.pop()
-        total += rss.get(p, 0)
-        largest = max(largest, rss.get(p, 0))
-        todo += children.get(p, [])
-    return total, largest
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) a running process has used so far, from /proc."""
-    with open(f"/proc/{pid}/stat") as f:
-        parts = f.read().rsplit(")", 1)[1].split()
-    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
-
 
 def measure(cmd: list[str], env: dict | None = None, cwd: Path = ROOT) -> dict:
     """Wall time, children's CPU time and the process tree's peak RSS of one command."""

@@ -41,6 +41,8 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from _proc import tree_rss  # noqa: E402 - bench/_proc.py, beside this script
+
 BASE = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
 
 
@@ -70,28 +72,6 @@ def make_dataset(root: Path, rows: int) -> Path:
     return root / "laion.parquet"
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of ``pid`` and all its descendants, from /proc."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                parts = f.read().rsplit(")", 1)[1].split()
-            children.setdefault(int(parts[1]), []).append(int(p))
-            rss[int(p)] = int(parts[21]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
-            continue
-    total, todo = 0, [pid]
-    while todo:
-        p = todo.pop()
-        total += rss.get(p, 0)
-        todo += children.get(p, [])
-    return total
-
-
 def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
@@ -119,7 +99,7 @@ def run_size(root: Path, rows: int, workers: int, kind: str = "local") -> dict:
     def sample() -> None:
         nonlocal peak
         while proc.poll() is None:
-            peak = max(peak, tree_rss(proc.pid))
+            peak = max(peak, tree_rss(proc.pid)[0])
             time.sleep(0.2)
 
     th = threading.Thread(target=sample)

@@ -53,8 +53,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-import webdataset as wds
-
 from datagen.sinks.shards import IMAGE_EXTS, image_ext, sample_images
 
 MPLUG_SYSTEM = ("The following is a conversation between a curious human and AI assistant. "
@@ -66,7 +64,12 @@ SUMS = "SHA256SUMS"  # the images' sha256 (``sha256sum -c SHA256SUMS`` in the ex
 
 
 def iter_samples(out: Path, split: str) -> Iterator[dict]:
-    """Samples of one split, read back with webdataset; ``json`` decoded, ``txt`` as str."""
+    """Samples of one split, read back with webdataset (the loader trainers use; ``datagen check`` reads
+    through it on purpose); ``json`` decoded, ``txt`` as str. Imported here: webdataset imports torch when
+    torch is installed (webdataset.pytorch), 1.3 s and ~600 MB that a run's exports and report do not need,
+    so they read the tars with ``index_samples``."""
+    import webdataset as wds
+
     shards = sorted((out / split).glob(f"{split}-*.tar"))
     if not shards:
         return
@@ -198,7 +201,9 @@ def _records(out: Path, images_dir: Path | None, sums: dict[str, str] | None = N
     conversation of stage2 and stage2_text; images are written under ``images_dir`` when given,
     and their sha256 recorded in ``sums`` (path -> hex)."""
     for split in ("stage2", "stage2_text"):
-        for sample in iter_samples(out, split):
+        for indexed in index_samples(out, split):  # our own tar reader: webdataset would import torch
+            sample = {"__key__": indexed.key, "__url__": str(indexed.shard), "json": indexed.json,
+                      **{m: indexed.read(m) for m in indexed.images}}
             images = sample_images(sample)
             paths = [f"images/{sample['__key__']}.{n}.{image_ext(d)}" for n, d in enumerate(images)]
             if images_dir is not None:

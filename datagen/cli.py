@@ -39,6 +39,7 @@ EXIT_CODES = {
     4: "stopped: the translation service's quota is exhausted (DeepL HTTP 456); cached translations are kept: "
        "rerun when it is restored",
     5: "the run finished but `output.check` found problems in the shards or exports",
+    6: "stopped: downloads failed above `fetch.max_failure_rate`; finished shards are kept: rerun to resume",
     130: "interrupted (Ctrl-C); finished shards are kept: rerun the same command to resume",
 }
 TRAIN_COMMANDS = ("train", "eval", "chat", "export-model")

@@ -69,6 +69,9 @@ def test_exit_codes_are_documented_in_help_and_readme():
     for code, text in EXIT_CODES.items():
         assert re.search(rf"\b{code}\s+" + re.escape(" ".join(text.split())[:40]), helptext), code
         assert f"| {code} | {text} |" in readme, f"README's exit code table lacks {code}: {text}"
+    # every status the CLI returns is in the table (exit code 6 was once returned but not documented)
+    returned = {int(c) for c in re.findall(r"\breturn (\d+)\b", (ROOT / "datagen" / "cli.py").read_text())}
+    assert returned <= set(EXIT_CODES), sorted(returned - set(EXIT_CODES))
 
 
 def test_bad_usage_exits_2_and_missing_folder_exits_2():

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import resource
+import subprocess
+import threading
+import time
+from pathlib import Path
 
 
 def tree_rss(pid: int) -> tuple[int, int]:
@@ -34,3 +39,29 @@ def cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         parts = f.read().rsplit(")", 1)[1].split()
     return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> dict:
+    """Wall time, children's CPU time and the process tree's peak RSS of one command."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd, env=env)
+    peak = largest = 0
+
+    def sample() -> None:
+        nonlocal peak, largest
+        while proc.poll() is None:
+            total, one = tree_rss(proc.pid)
+            peak, largest = max(peak, total), max(largest, one)
+            time.sleep(0.1)
+
+    th = threading.Thread(target=sample)
+    th.start()
+    out, _ = proc.communicate()
+    th.join()
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:3])} ... failed ({proc.returncode}):\n{out.decode(errors='replace')[-3000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"wall_s": wall, "cpu_s": cpu, "peak_rss": peak, "largest_rss": largest, "log": out.decode(errors="replace")}

@@ -61,7 +61,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from _proc import cpu_seconds, tree_rss  # noqa: E402 - bench/_proc.py, beside this script
+from _proc import cpu_seconds, measure  # noqa: E402 - bench/_proc.py, beside this script
 
 IMG2DATASET = "img2dataset==1.47.0"
 MAX_SIDE = 256
@@ -159,32 +159,6 @@ def _serve(folder: str, port_queue, stop) -> None:
 
 # ----------------------------------------------------------------------------- measuring a run
 
-def measure(cmd: list[str], env: dict | None = None, cwd: Path = ROOT) -> dict:
-    """Wall time, children's CPU time and the process tree's peak RSS of one command."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd, env=env)
-    peak = largest = 0
-
-    def sample() -> None:
-        nonlocal peak, largest
-        while proc.poll() is None:
-            total, one = tree_rss(proc.pid)
-            peak, largest = max(peak, total), max(largest, one)
-            time.sleep(0.1)
-
-    th = threading.Thread(target=sample)
-    th.start()
-    out, _ = proc.communicate()
-    th.join()
-    wall = time.perf_counter() - t0
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[:3])} ... failed ({proc.returncode}):\n{out.decode(errors='replace')[-3000:]}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall_s": wall, "cpu_s": cpu, "peak_rss": peak, "largest_rss": largest, "log": out.decode(errors="replace")}
-
-
 def url_list(kit: Path, port: int, dest: Path) -> Path:
     paths = pq.read_table(kit / "paths.parquet").column("path").to_pylist()
     urls = [f"http://127.0.0.1:{port}{p}" for p in paths]
@@ -203,7 +177,7 @@ def run_img2dataset(venv: Path, urls: Path, out: Path, cores: int, shard_rows: i
            "--retries", "0", "--timeout", "10", "--enable_wandb", "False"]
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1"}
     env.pop("PYTHONPATH", None)
-    r = measure(cmd, env)
+    r = measure(cmd, env, cwd=ROOT)
     ok = fail = 0
     reasons: dict[str, int] = {}
     for f in out.glob("*_stats.json"):

@@ -24,10 +24,8 @@ import io
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import OrderedDict
 from multiprocessing import Pool
@@ -41,7 +39,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from _proc import tree_rss  # noqa: E402 - bench/_proc.py, beside this script
+from _proc import measure  # noqa: E402 - bench/_proc.py, beside this script
 
 BASE = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
 
@@ -90,25 +88,9 @@ def run_size(root: Path, rows: int, workers: int, kind: str = "local") -> dict:
         "executor": {"workers": workers, "batch_size": 1000, "kind": kind},
     }))
     out = root / f"out-{rows}-{kind}"
-    t0 = time.time()
-    proc = subprocess.Popen([sys.executable, "-m", "datagen.cli", "run", str(recipe), "--out", str(out)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    peak = 0
-
-    def sample() -> None:
-        nonlocal peak
-        while proc.poll() is None:
-            peak = max(peak, tree_rss(proc.pid)[0])
-            time.sleep(0.2)
-
-    th = threading.Thread(target=sample)
-    th.start()
-    stdout, _ = proc.communicate()
-    th.join()
-    wall = time.time() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"datagen run failed ({proc.returncode}):\n{stdout.decode()[-3000:]}")
+    m = measure([sys.executable, "-m", "datagen.cli", "run", str(recipe), "--out", str(out)],
+                {**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
+    wall, peak = m["wall_s"], m["peak_rss"]
     manifest = json.loads((out / "manifest.json").read_text())
     shard_bytes = sum(s["bytes"] for s in manifest["shards"])
     res = {"rows": rows, "executor": kind, "wall_s": round(wall, 1), "peak_rss_gb": round(peak / 1e9, 3),

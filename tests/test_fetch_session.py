@@ -61,10 +61,10 @@ def test_closing_the_worker_closes_the_clients_and_stops_the_loop(tmp_path):
         step.begin_task()
         assert step.process(pairs_table([row("a", srv.url("/a.jpg"))])).kept.num_rows == 1
         assert len(fetch_loops()) == before + 1
-        clients = list(step._downloader.slots.clients)
+        session = step._downloader.session
         loop = step._loop.loop
         worker.close()
-        assert all(c.is_closed for c in clients)
+        assert session.closed
         assert loop.is_closed() and len(fetch_loops()) == before
         # a step used again after close starts afresh
         again = FetchStep(cfg(), ctx_for(tmp_path))

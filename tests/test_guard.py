@@ -10,7 +10,7 @@ import ipaddress
 import json
 import io
 
-import httpcore
+import aiohttp.connector
 import pytest
 from PIL import Image
 
@@ -181,13 +181,13 @@ def test_connects_to_the_checked_address_not_a_second_lookup(tmp_path, fake_dns,
 
     monkeypatch.setattr(guard, "resolve", rebinding)
     connected = []
-    real = httpcore.AnyIOBackend.connect_tcp
+    real = aiohttp.connector.aiohappyeyeballs.start_connection
 
-    async def spy(self, host, port, *a, **kw):
-        connected.append(host)
-        return await real(self, host, port, *a, **kw)
+    async def spy(addr_infos, *a, **kw):  # the addresses aiohttp's connector opens sockets to
+        connected.extend(info[4][0] for info in addr_infos)
+        return await real(addr_infos, *a, **kw)
 
-    monkeypatch.setattr(httpcore.AnyIOBackend, "connect_tcp", spy)
+    monkeypatch.setattr(aiohttp.connector.aiohappyeyeballs, "start_connection", spy)
     with LocalServer() as srv:
         srv.route("/", lambda req: Reply(200, body=jpeg()))
         out, _ = fetch(tmp_path, [f"http://rebind.test:{srv.port}/a.jpg"], allow_loopback=True)

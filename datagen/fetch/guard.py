@@ -13,30 +13,31 @@ through. This module does that:
   carry), or returns None for a public address.
 - ``AddressPolicy`` says what a recipe opened up: ``allow_loopback`` (tests,
   a mirror on this machine) and ``allow_networks`` (CIDRs of an internal mirror).
-- ``GuardedBackend`` is the httpcore network backend under every download:
-  every TCP connection (the first request and each redirect hop, since each
-  new origin opens a connection through it) resolves the host, refuses if ANY
+- ``checked_addresses`` resolves a host (or reads its literal), refuses if ANY
   of its addresses is blocked (a public name with one private record is an
-  attack, not a mirror), and then connects to the checked address literal.
-  TLS still verifies the certificate against the host name (httpcore passes
-  the origin's name as SNI), so pinning the IP costs nothing in safety.
-- ``GuardedTransport`` is an ``httpx.AsyncHTTPTransport`` whose connection
-  pool uses that backend; it never uses proxies from the environment (a proxy
-  would resolve names itself and the guard would check only the proxy).
+  attack, not a mirror), and returns the checked literals.
+- ``GuardedResolver`` is aiohttp's resolver under every download: the
+  connector connects to the literals it returns, so every TCP connection to a
+  name (the first request and each redirect hop) goes to a checked address.
+  aiohttp bypasses resolvers for address literals, so ``fetch.http`` checks
+  each hop's literal host itself before the request. TLS still verifies the
+  certificate against the host name (aiohttp passes the URL's name as SNI),
+  so pinning the IP costs nothing in safety. The session never uses proxies
+  from the environment (a proxy would resolve names itself and the guard
+  would check only the proxy).
 """
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import socket
-import ssl
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Iterable, Optional, Union
 
-import httpcore
-import httpx
+import aiohttp
+import aiohttp.abc
 
 from datagen.fetch.errors import FetchError
 
@@ -248,70 +249,46 @@ def _literal(host: str) -> Optional[IPAddress]:
         return None
 
 
-class GuardedBackend(httpcore.AsyncNetworkBackend):
-    """httpcore network backend: resolve, check every address, connect to a checked literal."""
-
-    def __init__(self, policy: AddressPolicy, dns: Optional[DnsCache] = None):
-        self.policy = policy
-        self.dns = dns if dns is not None else DNS
-        self._inner = httpcore.AnyIOBackend()
-
-    async def addresses(self, host: str, port: int, timeout: Optional[float]) -> list[str]:
-        """The checked addresses for ``host``; raises FetchError("blocked_address") or httpcore.ConnectError."""
-        literal = _literal(host)
-        if literal is not None:
-            addrs = [str(literal)]
-        else:
-            try:
-                addrs = await asyncio.wait_for(self.dns.resolve(host, port), timeout)
-            except asyncio.TimeoutError as e:
-                raise httpcore.ConnectTimeout(f"resolving {host!r} took more than {timeout} s") from e
-            except socket.gaierror as e:  # keeps the errno on the chain: fetch.http tells dns_error from others
-                raise httpcore.ConnectError(f"cannot resolve {host!r}: {e}") from e
-            if not addrs:
-                raise httpcore.ConnectError(f"cannot resolve {host!r}: no addresses")
-        for a in addrs:
-            why = self.policy.refusal(a)
-            if why is not None:
-                shown = host if literal is not None else f"{host} ({a})"
-                how = "fetch.allow_loopback: true, or " if why == "loopback" else ""
-                raise FetchError(
-                    "blocked_address",
-                    f"{shown} is a {why} address; refused by default. A trusted mirror there can be opened with "
-                    f"{how}fetch.allow_networks: [CIDR]",
-                )
-        return addrs
-
-    async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
-        addrs = await self.addresses(host, port, timeout)
-        last: Optional[BaseException] = None
-        for a in addrs:  # the checked literals only: no second DNS lookup can change the answer
-            try:
-                return await self._inner.connect_tcp(a, port, timeout, local_address, socket_options)
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as e:
-                last = e
-        assert last is not None
-        raise last
-
-    async def connect_unix_socket(self, path, timeout=None, socket_options=None):
-        raise FetchError("blocked_address", f"unix socket {path!r}: downloads never use local sockets")
-
-    async def sleep(self, seconds: float) -> None:
-        await self._inner.sleep(seconds)
+async def checked_addresses(policy: AddressPolicy, host: str, port: int, timeout: Optional[float],
+                            dns: Optional[DnsCache] = None) -> list[str]:
+    """The addresses a connection to ``host`` may use: a literal as it is, a name through the DNS cache;
+    every one checked. Raises FetchError("blocked_address") when ANY is refused (a public name with one
+    private record is an attack, not a mirror), ``socket.gaierror`` when the name does not resolve,
+    ``asyncio.TimeoutError`` when resolving takes longer than ``timeout``."""
+    literal = _literal(host)
+    if literal is not None:
+        addrs = [str(literal)]
+    else:
+        addrs = await asyncio.wait_for((dns if dns is not None else DNS).resolve(host, port), timeout)
+        if not addrs:
+            raise socket.gaierror(socket.EAI_NODATA, f"cannot resolve {host!r}: no addresses")
+    for a in addrs:
+        why = policy.refusal(a)
+        if why is not None:
+            shown = host if literal is not None else f"{host} ({a})"
+            how = "fetch.allow_loopback: true, or " if why == "loopback" else ""
+            raise FetchError(
+                "blocked_address",
+                f"{shown} is a {why} address; refused by default. A trusted mirror there can be opened with "
+                f"{how}fetch.allow_networks: [CIDR]",
+            )
+    return addrs
 
 
-class GuardedTransport(httpx.AsyncHTTPTransport):
-    """httpx transport whose every connection goes through ``GuardedBackend``."""
+class GuardedResolver(aiohttp.abc.AbstractResolver):
+    """aiohttp's resolver for every download: the names' checked addresses, so the connector connects
+    to exactly the literals that were checked (no second lookup can change the answer). aiohttp skips
+    the resolver for a URL whose host is an address literal: ``fetch.http`` checks those itself, at
+    every hop, with ``checked_addresses``."""
 
-    def __init__(self, policy: AddressPolicy, ssl_context: ssl.SSLContext, limits: httpx.Limits,
-                 dns: Optional[DnsCache] = None):
-        super().__init__(verify=ssl_context, limits=limits, trust_env=False)
-        # httpx 0.28 takes no network backend, so the pool it just made is replaced by one that has ours;
-        # tests/test_guard.py fails if a later httpx stops routing connections through it.
-        self._pool = httpcore.AsyncConnectionPool(
-            ssl_context=ssl_context,
-            max_connections=limits.max_connections,
-            max_keepalive_connections=limits.max_keepalive_connections,
-            keepalive_expiry=limits.keepalive_expiry,
-            network_backend=GuardedBackend(policy, dns),
-        )
+    def __init__(self, policy: AddressPolicy, timeout: Optional[float], dns: Optional[DnsCache] = None):
+        self.policy, self.timeout, self.dns = policy, timeout, dns
+
+    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_UNSPEC) -> list[dict]:
+        addrs = await checked_addresses(self.policy, host, port, self.timeout, self.dns)
+        return [{"hostname": host, "host": a, "port": port, "proto": 0,
+                 "family": socket.AF_INET6 if ":" in a else socket.AF_INET,
+                 "flags": socket.AI_NUMERICHOST | socket.AI_NUMERICSERV} for a in addrs]
+
+    async def close(self) -> None:
+        pass

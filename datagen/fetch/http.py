@@ -1,13 +1,16 @@
-"""Polite, bounded, retrying HTTP downloads with httpx's AsyncClient.
+"""Polite, bounded, retrying HTTP downloads with aiohttp.
 
 Why each choice:
-- asyncio + httpx.AsyncClient: downloads are latency-bound, not CPU-bound; one
-  thread with hundreds of sockets beats a thread per download, and httpx keeps
+- asyncio + aiohttp: downloads are latency-bound, not CPU-bound; one thread
+  with hundreds of sockets beats a thread per download, and the session keeps
   connections alive per host (most LAION/COYO URLs hit a few big CDNs).
-- Two limits: a global limit (sockets, memory; ``ClientSlots``) and a per-host semaphore
-  (politeness; the usual cause of 429 storms is many connections to one host).
-  The host slot is taken BEFORE the global one, so requests queued for a busy
-  host never sit on global slots that other hosts could use.
+  aiohttp costs about 0.2 ms of CPU per request on bench/bench_download.py's
+  kit where httpx cost 0.9 ms (README, "Downloading against img2dataset").
+- Two limits: a global limit (sockets, memory; one semaphore and the
+  connector's limit) and a per-host semaphore (politeness; the usual cause of
+  429 storms is many connections to one host). The host slot is taken BEFORE
+  the global one, so requests queued for a busy host never sit on global slots
+  that other hosts could use.
 - A 429/503 with ``Retry-After`` pauses the whole host (every request to it
   waits), not just the one request: the server told us to slow down. The wait
   is capped (``retry_after_max_s``) so one host cannot stall a run.
@@ -15,72 +18,105 @@ Why each choice:
   (timeouts, connection resets, DNS "try again", truncated bodies, 408, 429,
   5xx); never for 4xx, unknown hosts or redirect loops, which will fail the
   same way again. Slots are released while sleeping.
-- httpx's timeout bounds connect and each read; ``total_timeout_s`` bounds the
+- ``timeout_s`` bounds connect and each read; ``total_timeout_s`` bounds the
   whole attempt, so a server that drips one byte a second cannot hang the run
   (img2dataset's "hangs near the end").
 - The body is streamed and abandoned as soon as it passes ``max_bytes``; a
   ``Content-Length`` over the cap is refused before reading anything.
 - The Content-Type is not trusted either way (hosts mislabel images as
   text/html or octet-stream); Pillow decides what is an image.
-- Every connection, the first and each redirect hop's, goes through the
-  address guard (``datagen.fetch.guard``): resolved, checked, connected to the
-  checked address. Opt-outs (``datagen.fetch.optout``) are read from the
-  headers before any body byte. No error detail ever quotes the response
-  body or the server's reason phrase: only status, length and content type,
-  so nothing an internal endpoint says can land in an output file.
+- Redirects are followed here, one hop at a time (``open_url``), not by
+  aiohttp: every hop's host goes through the address guard
+  (``datagen.fetch.guard``: names through its resolver, literals checked
+  before the request) and, with ``respect_robots``, through robots.txt.
+  Opt-outs (``datagen.fetch.optout``) are read from the headers before any
+  body byte. No error detail ever quotes the response body or the server's
+  reason phrase: only status, length and content type, so nothing an
+  internal endpoint says can land in an output file.
 """
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import random
 import socket
+import ssl
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Callable, Optional
+from typing import Awaitable, Callable, Optional
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from datagen.fetch.config import FetchConfig
 from datagen.fetch.errors import FetchError
-from datagen.fetch.guard import DNS, AddressPolicy, GuardedTransport
+from datagen.fetch.guard import DNS, AddressPolicy, GuardedResolver, _literal, checked_addresses
 from datagen.fetch.health import HostBackoff, InFlight
 from datagen.fetch.optout import RobotsRules, opt_out
 
 RETRY_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
-_DNS_MESSAGES = (
-    "name or service not known",
-    "nodename nor servname",
-    "temporary failure in name resolution",
-    "no address associated with hostname",
-    "getaddrinfo failed",
-)
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+ROBOTS_MAX_REDIRECTS = 5  # RFC 9309
 
 
 @functools.lru_cache(maxsize=2)
-def _tls_context(verify: bool):
-    """One TLS context per process: loading the CA bundle costs ~40 ms, too much to pay per batch."""
-    return httpx.create_ssl_context(verify=verify)
+def _tls_context(verify: bool) -> ssl.SSLContext:
+    """One TLS context per process (loading the CA bundle costs ~40 ms): certifi's bundle, as browsers'."""
+    if not verify:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+    import certifi
+
+    return ssl.create_default_context(cafile=certifi.where())
 
 
 def address_policy(cfg: FetchConfig) -> AddressPolicy:
     return AddressPolicy.from_strings(cfg.allow_loopback, cfg.allow_networks)
 
 
-def make_client(cfg: FetchConfig, connections: int, max_redirects: Optional[int] = None) -> httpx.AsyncClient:
-    """One AsyncClient whose connections all pass the address guard (a client belongs to the event loop
-    that made it, so one set per batch). ``trust_env=False``: an environment proxy would bypass the guard."""
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.AsyncClient(
-        transport=GuardedTransport(address_policy(cfg), _tls_context(cfg.verify_tls), limits),
-        timeout=httpx.Timeout(cfg.timeout_s),
-        follow_redirects=True,
-        max_redirects=cfg.max_redirects if max_redirects is None else max_redirects,
-        headers={"User-Agent": cfg.user_agent},
-        trust_env=False,
-    )
+def make_session(cfg: FetchConfig, connections: int) -> aiohttp.ClientSession:
+    """A session whose connections to names all go to addresses the guard checked (``GuardedResolver``;
+    ``open_url`` checks literal hosts). Made inside the event loop that will use it. ``trust_env=False``:
+    an environment proxy would bypass the guard. Redirects are followed by ``open_url``, never by aiohttp."""
+    connector = aiohttp.TCPConnector(
+        limit=connections, limit_per_host=0, use_dns_cache=False, ssl=_tls_context(cfg.verify_tls),
+        resolver=GuardedResolver(address_policy(cfg), cfg.timeout_s))
+    return aiohttp.ClientSession(
+        connector=connector, trust_env=False, headers={"User-Agent": cfg.user_agent},
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=cfg.timeout_s, sock_read=cfg.timeout_s))
+
+
+async def open_url(session: aiohttp.ClientSession, url: str, policy: AddressPolicy, max_redirects: int,
+                   before_hop: Optional[Callable[[URL], Awaitable[None]]] = None) -> tuple[aiohttp.ClientResponse, int]:
+    """GET ``url`` following up to ``max_redirects`` redirects: (the final response, redirects followed).
+    Each hop: an http(s) URL only, its host checked when it is an address literal (names are checked
+    by the session's resolver), ``before_hop`` (robots.txt) awaited. The caller releases the response."""
+    target = URL(url)
+    redirects = 0
+    while True:
+        if target.scheme not in ("http", "https"):
+            raise FetchError("unsupported_scheme", f"GET {url}: {target.scheme or 'no'} scheme at {target}")
+        if not target.host:
+            raise FetchError("invalid_url", f"GET {url}: no host in {str(target)[:200]!r}")
+        if _literal(target.host) is not None:  # aiohttp connects to literals without asking the resolver
+            await checked_addresses(policy, target.host, target.port or 0, None)
+        if before_hop is not None:
+            await before_hop(target)
+        resp = await session.get(target, allow_redirects=False)
+        location = resp.headers.get("Location")
+        if resp.status not in REDIRECT_STATUSES or not location:
+            return resp, redirects
+        resp.release()
+        redirects += 1
+        if redirects > max_redirects:
+            raise FetchError("too_many_redirects", f"GET {url}: more than {max_redirects} redirects")
+        try:
+            target = target.join(URL(location))
+        except ValueError as e:
+            raise FetchError("invalid_url", f"GET {url}: bad redirect Location ({e})")
 
 
 def policy_summary(cfg: FetchConfig) -> dict:
@@ -92,44 +128,6 @@ def policy_summary(cfg: FetchConfig) -> dict:
         "respect_x_robots_tag": cfg.respect_x_robots_tag,
         "respect_robots": cfg.respect_robots,
     }
-
-
-class ClientSlots:
-    """The global concurrency limit, as ``concurrency`` numbered slots spread over small AsyncClients.
-
-    Why not one big client and an ``asyncio.Semaphore``: httpcore's pool does
-    work quadratic in its size on every request (httpcore 1.0
-    ``_assign_requests_to_connections``), so one 64-connection client spent
-    ~7 ms CPU per image and fetched ~100 images/s in bench/bench_fetch.py; with
-    4-connection shards it is ~1 ms and 600-800 images/s. Slot ``i`` always uses client
-    ``i // SHARD``, so no client ever has more than ``SHARD`` requests in flight
-    (never a pool timeout) and each pool stays small. Free slots are a LIFO, so
-    a request usually lands on the client that just finished one, where a
-    kept-alive connection is likely waiting.
-    """
-
-    SHARD = 4
-
-    def __init__(self, cfg: FetchConfig):
-        self.clients = [
-            make_client(cfg, min(self.SHARD, cfg.concurrency - start))
-            for start in range(0, cfg.concurrency, self.SHARD)
-        ]
-        self._free: asyncio.LifoQueue[int] = asyncio.LifoQueue()
-        for i in reversed(range(cfg.concurrency)):
-            self._free.put_nowait(i)
-
-    @contextlib.asynccontextmanager
-    async def slot(self):
-        i = await self._free.get()
-        try:
-            yield self.clients[i // self.SHARD]
-        finally:
-            self._free.put_nowait(i)
-
-    async def aclose(self) -> None:
-        for c in self.clients:
-            await c.aclose()
 
 
 def parse_retry_after(value: Optional[str], cap_s: float) -> Optional[float]:
@@ -147,19 +145,6 @@ def parse_retry_after(value: Optional[str], cap_s: float) -> Optional[float]:
     if seconds != seconds:  # NaN
         return None
     return min(max(seconds, 0.0), cap_s)
-
-
-def _dns_errno(exc: BaseException) -> Optional[int]:
-    """The getaddrinfo error number behind an httpx.ConnectError, or None if it was not a DNS failure."""
-    seen: set[int] = set()
-    e: Optional[BaseException] = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, socket.gaierror):
-            return e.errno if e.errno is not None else 0
-        e = e.__cause__ or e.__context__
-    text = str(exc).lower()
-    return 0 if any(m in text for m in _DNS_MESSAGES) else None
 
 
 @dataclass
@@ -206,37 +191,52 @@ class Downloader:
     def __init__(self, cfg: FetchConfig, rng: random.Random, host_open_at: Optional[dict[str, float]] = None,
                  robots_store: Optional[dict] = None, backoff: Optional[HostBackoff] = None,
                  on_outcome: Optional[Callable[[str, Optional[str]], None]] = None):
-        """``backoff``: the shard's refusing hosts; ``on_outcome(host, reason or None)``: called once per
-        download with its final outcome (the failure monitor)."""
+        """Made inside the event loop that uses it. ``backoff``: the shard's refusing hosts;
+        ``on_outcome(host, reason or None)``: called once per download with its final outcome (the failure monitor)."""
         self.cfg = cfg
         self.rng = rng
         DNS.configure(cfg.dns_cache_ttl_s, cfg.dns_negative_ttl_s)
+        self.policy = address_policy(cfg)
         self.host_backoff = backoff if backoff is not None else HostBackoff(cfg.host_backoff_after)
         self.on_outcome = on_outcome
         self.in_flight = InFlight()
         self.gate = HostGate(cfg.per_host_concurrency, host_open_at)
-        self.slots = ClientSlots(cfg)
+        self.session = make_session(cfg, cfg.concurrency)
+        self.slots = asyncio.Semaphore(cfg.concurrency)
         self.counters = DownloadCounters()
         self.robots: Optional[RobotsRules] = None
+        self._robots_session: Optional[aiohttp.ClientSession] = None
         if cfg.respect_robots:
-            # robots.txt comes through its own small client (RFC 9309: up to 5 redirects), so a row waiting
-            # for its host's rules never holds a slot the robots request needs; every hop is checked.
-            self.robots = RobotsRules(make_client(cfg, 4, max_redirects=5), cfg.robots_user_agent, robots_store)
-            for c in self.slots.clients:
-                c.event_hooks = {"request": [self._check_robots], "response": []}
+            # robots.txt comes through its own small session, so a row waiting for its host's rules never
+            # holds a connection the robots request needs; every hop is checked.
+            self._robots_session = make_session(cfg, 4)
+            self.robots = RobotsRules(self._fetch_robots, cfg.robots_user_agent, robots_store)
 
-    async def _check_robots(self, request: httpx.Request) -> None:
-        assert self.robots is not None
-        await self.robots.check(request.url)
+    async def _fetch_robots(self, url: str, max_bytes: int) -> tuple[int, bytes]:
+        """(status, the first ``max_bytes`` of the body) of a robots.txt, up to 5 redirects, every hop guarded."""
+        assert self._robots_session is not None
+        resp, _ = await asyncio.wait_for(
+            open_url(self._robots_session, url, self.policy, ROBOTS_MAX_REDIRECTS), self.cfg.total_timeout_s)
+        try:
+            body = b""
+            if 200 <= resp.status < 300:
+                async for chunk in resp.content.iter_any():
+                    body += chunk
+                    if len(body) >= max_bytes:
+                        break
+            return resp.status, body[:max_bytes]
+        finally:
+            resp.release()
 
     async def __aenter__(self) -> "Downloader":
         return self
 
     async def __aexit__(self, *exc) -> None:
-        await self.slots.aclose()
-        if self.robots is not None:
+        await self.session.close()
+        if self._robots_session is not None:
+            assert self.robots is not None
             self.counters.robots_fetched = self.robots.fetched
-            await self.robots.client.aclose()
+            await self._robots_session.close()
 
     def backoff(self, attempt: int) -> float:
         """Exponential backoff with "equal jitter": half fixed, half random, so retries spread out."""
@@ -251,9 +251,11 @@ class Downloader:
     async def get(self, url: str) -> tuple[bytes, Optional[str]]:
         """The body and its Content-Type; the final outcome goes to the host backoff and ``on_outcome``."""
         try:
-            host = httpx.URL(url).host
+            host = URL(url).host
         except Exception as e:
             raise FetchError("invalid_url", f"{url!r}: {e}")
+        if not host:
+            raise FetchError("invalid_url", f"{url!r}: no host")
         try:
             result = await self._get(url, host)
         except FetchError as e:
@@ -273,10 +275,10 @@ class Downloader:
             try:
                 self._refuse_backed_off(host)
                 await self.gate.wait_open(host)
-                async with self.gate.slot(host), self.slots.slot() as client:
+                async with self.gate.slot(host), self.slots:
                     self._refuse_backed_off(host)  # it may have run out of patience while we queued
                     with self.in_flight.track(host):
-                        return await self._attempt(client, url)
+                        return await self._attempt(url)
             except FetchError as e:
                 if e.retry_after_s is not None:  # the host asked everyone to wait, whether we retry or not
                     self.gate.pause(host, e.retry_after_s)
@@ -290,51 +292,53 @@ class Downloader:
                 self.counters.retries += 1
                 await asyncio.sleep(delay)
 
-    async def _attempt(self, client: httpx.AsyncClient, url: str) -> tuple[bytes, Optional[str]]:
+    async def _attempt(self, url: str) -> tuple[bytes, Optional[str]]:
         cfg = self.cfg
         state = {"got_response": False}
         try:
             # wait_for rather than asyncio.timeout: the package supports Python 3.10
-            return await asyncio.wait_for(self._get_body(client, url, state), cfg.total_timeout_s)
+            return await asyncio.wait_for(self._get_body(url, state), cfg.total_timeout_s)
         except FetchError:
             raise
-        except (asyncio.TimeoutError, httpx.TimeoutException) as e:
-            limit = cfg.timeout_s if isinstance(e, httpx.TimeoutException) else cfg.total_timeout_s
+        except asyncio.TimeoutError as e:  # aiohttp's connect and read timeouts are TimeoutErrors too
+            per_read = isinstance(e, aiohttp.ServerTimeoutError)
+            limit = cfg.timeout_s if per_read else cfg.total_timeout_s
             raise FetchError("timeout", f"GET {url}: no answer within {limit} s ({type(e).__name__})", retryable=True)
-        except httpx.TooManyRedirects as e:
-            raise FetchError("too_many_redirects", f"GET {url}: more than {cfg.max_redirects} redirects ({e})")
-        except httpx.RemoteProtocolError as e:
+        except aiohttp.ClientConnectorDNSError as e:
+            errno = getattr(e.os_error, "errno", None)
+            raise FetchError("dns_error", f"GET {url}: {e.os_error}", retryable=errno == socket.EAI_AGAIN)
+        except aiohttp.NonHttpUrlClientError as e:  # e.g. a redirect to ftp://
+            raise FetchError("unsupported_scheme", f"GET {url}: {e}")
+        except aiohttp.InvalidURL as e:
+            raise FetchError("invalid_url", f"GET {url}: {e}")
+        except aiohttp.ClientPayloadError as e:
+            if "encoding" in str(e).lower() or isinstance(e.__cause__, aiohttp.http_exceptions.ContentEncodingError):
+                raise FetchError("bad_content_encoding", f"GET {url}: {e}")
+            raise FetchError("image_truncated", f"GET {url}: body cut short ({e})", retryable=True)
+        except aiohttp.ServerDisconnectedError as e:
             if state["got_response"]:
                 raise FetchError("image_truncated", f"GET {url}: body cut short ({e})", retryable=True)
             raise FetchError("connection_error", f"GET {url}: {e}", retryable=True)
-        except httpx.ConnectError as e:
-            errno = _dns_errno(e)
-            if errno is not None:
-                raise FetchError("dns_error", f"GET {url}: {e}", retryable=errno == socket.EAI_AGAIN)
-            raise FetchError("connection_error", f"GET {url}: {e}", retryable=True)
-        except httpx.DecodingError as e:
-            raise FetchError("bad_content_encoding", f"GET {url}: {e}")
-        except httpx.UnsupportedProtocol as e:  # e.g. a redirect to ftp://
-            raise FetchError("unsupported_scheme", f"GET {url}: {e}")
-        except (httpx.InvalidURL, httpx.LocalProtocolError) as e:
-            raise FetchError("invalid_url", f"GET {url}: {e}")
-        except httpx.TransportError as e:
+        except (aiohttp.ClientResponseError, aiohttp.ClientConnectionError, OSError) as e:
+            # malformed responses (ClientResponseError from the parser), refused or reset connections
             raise FetchError("connection_error", f"GET {url}: {type(e).__name__}: {e}", retryable=True)
-        except httpx.HTTPError as e:
+        except aiohttp.ClientError as e:
             raise FetchError("fetch_error", f"GET {url}: {type(e).__name__}: {e}")
 
-    async def _get_body(self, client: httpx.AsyncClient, url: str, state: dict) -> tuple[bytes, Optional[str]]:
+    async def _get_body(self, url: str, state: dict) -> tuple[bytes, Optional[str]]:
         """One GET: status check, opt-out, size cap, streamed body; FetchError for HTTP-level failures."""
         cfg = self.cfg
-        async with client.stream("GET", url) as resp:
+        check = self.robots.check if self.robots is not None else None
+        resp, redirects = await open_url(self.session, url, self.policy, cfg.max_redirects, check)
+        try:
             state["got_response"] = True
-            self.counters.redirects += len(resp.history)
-            content_type = resp.headers.get("content-type")
-            if not 200 <= resp.status_code < 300:
-                status = resp.status_code
+            self.counters.redirects += redirects
+            content_type = resp.headers.get("Content-Type")
+            if not 200 <= resp.status < 300:
+                status = resp.status
                 retry_after = None
                 if status in (429, 503):
-                    retry_after = parse_retry_after(resp.headers.get("retry-after"), cfg.retry_after_max_s)
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"), cfg.retry_after_max_s)
                 raise FetchError(
                     f"http_{status}",
                     f"GET {url} -> HTTP {status}",
@@ -342,17 +346,19 @@ class Downloader:
                     retry_after_s=retry_after,
                 )
             if cfg.respect_x_robots_tag:
-                tag = opt_out(resp.headers.get_list("x-robots-tag"))
+                tag = opt_out(resp.headers.getall("X-Robots-Tag", []))
                 if tag is not None:
                     raise FetchError("opted_out", f"GET {url}: X-Robots-Tag {tag!r} (fetch.respect_x_robots_tag)")
-            length = resp.headers.get("content-length")
+            length = resp.headers.get("Content-Length")
             if length and length.isdigit() and int(length) > cfg.max_bytes:
                 raise FetchError("too_large", f"GET {url}: Content-Length {length} > max_bytes {cfg.max_bytes}")
             chunks, n = [], 0
-            async for chunk in resp.aiter_bytes():
+            async for chunk in resp.content.iter_any():
                 n += len(chunk)
                 if n > cfg.max_bytes:
                     raise FetchError("too_large", f"GET {url}: body passed max_bytes {cfg.max_bytes}")
                 chunks.append(chunk)
             self.counters.bytes += n
             return b"".join(chunks), content_type
+        finally:
+            resp.release()  # an unread body closes the connection instead of returning it to the pool

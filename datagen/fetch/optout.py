@@ -6,7 +6,7 @@ token. We do the same for our token and for img2dataset's (we write its
 layout, so a site that opted out of img2dataset opted out of us).
 
 robots.txt (RFC 9309, ``fetch.respect_robots``) is read once per origin
-(scheme, host, port) per process through the guarded client, so it obeys the
+(scheme, host, port) per process through the guarded session, so it obeys the
 same address rules. 2xx: its rules apply (first 500 KiB, as the RFC allows);
 4xx: no rules; 5xx, 429 or unreachable: everything is disallowed
 (``robots_unreachable``), as the RFC says. Python's ``urllib.robotparser``
@@ -15,10 +15,10 @@ matches the rules: it does not expand ``*``/``$`` inside paths.
 from __future__ import annotations
 
 import asyncio
-from typing import Iterable, Optional
+from typing import Awaitable, Callable, Iterable, Optional
 from urllib.robotparser import RobotFileParser
 
-import httpx
+from yarl import URL
 
 from datagen.fetch.errors import FetchError
 
@@ -52,21 +52,24 @@ def opt_out(values: Iterable[str], tokens: Iterable[str] = OUR_TOKENS) -> Option
     return None
 
 
-def origin_of(url: httpx.URL) -> str:
+def origin_of(url: URL) -> str:
     return f"{url.scheme}://{url.host}:{url.port or (443 if url.scheme == 'https' else 80)}"
 
 
 class RobotsRules:
-    """robots.txt verdicts per origin; ``store`` may outlive one batch (it holds parsed rules only)."""
+    """robots.txt verdicts per origin; ``store`` may outlive one batch (it holds parsed rules only).
+    ``fetch(url, max_bytes)`` -> (status, the body's first max_bytes), raising FetchError: the
+    downloader's guarded GET (``datagen.fetch.http``)."""
 
-    def __init__(self, client: httpx.AsyncClient, user_agent: str, store: Optional[dict] = None):
-        self.client = client
+    def __init__(self, fetch: Callable[[str, int], Awaitable[tuple[int, bytes]]], user_agent: str,
+                 store: Optional[dict] = None):
+        self.fetch = fetch
         self.user_agent = user_agent
         self.store: dict[str, tuple[Optional[RobotFileParser], str]] = store if store is not None else {}
         self._pending: dict[str, asyncio.Task] = {}
         self.fetched = 0
 
-    async def check(self, url: httpx.URL) -> None:
+    async def check(self, url: URL) -> None:
         """Raise FetchError robots_disallowed / robots_unreachable when ``url`` may not be fetched."""
         if url.path == "/robots.txt":
             return
@@ -89,26 +92,20 @@ class RobotsRules:
             if e.reason == "blocked_address":  # the origin itself is refused: that is the row's reason
                 raise
             verdict = (None, e.detail)
-        except httpx.HTTPError as e:
+        except Exception as e:  # noqa: BLE001 - aiohttp's errors, timeouts: the origin is unreachable
             verdict = (None, f"{type(e).__name__}")
         self.store[origin] = verdict
 
     async def _fetch(self, origin: str) -> tuple[Optional[RobotFileParser], str]:
         self.fetched += 1
-        async with self.client.stream("GET", f"{origin}/robots.txt") as resp:
-            status = resp.status_code
-            if status == 429 or status >= 500:
-                return None, f"HTTP {status}"
-            parser = RobotFileParser()
-            if 400 <= status < 500:
-                parser.parse([])  # no robots.txt: no rules
-                return parser, f"HTTP {status}"
-            if not 200 <= status < 300:
-                return None, f"HTTP {status}"
-            body = b""
-            async for chunk in resp.aiter_bytes():
-                body += chunk
-                if len(body) >= ROBOTS_MAX_BYTES:
-                    break
+        status, body = await self.fetch(f"{origin}/robots.txt", ROBOTS_MAX_BYTES)
+        if status == 429 or status >= 500:
+            return None, f"HTTP {status}"
+        parser = RobotFileParser()
+        if 400 <= status < 500:
+            parser.parse([])  # no robots.txt: no rules
+            return parser, f"HTTP {status}"
+        if not 200 <= status < 300:
+            return None, f"HTTP {status}"
         parser.parse(body[:ROBOTS_MAX_BYTES].decode("utf-8", "replace").splitlines())
         return parser, f"HTTP {status}"

@@ -51,9 +51,9 @@ import time
 from collections import Counter
 from typing import Any, Optional, Union
 
-import httpx
 import pyarrow as pa
 from PIL import ImageFile
+from yarl import URL
 
 from datagen.core.cache import RequestCache
 from datagen.fetch import guard
@@ -133,7 +133,7 @@ def _http_host(url) -> Optional[str]:
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         return None
     try:
-        host = httpx.URL(url).host
+        host = URL(url).host
     except Exception:  # noqa: BLE001 - the row itself reports a bad URL
         return None
     return host if host and guard._literal(host) is None else None

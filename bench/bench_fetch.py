@@ -5,8 +5,12 @@ waits ``--latency-ms`` before each answer (a stand-in for a remote host's round
 trip), and prints:
 - images/s of the fetch step,
 - the ratio to a baseline measured in the same run: a sequential loop of
-  ``httpx.get`` (the obvious first script) over a subset of such URLs, and to
-  a fairer sequential loop that keeps one ``httpx.Client`` alive,
+  ``urllib.request.urlopen`` (the obvious first script) over a subset of such
+  URLs, and to a fairer sequential loop that keeps one ``http.client``
+  connection alive,
+- the HTTP client's CPU per request: the fetch step's aiohttp session against
+  an ``httpx.AsyncClient`` (the client before issue 10's second round, when
+  httpx is installed), both at the same concurrency over the same URLs,
 - the ratio to the ideal ``concurrency / latency`` (what perfect overlap of the
   waits would give; the rest is Python/HTTP overhead and the 2-core machine),
 - the step keeping its loop and clients across batches (``--session-batch``
@@ -34,11 +38,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import httpx  # noqa: E402
+import http.client  # noqa: E402
+import urllib.parse  # noqa: E402
+import urllib.request  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from datagen.fetch import FetchConfig, FetchStep  # noqa: E402
-from datagen.fetch.http import ClientSlots  # noqa: E402
 from datagen.core.records import pairs_table  # noqa: E402
 from datagen.core.steps import RunContext  # noqa: E402
 
@@ -89,18 +94,77 @@ def serve(latency_s: float, port_queue, stop_event) -> None:
 
 
 def baseline_rate(urls: list[str], reuse_client: bool) -> float:
-    """Sequential downloads: ``httpx.get`` per URL (the obvious script), or one kept-alive Client (a fairer one)."""
-    client = httpx.Client() if reuse_client else None
-    get = client.get if client else httpx.get
+    """Sequential downloads: ``urllib.request.urlopen`` per URL (the obvious script), or one kept-alive
+    ``http.client`` connection (a fairer one)."""
     t = time.perf_counter()
-    for u in urls:
-        r = get(u)
-        r.raise_for_status()
-        Image.open(io.BytesIO(r.content)).load()  # the same decode check the step does
-    rate = len(urls) / (time.perf_counter() - t)
-    if client:
-        client.close()
-    return rate
+    if reuse_client:
+        parts = urllib.parse.urlsplit(urls[0])
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+        for u in urls:
+            conn.request("GET", urllib.parse.urlsplit(u).path)
+            resp = conn.getresponse()
+            assert resp.status == 200
+            resp.read()
+        conn.close()
+    else:
+        for u in urls:
+            with urllib.request.urlopen(u, timeout=10) as resp:
+                assert resp.status == 200
+                resp.read()
+    return len(urls) / (time.perf_counter() - t)
+
+
+def client_cpu(urls: list[str], concurrency: int) -> dict[str, float]:
+    """CPU ms per request of the raw clients at ``concurrency``: the step's aiohttp session
+    (``make_session``) and, when installed, an ``httpx.AsyncClient`` (the step's client before)."""
+    import asyncio
+    import resource
+
+    from datagen.fetch.http import make_session
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_THREAD)
+        return r.ru_utime + r.ru_stime
+
+    async def with_aiohttp() -> None:
+        sem = asyncio.Semaphore(concurrency)
+        async with make_session(FetchConfig(allow_loopback=True, concurrency=concurrency), concurrency) as s:
+            async def one(u: str) -> None:
+                async with sem, s.get(u) as r:
+                    await r.read()
+            await asyncio.gather(*(one(u) for u in urls))
+
+    async def with_httpx() -> None:
+        # as the step used it: 4-connection clients (one big pool costs several ms per request: httpcore
+        # 1.0's pool does work quadratic in its size), a free slot taken from a LIFO
+        limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
+        clients = [httpx.AsyncClient(limits=limits, trust_env=False) for _ in range(0, concurrency, 4)]
+        free: asyncio.LifoQueue = asyncio.LifoQueue()
+        for i in range(len(clients) * 4):
+            free.put_nowait(i)
+
+        async def one(u: str) -> None:
+            i = await free.get()
+            try:
+                (await clients[i // 4].get(u)).read()
+            finally:
+                free.put_nowait(i)
+        await asyncio.gather(*(one(u) for u in urls))
+        for c in clients:
+            await c.aclose()
+
+    out = {}
+    clients = {"aiohttp": with_aiohttp}
+    try:
+        import httpx
+        clients["httpx"] = with_httpx
+    except ImportError:
+        pass
+    for name, fn in clients.items():
+        t = cpu()
+        asyncio.run(fn())
+        out[name] = 1000 * (cpu() - t) / len(urls)
+    return out
 
 
 def bench_resize(reps: int = 10) -> None:
@@ -193,7 +257,6 @@ def main() -> None:
     ap.add_argument("--session-rounds", type=int, default=3)
     args = ap.parse_args()
     latency = args.latency_ms / 1000
-    shard = ClientSlots.SHARD
 
     ctx_mp = mp.get_context("spawn")
     port_q, stop = ctx_mp.Queue(), ctx_mp.Event()
@@ -221,26 +284,15 @@ def main() -> None:
             elapsed = time.perf_counter() - t
         rate = args.n / elapsed
 
-        # The claim in datagen.fetch.http.ClientSlots: small client shards beat one big httpx pool.
-        single_n = min(args.n, 500)
-        ClientSlots.SHARD = args.concurrency
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                one_pool = FetchStep(cfg, RunContext(run_dir=Path(tmp), recipe_dir=Path(tmp)))
-                rows = [{"key": f"s{i}", "source": "bench", "url": u} for i, u in enumerate(urls[:single_n])]
-                t = time.perf_counter()
-                one_pool.process(pairs_table(rows))
-                single_rate = single_n / (time.perf_counter() - t)
-        finally:
-            ClientSlots.SHARD = shard
+        per_request = client_cpu(urls[: min(args.n, 1000)], args.concurrency)
         ideal = args.concurrency / latency
         print(f"fetch step : {args.n} images in {elapsed:.2f} s = {rate:.0f} images/s "
               f"(kept {kept}, concurrency {args.concurrency}, latency {args.latency_ms:.0f} ms, batch {args.batch})")
-        print(f"baseline   : sequential httpx.get over {args.baseline_n} URLs = {base_rate:.1f} images/s")
-        print(f"baseline 2 : sequential, one kept-alive httpx.Client = {keepalive_rate:.1f} images/s")
+        print(f"baseline   : sequential urllib.request.urlopen over {args.baseline_n} URLs = {base_rate:.1f} images/s")
+        print(f"baseline 2 : sequential, one kept-alive http.client connection = {keepalive_rate:.1f} images/s")
         print(f"speedup vs baseline: {rate / base_rate:.1f}x (vs baseline 2: {rate / keepalive_rate:.1f}x)")
-        print(f"one {args.concurrency}-connection client instead of {shard}-connection shards: "
-              f"{single_rate:.0f} images/s over {single_n}; shards are {rate / single_rate:.1f}x faster")
+        print("HTTP client CPU per request (same URLs, concurrency {}): {}".format(
+            args.concurrency, ", ".join(f"{k} {v:.2f} ms" for k, v in per_request.items())))
         print(f"ideal (concurrency/latency) = {ideal:.0f} images/s; fetch step reaches {rate / ideal:.2f} of it")
         print(f"stats: {ctx.stats['fetch']}")
         bench_session(urls, cfg, args.session_batch, args.session_rounds)

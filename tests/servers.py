@@ -11,6 +11,7 @@ records every request so tests can assert on counts, concurrency and headers.
 from __future__ import annotations
 
 import json
+import ssl
 import sys
 import threading
 import time
@@ -53,9 +54,12 @@ Handler = Callable[[Request], Reply]
 
 
 class LocalServer:
-    def __init__(self, host: str = "127.0.0.1") -> None:
-        """``host``: any loopback address (127.0.0.0/8), e.g. 127.0.0.2 for a second "machine"."""
+    def __init__(self, host: str = "127.0.0.1", tls: "ssl.SSLContext | None" = None) -> None:
+        """``host``: any loopback address (127.0.0.0/8), e.g. 127.0.0.2 for a second "machine".
+        ``tls``: a server-side SSLContext to serve HTTPS with (``server_names`` records each handshake's SNI)."""
         self.host = host
+        self.tls = tls
+        self.server_names: list = []
         self.routes: list[tuple[str, Handler]] = []
         self.requests: list[Request] = []
         self.in_flight = 0
@@ -125,6 +129,9 @@ class LocalServer:
                 super().handle_error(request, client_address)
 
         self.httpd = _Server((host, 0), _H)
+        if tls is not None:
+            tls.sni_callback = lambda sock, name, ctx: self.server_names.append(name)
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -134,7 +141,7 @@ class LocalServer:
         self.routes.append((prefix, handler))
 
     def url(self, path: str = "/") -> str:
-        return f"http://{self.host}:{self.port}{path}"
+        return f"{'https' if self.tls is not None else 'http'}://{self.host}:{self.port}{path}"
 
     def count(self, prefix: str = "/") -> int:
         with self._lock:

@@ -287,3 +287,67 @@ def test_the_policy_survives_merging_stats_of_many_parts(tmp_path):
         merge_stats(merged, json.loads(json.dumps(part)))
     step.derive_stats(merged)
     assert merged["rows_in"] == 9 and merged["policy"]["allow_networks"] == ["10.1.2.0/24"]
+
+
+# ----------------------------------------------------------------- TLS through the pinned address
+
+def _self_signed(tmp_path, name: str):
+    """A certificate for ``name`` (its own CA) and a server context serving it."""
+    import datetime
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert_path, key_path)
+    return cert_path, server
+
+
+def test_https_connects_to_the_checked_address_and_verifies_the_certificate_for_the_name(tmp_path, fake_dns,
+                                                                                          monkeypatch):
+    """The socket goes to the checked literal, but SNI and the certificate check use the URL's name: a
+    certificate for the name passes, one for another name is refused, and verify_tls: false accepts both."""
+    import ssl
+
+    from datagen.fetch import http
+
+    fake_dns["images.test"] = ["127.0.0.1"]
+    fake_dns["other.test"] = ["127.0.0.1"]
+    ca, server_ctx = _self_signed(tmp_path, "images.test")
+
+    real = http._tls_context
+
+    def trusting(verify: bool) -> ssl.SSLContext:  # certifi's bundle replaced by our CA, checks left on
+        if not verify:
+            return real(False)
+        return ssl.create_default_context(cafile=str(ca))
+
+    monkeypatch.setattr(http, "_tls_context", trusting)
+    with LocalServer(tls=server_ctx) as srv:
+        srv.route("/", lambda req: Reply(200, body=jpeg()))
+        good = f"https://images.test:{srv.port}/a.jpg"
+        wrong = f"https://other.test:{srv.port}/b.jpg"
+        out, _ = fetch(tmp_path / "verify", [good, wrong], allow_loopback=True)
+        assert out.kept.column("key").to_pylist() == ["k0"]
+        assert reasons(out) == {"k1": "connection_error"}
+        assert "certificate" in details(out)[0].lower() or "hostname" in details(out)[0].lower()
+        assert "images.test" in srv.server_names and "other.test" in srv.server_names
+        assert srv.requests[0].headers["host"] == f"images.test:{srv.port}"
+        out, _ = fetch(tmp_path / "noverify", [good, wrong], allow_loopback=True, verify_tls=False)
+        assert out.kept.num_rows == 2

@@ -59,6 +59,11 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out or recipe.out or f"out/{recipe.name}")
     recipe_path = Path(args.recipe)
     preflight(recipe, RunContext(out / "_run", recipe_path.resolve().parent, recipe.seed))  # before any file
+    # The driver's Arrow work is single-threaded (sinks, merges): the system allocator gives freed
+    # buffers back where mimalloc keeps them, 70 MB less peak RSS on bench_download's kit.
+    import pyarrow as pa
+
+    pa.set_memory_pool(pa.system_memory_pool())
     if not args.dry_run:
         from datagen.core.executor import while_waiting
         from datagen.report import warm_up

@@ -157,3 +157,20 @@ def test_the_finished_output_is_uploaded_to_a_bucket_manifest_last(tmp_path, s3,
     # not a URI: the recipe is refused before anything runs
     assert main(["validate", recipe, "--set", "output.upload_to=/data/somewhere"]) == 2
     assert "upload_to" in capsys.readouterr().err
+
+
+def test_realpath_matches_os_realpath_through_linked_folders_and_files(tmp_path, monkeypatch):
+    """storage.realpath resolves each folder once: the same answers as os.path.realpath for a linked
+    folder, a linked file, '..' through a link, a missing file and a relative path."""
+    import os
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "a.jpg").write_bytes(b"x")
+    os.symlink(tmp_path / "real", tmp_path / "link")
+    os.symlink(tmp_path / "real" / "a.jpg", tmp_path / "real" / "b.jpg")
+    monkeypatch.chdir(tmp_path)
+    cases = [tmp_path / "link" / "a.jpg", tmp_path / "link" / "b.jpg", tmp_path / "link" / ".." / "real" / "a.jpg",
+             tmp_path / "link" / "missing.jpg", tmp_path / "link", tmp_path / "link" / ".", "link/b.jpg", "x.jpg"]
+    for p in cases:
+        assert storage.realpath(p) == os.path.realpath(p), p
+    assert storage.realpath(tmp_path / "link" / "b.jpg") == str(tmp_path / "real" / "a.jpg")

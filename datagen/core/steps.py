@@ -69,8 +69,10 @@ class RunContext:
         return d
 
     def resolve(self, path: str | Path) -> Path:
+        from datagen.core.storage import realpath
+
         p = Path(path).expanduser()
-        return p if p.is_absolute() else (self.recipe_dir / p).resolve()
+        return p if p.is_absolute() else Path(realpath(self.recipe_dir / p))
 
     def rng(self, *salt: Any) -> random.Random:
         """A deterministic RNG for (run seed, salt): same seed, same output, in any process."""

@@ -29,6 +29,23 @@ from urllib.parse import urlsplit
 URI_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
 
+@lru_cache(maxsize=4096)
+def _real_dir(folder: str) -> str:
+    return os.path.realpath(folder)
+
+
+def realpath(path: str | Path) -> str:
+    """``os.path.realpath`` for the many files of a few folders (a source's images, one per row): the
+    folder's real path is resolved once, and only the file itself is checked for being a link, so a
+    row costs one ``lstat`` instead of one per path component (a 1M-row local source spent a minute
+    here). The result is the same as ``os.path.realpath`` while the folders are not re-linked."""
+    path = os.path.abspath(path)
+    folder, name = os.path.split(path)
+    if name in ("", ".", "..") or os.path.islink(path):
+        return os.path.realpath(path)
+    return os.path.join(_real_dir(folder), name)
+
+
 def is_uri(p: str | Path) -> bool:
     """A remote location (``s3://...``); ``file://`` and plain paths are local."""
     m = URI_RE.match(str(p)) if isinstance(p, str) else None

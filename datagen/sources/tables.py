@@ -59,7 +59,7 @@ def portable_path(path: Path, root: Path) -> str:
     """A local file as stored in ``url``: its path relative to ``root``, the recipe's folder, where
     the fetch step resolves relative paths again (``RunContext.resolve``). So shard bytes do not
     depend on where the checkout lives: two checkouts at different paths write the same url."""
-    return Path(os.path.relpath(path.resolve(), root.resolve())).as_posix()
+    return Path(os.path.relpath(storage.realpath(path), storage.realpath(root))).as_posix()
 
 
 def resolve_url(url: str | None, base: Path | str, root: Path) -> str | None:

@@ -351,3 +351,19 @@ def test_https_connects_to_the_checked_address_and_verifies_the_certificate_for_
         assert srv.requests[0].headers["host"] == f"images.test:{srv.port}"
         out, _ = fetch(tmp_path / "noverify", [good, wrong], allow_loopback=True, verify_tls=False)
         assert out.kept.num_rows == 2
+
+
+def test_hosts_no_resolver_could_be_asked_about_are_invalid_urls_at_every_hop(tmp_path, fake_dns):
+    """A space or an empty label in a host name is a reject invalid_url, in the row's URL or a redirect's,
+    and never becomes a DNS query."""
+    fake_dns["good.test"] = ["127.0.0.1"]
+    with LocalServer() as srv:
+        srv.route("/ok/", lambda req: Reply(200, body=jpeg()))
+        srv.route("/hop/", lambda req: Reply(302, headers={"Location": "http://bad host.test/x.jpg"}))
+        urls = ["http://exa mple.test/a.jpg", "http://.../b.jpg", srv.url("/hop/c.jpg"),
+                f"http://good.test:{srv.port}/ok/d.jpg"]
+        out, _ = fetch(tmp_path, urls, allow_loopback=True)
+    assert reasons(out) == {"k0": "invalid_url", "k1": "invalid_url", "k2": "invalid_url"}
+    assert "redirected to" in details(out)[2]
+    assert out.kept.column("key").to_pylist() == ["k3"]
+    assert fake_dns.calls == ["good.test"]

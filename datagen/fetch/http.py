@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import random
+import re
 import socket
 import ssl
 import time
@@ -58,6 +59,9 @@ from datagen.fetch.optout import RobotsRules, opt_out
 RETRY_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 ROBOTS_MAX_REDIRECTS = 5  # RFC 9309
+# A host as sent to DNS (after IDNA): labels of letters, digits, '-' and '_' (as lenient as resolvers), or
+# an IPv6 literal. Anything else (a space, an empty label) is a reject invalid_url here, never a DNS query.
+_HOST = re.compile(r"(?:[A-Za-z0-9_-]{1,63}\.)*[A-Za-z0-9_-]{1,63}\.?|[0-9A-Fa-f:.]*:[0-9A-Fa-f:.%A-Za-z]*")
 
 
 @functools.lru_cache(maxsize=2)
@@ -99,8 +103,7 @@ async def open_url(session: aiohttp.ClientSession, url: str, policy: AddressPoli
     while True:
         if target.scheme not in ("http", "https"):
             raise FetchError("unsupported_scheme", f"GET {url}: {target.scheme or 'no'} scheme at {target}")
-        if not target.host:
-            raise FetchError("invalid_url", f"GET {url}: no host in {str(target)[:200]!r}")
+        _host_of(target, url)
         if _literal(target.host) is not None:  # aiohttp connects to literals without asking the resolver
             await checked_addresses(policy, target.host, target.port or 0, None)
         if before_hop is not None:
@@ -117,6 +120,19 @@ async def open_url(session: aiohttp.ClientSession, url: str, policy: AddressPoli
             target = target.join(URL(location))
         except ValueError as e:
             raise FetchError("invalid_url", f"GET {url}: bad redirect Location ({e})")
+
+
+def _host_of(target: URL, url: str) -> str:
+    """The host of an http(s) URL (a hop of ``url``); FetchError invalid_url when it has none that DNS could be
+    asked about (``raw_host`` is the IDNA-encoded name)."""
+    try:
+        host, raw = target.host, target.raw_host
+    except (ValueError, UnicodeError) as e:
+        raise FetchError("invalid_url", f"GET {url}: {e}")
+    if not host or not raw or not _HOST.fullmatch(raw):
+        hop = "" if str(target) == url else f" (redirected to {str(target)[:200]!r})"
+        raise FetchError("invalid_url", f"{url!r}{hop}: no valid host name")
+    return host
 
 
 def policy_summary(cfg: FetchConfig) -> dict:
@@ -251,11 +267,11 @@ class Downloader:
     async def get(self, url: str) -> tuple[bytes, Optional[str]]:
         """The body and its Content-Type; the final outcome goes to the host backoff and ``on_outcome``."""
         try:
-            host = URL(url).host
+            host = _host_of(URL(url), url)
+        except FetchError:
+            raise
         except Exception as e:
             raise FetchError("invalid_url", f"{url!r}: {e}")
-        if not host:
-            raise FetchError("invalid_url", f"{url!r}: no host")
         try:
             result = await self._get(url, host)
         except FetchError as e:

@@ -205,3 +205,20 @@ def test_pool_workers_log_at_the_drivers_level(tmp_path, level):
     with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=executor._init,
                                 initargs=(ctx, level)) as pool:
         assert pool.submit(progress_mod.datagen_level).result() == level
+
+
+def test_the_console_entry_runs_exit_handlers_flushes_output_and_keeps_the_exit_status(tmp_path):
+    """``datagen.cli.entry`` skips the interpreter's teardown (os._exit) but not what must happen at exit:
+    atexit handlers (the request caches' flush) run, buffered output arrives, the status is main()'s."""
+    marker = tmp_path / "atexit-ran"
+    code = ("import atexit, sys; from datagen import cli; "
+            f"atexit.register(lambda: open({str(marker)!r}, 'w').write('yes')); "
+            "sys.stdout.write('buffered, no newline'); sys.argv = ['datagen'] + sys.argv[1:]; cli.entry()")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    ok = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True, text=True, env=env, timeout=120)
+    assert ok.returncode == 0 and marker.read_text() == "yes"
+    assert ok.stdout.startswith("buffered, no newline") and datagen.__version__ in ok.stdout
+    marker.unlink()
+    bad = subprocess.run([sys.executable, "-c", code, "validate", str(tmp_path / "missing.yaml")], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert bad.returncode == 2 and "not found" in bad.stderr and marker.read_text() == "yes"

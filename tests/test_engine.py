@@ -165,3 +165,25 @@ def test_bucket_spill_returns_every_row_of_a_bucket_across_flushes(tmp_path):
     for b, ids in expect.items():
         assert spill.read(b).column("id").to_pylist() == ids
     spill.close()
+
+
+def test_work_registered_while_waiting_runs_once_in_the_background_of_a_pool_pass(tmp_path, image_server):
+    """executor.while_waiting: the driver's ahead-of-time work (the report's imports) runs once, off the
+    main thread, when a pool pass starts; registering the same function twice runs it once."""
+    import threading
+
+    from datagen.core import executor
+
+    calls = []
+    done = threading.Event()
+
+    def job():
+        calls.append(threading.current_thread().name)
+        done.set()
+
+    executor.while_waiting(job)
+    executor.while_waiting(job)
+    assert main(["run", str(_recipe(tmp_path, image_server, workers=2)), "--out", str(tmp_path / "out")]) == 0
+    assert done.wait(30)
+    assert calls == ["driver-warm-up"]
+    assert executor._IDLE_WORK == []

@@ -199,7 +199,8 @@ _IDLE_WORK: list[Callable[[], None]] = []
 
 def while_waiting(fn: Callable[[], None]) -> None:
     """Run ``fn`` once in the background while the next pool pass runs (never on the critical path)."""
-    _IDLE_WORK.append(fn)
+    if fn not in _IDLE_WORK:  # a process running several runs (tests) registers it each time
+        _IDLE_WORK.append(fn)
 
 
 def _start_idle_work() -> None:

@@ -154,3 +154,16 @@ class LocalServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def noise_jpeg(seed: int, height: int, width: int) -> bytes:
+    """A distinct noise JPEG per seed (quality 80): images an image server can serve by number."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    rgb = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(buf, "JPEG", quality=80)
+    return buf.getvalue()

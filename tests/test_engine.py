@@ -2,7 +2,6 @@
 whatever the sharding and worker count, bounded-memory mixing."""
 
 import hashlib
-import io
 import json
 import os
 import signal
@@ -15,23 +14,19 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from datagen.cli import main
 from datagen.sinks.buckets import BucketSpill, plan_samples
 
 from conftest import ROOT
-from servers import LocalServer, Reply
+from servers import LocalServer, Reply, noise_jpeg
 
 N_URLS = 120
 SHARD_ROWS = 20
 
 
 def _jpeg(i: int) -> bytes:
-    rng = np.random.default_rng(i)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(buf, "JPEG", quality=80)
-    return buf.getvalue()
+    return noise_jpeg(i, 48, 64)
 
 
 def _recipe(tmp_path, srv, **executor):

@@ -4,28 +4,22 @@ that never answers some requests does not hang the run, and the summary explains
 
 from __future__ import annotations
 
-import io
 import json
 import threading
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from datagen.cli import main
-from servers import LocalServer, Reply
+from servers import LocalServer, Reply, noise_jpeg
 
 N = 60
 SHARD_ROWS = 20
 
 
 def _jpeg(i: int) -> bytes:
-    rng = np.random.default_rng(i)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(buf, "JPEG", quality=80)
-    return buf.getvalue()
+    return noise_jpeg(i, 40, 56)
 
 
 # Rows 48..59 show the same pictures as rows 0..11: dedup keeps the first, so a row that failed and

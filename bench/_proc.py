@@ -10,8 +10,19 @@ import time
 from pathlib import Path
 
 
-def tree_rss(pid: int) -> tuple[int, int]:
-    """Resident bytes of ``pid`` and all its descendants, from /proc: (sum, largest process)."""
+def _pss(pid: int) -> int:
+    """Proportional set size: resident bytes, each page shared with other processes divided among them."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def tree_rss(pid: int) -> tuple[int, int, int]:
+    """Memory of ``pid`` and all its descendants, from /proc: (sum of RSS, largest process's RSS, sum of
+    PSS). The RSS sum counts a page that forked processes share once per process; the PSS sum counts
+    it once, which is what the tree really holds."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     page = os.sysconf("SC_PAGE_SIZE")
@@ -25,13 +36,17 @@ def tree_rss(pid: int) -> tuple[int, int]:
             rss[int(p)] = int(parts[21]) * page
         except (OSError, IndexError, ValueError):
             continue
-    total, largest, todo = 0, 0, [pid]
+    total, largest, pss, todo = 0, 0, 0, [pid]
     while todo:
         p = todo.pop()
         total += rss.get(p, 0)
         largest = max(largest, rss.get(p, 0))
+        try:
+            pss += _pss(p)
+        except OSError:  # gone meanwhile
+            pass
         todo += children.get(p, [])
-    return total, largest
+    return total, largest, pss
 
 
 def cpu_seconds(pid: int) -> float:
@@ -42,17 +57,18 @@ def cpu_seconds(pid: int) -> float:
 
 
 def measure(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> dict:
-    """Wall time, children's CPU time and the process tree's peak RSS of one command."""
+    """Wall time, children's CPU time and the process tree's peak memory (RSS sum, largest process, PSS sum)
+    of one command."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd, env=env)
-    peak = largest = 0
+    peak = largest = peak_pss = 0
 
     def sample() -> None:
-        nonlocal peak, largest
+        nonlocal peak, largest, peak_pss
         while proc.poll() is None:
-            total, one = tree_rss(proc.pid)
-            peak, largest = max(peak, total), max(largest, one)
+            total, one, pss = tree_rss(proc.pid)
+            peak, largest, peak_pss = max(peak, total), max(largest, one), max(peak_pss, pss)
             time.sleep(0.1)
 
     th = threading.Thread(target=sample)
@@ -64,4 +80,4 @@ def measure(cmd: list[str], env: dict | None = None, cwd: Path | None = None) ->
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:3])} ... failed ({proc.returncode}):\n{out.decode(errors='replace')[-3000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall_s": wall, "cpu_s": cpu, "peak_rss": peak, "largest_rss": largest, "log": out.decode(errors="replace")}
+    return {"wall_s": wall, "cpu_s": cpu, "peak_rss": peak, "largest_rss": largest, "peak_pss": peak_pss, "log": out.decode(errors="replace")}

@@ -20,8 +20,10 @@ What it does (issue 10):
      concurrency and per-host 64, ``executor.workers`` CORES, stage-1 shards only.
    Both cut the list into shards of ``--shard-rows`` rows and retry nothing.
 4. Prints for each run: wall seconds, images/s, CPU seconds per image (the
-   children's rusage: the whole tool, every process), peak RSS of the process
-   tree (sampled from /proc), successes and failures (img2dataset's
+   children's rusage: the whole tool, every process), the process tree's peak
+   memory (sampled from /proc every 0.1 s: the sum of PSS, which counts a page
+   that forked processes share once, as the headline; the sum of RSS, which
+   counts it in every process; the largest process's RSS), successes and failures (img2dataset's
    ``*_stats.json``; datagen's manifest and reject reasons); then the ratio of
    the tools' best and median images/s, and datagen's share of the machine's
    decode + resize + encode ceiling, measured in the same run (and the test
@@ -311,8 +313,8 @@ def peers_venv(venv: Path) -> Path:
 
 def _fmt(tool: str, r: dict, n: int) -> str:
     return (f"{tool:11s} wall {r['wall_s']:6.1f} s  {n / r['wall_s']:6.1f} images/s  "
-            f"CPU {1000 * r['cpu_s'] / max(1, r['ok']):5.1f} ms/image  peak RSS {r['peak_rss'] / 1e9:4.2f} GB "
-            f"(largest process {r['largest_rss'] / 1e9:4.2f})  "
+            f"CPU {1000 * r['cpu_s'] / max(1, r['ok']):5.1f} ms/image  peak PSS {r['peak_pss'] / 1e9:4.2f} GB "
+            f"(RSS sum {r['peak_rss'] / 1e9:4.2f}, largest process {r['largest_rss'] / 1e9:4.2f})  "
             f"ok {r['ok']}  failed {r['failed']}  {json.dumps(r['reasons'], sort_keys=True)}")
 
 
@@ -385,7 +387,8 @@ def main() -> None:
     for t, rs in results.items():
         print(f"  {t:11s} images/s best {max(rate[t]):.1f} median {statistics.median(rate[t]):.1f}; "
               f"CPU {1000 * statistics.median([r['cpu_s'] / max(1, r['ok']) for r in rs]):.1f} ms/image; "
-              f"peak RSS {max(r['peak_rss'] for r in rs) / 1e9:.2f} GB (largest process "
+              f"peak PSS {max(r['peak_pss'] for r in rs) / 1e9:.2f} GB (RSS sum "
+              f"{max(r['peak_rss'] for r in rs) / 1e9:.2f}, largest process "
               f"{max(r['largest_rss'] for r in rs) / 1e9:.2f}); ok {rs[-1]['ok']} failed {rs[-1]['failed']}")
     if "datagen-base" in tools:
         print(f"  datagen / datagen-base: {max(rate['datagen']) / max(rate['datagen-base']):.2f}x (best), "

@@ -56,10 +56,10 @@ def _run(args: argparse.Namespace) -> int:
     from datagen.core.steps import RunContext
 
     recipe, raw = load_recipe(args.recipe, args.set)
-    if recipe.executor.kind == "local" and not args.dry_run:
+    if recipe.executor.kind == "local" and recipe.executor.workers > 1 and not args.dry_run:
         from datagen.core.executor import prestart
 
-        prestart(recipe.executor.workers)  # the workers' imports, on another core while this one reads the source
+        prestart()  # the workers' imports, on another core while this one reads the source
     out = Path(args.out or recipe.out or f"out/{recipe.name}")
     recipe_path = Path(args.recipe)
     preflight(recipe, RunContext(out / "_run", recipe_path.resolve().parent, recipe.seed))  # before any file

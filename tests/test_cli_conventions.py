@@ -192,19 +192,50 @@ def test_log_progress_lines_every_tenth_and_every_interval(monkeypatch, caplog, 
 
 
 @pytest.mark.parametrize("level", [logging.DEBUG, logging.WARNING])
-def test_pool_workers_log_at_the_drivers_level(tmp_path, level):
-    """A spawned pool process starts with no logging set up: without the driver's level its progress
-    and info lines were dropped, even with -v."""
-    import concurrent.futures as cf
-    import multiprocessing as mp
+def test_pool_workers_log_at_the_drivers_level_and_see_its_environment_as_it_is_now(tmp_path, level, monkeypatch):
+    """A pool process starts with no logging set up: without the driver's level its progress and info
+    lines were dropped, even with -v. It is forked from the fork server, which kept the environment it
+    started with: the driver's environment of when the pool opens must reach it (a key set since)."""
+    from datagen.core import executor
+    from datagen.core.steps import RunContext
+
+    executor.prestart()
+    monkeypatch.setenv("DATAGEN_TEST_LATE_VAR", f"set after the fork server started, level {level}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    before = progress_mod.datagen_level()
+    progress_mod.configure_logging(level)
+    try:
+        pool = executor.open_pool(1, RunContext(tmp_path, tmp_path))
+    finally:
+        progress_mod.configure_logging(before)
+    with pool:
+        assert pool.submit(progress_mod.datagen_level).result() == level
+        assert pool.submit(os.getenv, "DATAGEN_TEST_LATE_VAR").result() == os.environ["DATAGEN_TEST_LATE_VAR"]
+        assert pool.submit(os.getenv, "HF_HUB_OFFLINE").result() is None
+        from multiprocessing import forkserver
+
+        assert pool.submit(os.getppid).result() == forkserver._forkserver._forkserver_pid != os.getpid()
+
+
+def test_the_fork_server_is_stopped_and_reaped(tmp_path):
+    """``stop_pool_server`` (the console entry calls it) ends the server and waits for it: no process
+    outlives the run, and the server's CPU (and its reaped workers') counts as this process's children's."""
+    from multiprocessing import forkserver
 
     from datagen.core import executor
     from datagen.core.steps import RunContext
 
-    ctx = RunContext(tmp_path, tmp_path)
-    with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=executor._init,
-                                initargs=(ctx, level)) as pool:
-        assert pool.submit(progress_mod.datagen_level).result() == level
+    with executor.open_pool(1, RunContext(tmp_path, tmp_path)) as pool:
+        assert pool.submit(os.getpid).result() > 0
+    pid = forkserver._forkserver._forkserver_pid
+    assert pid is not None
+    executor.stop_pool_server()
+    assert forkserver._forkserver._forkserver_pid is None
+    with pytest.raises(ChildProcessError):  # reaped already: not a zombie left to init
+        os.waitpid(pid, os.WNOHANG)
+    executor.stop_pool_server()  # nothing running: a no-op
+    with executor.open_pool(1, RunContext(tmp_path, tmp_path)) as pool:  # a later pool starts a new server
+        assert pool.submit(os.getppid).result() == forkserver._forkserver._forkserver_pid != pid
 
 
 def test_the_console_entry_runs_exit_handlers_flushes_output_and_keeps_the_exit_status(tmp_path):

@@ -195,10 +195,8 @@ def pool_context() -> mp.context.BaseContext:
     return mp.get_context("forkserver")
 
 
-def prestart(workers: int) -> None:
-    """Start the fork server the pool's processes will come from, if there will be a pool."""
-    if workers <= 1:
-        return
+def prestart() -> None:
+    """Start the fork server the pool's processes will come from (a no-op when it runs)."""
     from multiprocessing import forkserver
 
     forkserver.set_forkserver_preload(list(WORKER_MODULES))  # no effect once the server runs (tests: many runs)
@@ -221,6 +219,14 @@ def stop_pool_server() -> None:
     except ProcessLookupError:
         pass
     server._stop()  # closes its pipe, waits for it, removes its socket
+
+
+def open_pool(workers: int, ctx: RunContext) -> cf.ProcessPoolExecutor:
+    """A pool of ``workers`` processes forked from the fork server, each set up by ``_init`` with the
+    driver's log level and its environment as they are now."""
+    prestart()
+    return cf.ProcessPoolExecutor(workers, mp_context=pool_context(), initializer=_init,
+                                  initargs=(task_context(ctx), datagen_level(), dict(os.environ)))
 
 
 def _init(ctx: RunContext, log_level: int, environ: dict[str, str]) -> None:
@@ -288,9 +294,7 @@ def execute(tasks: list[ShardTask], ctx: RunContext, workers: int, desc: str) ->
             finally:
                 worker.close()
         else:
-            prestart(workers)  # a no-op when the driver started it earlier
-            with cf.ProcessPoolExecutor(min(workers, len(tasks)), mp_context=pool_context(), initializer=_init,
-                                        initargs=(task_context(ctx), datagen_level(), dict(os.environ))) as pool:
+            with open_pool(min(workers, len(tasks)), ctx) as pool:
                 futures = {pool.submit(_run_in_pool, t): i for i, t in enumerate(tasks)}
                 _start_idle_work()
                 try:

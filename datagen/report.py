@@ -72,9 +72,7 @@ def _assistant_turns(sample_json: dict):
 
 
 def read_shards(out: Path, max_samples: int, gallery_size: int = GALLERY_SIZE) -> ShardFacts:
-    from datagen.synth.checker import Checker
-
-    yes_no_counts = Checker().yes_no_counts  # the yes share read from the answers' text, as the checker reads it
+    yes_no_counts = None  # the yes share read from the answers' text, as the checker reads it (imported when needed)
     f = ShardFacts()
     for s in index_samples(out, "stage1"):
         if f.read["stage1"] >= max_samples:
@@ -100,6 +98,10 @@ def read_shards(out: Path, max_samples: int, gallery_size: int = GALLERY_SIZE) -
                 f.turns[(t["task"], lang, t["polarity"])] += 1
                 f.origins[(t["generator"].split(":")[0], t["polarity"])] += 1
                 tasks.add(t["task"])
+            if yes_no_counts is None:
+                from datagen.synth.checker import Checker
+
+                yes_no_counts = Checker().yes_no_counts
             yes, total = yes_no_counts([s.json])
             for (kind, name), n in total.items():
                 if kind == "family":

@@ -1,5 +1,6 @@
 import io
 import json
+import re
 import tarfile
 
 import pyarrow.parquet as pq
@@ -166,3 +167,69 @@ def test_fast_tar_headers_are_the_standard_librarys_bytes(tmp_path):
         assert t.getnames() == ["k1.json", "k1.txt"]
         assert t.extractfile("k1.txt").read() == b"hello"
     assert (tmp_path / "t.tar").stat().st_size % tarfile.RECORDSIZE == 0
+
+
+def _members_by_tarfile(path):
+    with tarfile.open(path) as t:
+        return [(m.name, m.offset_data, m.size) for m in t if m.isfile()]
+
+
+def test_tar_members_reads_ustar_headers_as_tarfile_does(tmp_path, monkeypatch):
+    from datagen.sinks import shards
+    from datagen.sinks.shards import TarShard, tar_members
+
+    path = tmp_path / "s.tar"
+    shard = TarShard(path)
+    shard.write("k1", {"jpg": b"\xff" * 1000, "txt": "é caption".encode(), "json": b'{"a": 1}'})
+    shard.write("d" * 60 + "/" + "k" * 80, {"txt": b"a name split into USTAR's prefix and name"})
+    shard.write("k3", {"txt": b""})
+    shard.close()
+    with tarfile.open(path, "a", format=tarfile.USTAR_FORMAT) as t:  # folder entries, skipped as tarfile skips them
+        folder = tarfile.TarInfo("folder")
+        folder.type = tarfile.DIRTYPE
+        t.addfile(folder)
+        old_style = tarfile.TarInfo("old-folder/")
+        old_style.type = tarfile.AREGTYPE  # a NUL type with a trailing slash: a folder, to tarfile
+        t.addfile(old_style)
+    expected = _members_by_tarfile(path)
+    assert [m[0] for m in expected] == ["k1.jpg", "k1.json", "k1.txt", "d" * 60 + "/" + "k" * 80 + ".txt", "k3.txt"]
+    monkeypatch.setattr(shards, "_tarfile_members", lambda p: pytest.fail(f"{p} fell back to tarfile"))
+    assert tar_members(path) == expected
+    with open(path, "rb") as f:
+        name, offset, size = tar_members(path)[2]
+        f.seek(offset)
+        assert f.read(size) == "é caption".encode()
+
+
+@pytest.mark.parametrize("case", ["pax", "gnu", "symlink", "bad_checksum_first", "bad_checksum_later", "truncated"])
+def test_tar_members_leaves_every_other_tar_to_tarfile(tmp_path, case):
+    from datagen.sinks.shards import tar_members
+
+    path = tmp_path / "o.tar"
+    fmt = tarfile.GNU_FORMAT if case == "gnu" else tarfile.PAX_FORMAT
+    with tarfile.open(path, "w", format=fmt) as t:
+        for name, data in [("a.txt", b"one"), ("b" * 150 + ".txt", b"a long name"), ("c.json", b"{}" * 400)]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+        if case == "symlink":
+            link = tarfile.TarInfo("d.jpg")
+            link.type, link.linkname = tarfile.SYMTYPE, "a.txt"
+            t.addfile(link)
+    raw = bytearray(path.read_bytes())
+    if case in ("bad_checksum_first", "bad_checksum_later"):  # one byte of a name changed, checksum left
+        with open(path, "rb") as f:
+            offsets = [m.offset for m in tarfile.open(fileobj=f)]
+        raw[offsets[0 if case == "bad_checksum_first" else -1] + 1] ^= 0x01
+    if case == "truncated":
+        raw = raw[: _members_by_tarfile(path)[-1][1] + 100]
+    path.write_bytes(bytes(raw))
+    try:
+        expected = _members_by_tarfile(path)
+    except tarfile.ReadError as e:
+        with pytest.raises(tarfile.ReadError, match=re.escape(str(e))):
+            tar_members(path)
+        assert case in ("bad_checksum_first", "truncated")
+        return
+    assert tar_members(path) == expected
+    assert case != "pax" or [m[0] for m in expected] == ["a.txt", "b" * 150 + ".txt", "c.json"]

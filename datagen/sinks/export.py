@@ -48,12 +48,11 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from datagen.sinks.shards import IMAGE_EXTS, image_ext, sample_images
+from datagen.sinks.shards import IMAGE_EXTS, image_ext, sample_images, tar_members
 
 MPLUG_SYSTEM = ("The following is a conversation between a curious human and AI assistant. "
                 "The assistant gives helpful, detailed, and polite answers to the user's questions.")
@@ -109,20 +108,21 @@ def index_samples(out: Path, split: str) -> Iterator[IndexedSample]:
     what a report or viewer needs to count and filter, at the cost of the json alone."""
     for shard in sorted((out / split).glob(f"{split}-*.tar")):
         cur: IndexedSample | None = None
-        with tarfile.open(shard) as tar:
-            for m in tar:
-                if not m.isfile():
-                    continue
-                key, _, ext = m.name.rsplit("/", 1)[-1].partition(".")  # webdataset: the key ends at the first dot
+        with open(shard, "rb") as f:
+            for name, offset, size in tar_members(shard):
+                key, _, ext = name.rsplit("/", 1)[-1].partition(".")  # webdataset: the key ends at the first dot
                 if cur is None or key != cur.key:
                     if cur is not None:
                         yield cur
                     cur = IndexedSample(split, key, shard)
-                cur.members[ext] = (m.offset_data, m.size)
-                if ext == "json":
-                    cur.json = json.loads(tar.extractfile(m).read())
-                elif ext == "txt":
-                    cur.txt = tar.extractfile(m).read().decode("utf-8")
+                cur.members[ext] = (offset, size)
+                if ext in ("json", "txt"):
+                    f.seek(offset)
+                    data = f.read(size)
+                    if ext == "json":
+                        cur.json = json.loads(data)
+                    else:
+                        cur.txt = data.decode("utf-8")
         if cur is not None:
             yield cur
 

@@ -91,6 +91,50 @@ def ustar_header(name: str, size: int) -> bytes:
     return bytes(h)
 
 
+_REGULAR = (b"0", b"\0", b"7")  # tarfile's regular types (7: contiguous file)
+
+
+def tar_members(path: Path) -> list[tuple[str, int, int]]:
+    """(name, offset of its data, size) of each regular file in a tar, in order: the reading side of
+    ``TarShard``. Plain USTAR headers (ours, webdataset's, most tools') are read here, one 512-byte block
+    per member and the data skipped: ``tarfile``'s header parsing was 25 us a member, most of a report's
+    reading (0.22 s of 3,000 samples, 3.5 s at the report's 50,000). Anything else (pax or GNU long
+    names, links, base-256 sizes, a checksum that does not add up, data past the end of the file) goes
+    to ``tarfile`` for the whole file, which reads it, or raises its own error."""
+    end = os.path.getsize(path)
+    found: list[tuple[str, int, int]] = []
+    with open(path, "rb") as f:
+        pos = 0
+        while pos + 512 <= end:
+            f.seek(pos)
+            h = f.read(512)
+            if not any(h):  # a zero block ends the archive
+                break
+            kind = h[156:157]
+            if (kind not in _REGULAR and kind != b"5") or h[124] & 0x80:
+                return _tarfile_members(path)
+            try:
+                size = int(h[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+                chk = int(h[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+            except ValueError:
+                return _tarfile_members(path)
+            if chk != sum(h[:148]) + 256 + sum(h[156:]) or pos + 512 + size > end:
+                return _tarfile_members(path)
+            name = h[:100].split(b"\0", 1)[0]
+            if h[257:263] == b"ustar\0" and h[345]:
+                name = h[345:500].split(b"\0", 1)[0] + b"/" + name
+            text = name.decode("utf-8", "surrogateescape")
+            if kind != b"5" and not (kind == b"\0" and text.endswith("/")):  # tarfile: AREGTYPE + "/" is a folder
+                found.append((text, pos + 512, size))
+            pos += 512 + size + (-size % 512)
+    return found
+
+
+def _tarfile_members(path: Path) -> list[tuple[str, int, int]]:
+    with tarfile.open(path) as tar:
+        return [(m.name, m.offset_data, m.size) for m in tar if m.isfile()]
+
+
 class TarShard:
     """One webdataset tar: a sample's files adjacent, in sorted order, as ``<key>.<ext>`` (USTAR, the
     layout and header fields of webdataset's ``TarWriter``). Headers come from the standard

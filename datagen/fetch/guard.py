@@ -29,6 +29,7 @@ through. This module does that:
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import socket
 import threading
@@ -236,6 +237,7 @@ class DnsCache:
 DNS = DnsCache()
 
 
+@functools.lru_cache(maxsize=1 << 14)  # per request otherwise; the same hosts come back
 def _literal(host: str) -> Optional[IPAddress]:
     """The address a host names by itself, including the forms getaddrinfo reads as IPv4 without DNS
     (``2130706433``, ``0x7f.1``, ``127.1``): those never reach a resolver, they ARE an address."""

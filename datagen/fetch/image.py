@@ -206,9 +206,10 @@ def _png_complete(data: bytes) -> Optional[str]:
 
 
 def _jpeg_complete(data: bytes) -> Optional[str]:
-    """Why a JPEG is cut short, or None: its last end-of-image marker must follow its last scan."""
-    eoi, sos = data.rfind(b"\xff\xd9"), data.rfind(b"\xff\xda")
-    if eoi < 0 or eoi < sos:
+    """Why a JPEG is cut short, or None: its last end-of-image marker must follow its last scan. (No scan
+    may start after the last EOI: searched from there, not back from the end over the whole image.)"""
+    eoi = data.rfind(b"\xff\xd9")
+    if eoi < 0 or data.find(b"\xff\xda", eoi) >= 0:
         return "JPEG has no end-of-image marker after its last scan"
     return None
 

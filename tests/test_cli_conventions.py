@@ -217,6 +217,21 @@ def test_pool_workers_log_at_the_drivers_level_and_see_its_environment_as_it_is_
         assert pool.submit(os.getppid).result() == forkserver._forkserver._forkserver_pid != os.getpid()
 
 
+def test_a_pool_process_runs_its_exit_handlers_when_the_pool_closes(tmp_path):
+    """A process forked from the fork server ends in os._exit; the exit handlers registered in it (the
+    request caches' flush, temporary folders) must still run, as they did in a spawned process."""
+    import atexit
+
+    from datagen.core import executor
+    from datagen.core.steps import RunContext
+
+    marker = tmp_path / "the-workers-exit-handler-ran"
+    with executor.open_pool(1, RunContext(tmp_path, tmp_path)) as pool:
+        pool.submit(atexit.register, marker.touch).result()
+        assert not marker.exists()
+    assert marker.exists()
+
+
 def test_the_fork_server_is_stopped_and_reaped(tmp_path):
     """``stop_pool_server`` (the console entry calls it) ends the server and waits for it: no process
     outlives the run, and the server's CPU (and its reaped workers') counts as this process's children's."""

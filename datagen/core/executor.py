@@ -17,6 +17,7 @@ each step recompute derived values (ratios) from the summed counts.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as cf
 import logging
 import multiprocessing as mp
@@ -191,8 +192,25 @@ WORKER_MODULES = (
 )
 
 
+class _PoolProcess(mp.context.ForkServerProcess):
+    """A pool process that runs its exit handlers when its work ends. A process forked from the fork
+    server ends in ``os._exit``, where a spawned one ended like any interpreter: without this, what
+    ``atexit`` holds in a worker (the request caches' flush, the CLIP step's temporary config folder)
+    would be skipped."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            atexit._run_exitfuncs()
+
+
+class _PoolContext(mp.context.ForkServerContext):
+    Process = _PoolProcess
+
+
 def pool_context() -> mp.context.BaseContext:
-    return mp.get_context("forkserver")
+    return _PoolContext()
 
 
 def prestart() -> None:

@@ -19,10 +19,11 @@ def _pss(pid: int) -> int:
     return 0
 
 
-def tree_rss(pid: int) -> tuple[int, int, int]:
+def tree_rss(pid: int, with_pss: bool = True) -> tuple[int, int, int]:
     """Memory of ``pid`` and all its descendants, from /proc: (sum of RSS, largest process's RSS, sum of
-    PSS). The RSS sum counts a page that forked processes share once per process; the PSS sum counts
-    it once, which is what the tree really holds."""
+    PSS, or 0 without ``with_pss``). The RSS sum counts a page that forked processes share once per
+    process; the PSS sum counts it once, which is what the tree really holds. PSS is dear to read
+    (the kernel walks every mapping: about 5 ms for a 300 MB process, RSS about 0.02 ms)."""
     children: dict[int, list[int]] = {}
     rss: dict[int, int] = {}
     page = os.sysconf("SC_PAGE_SIZE")
@@ -42,7 +43,7 @@ def tree_rss(pid: int) -> tuple[int, int, int]:
         total += rss.get(p, 0)
         largest = max(largest, rss.get(p, 0))
         try:
-            pss += _pss(p)
+            pss += _pss(p) if with_pss else 0
         except OSError:  # gone meanwhile
             pass
         todo += children.get(p, [])
@@ -65,10 +66,17 @@ def measure(cmd: list[str], env: dict | None = None, cwd: Path | None = None) ->
     peak = largest = peak_pss = 0
 
     def sample() -> None:
+        # RSS every 0.1 s; PSS every 0.5 s, and at a new RSS peak at most every 0.2 s: read every 0.1 s,
+        # PSS cost the measured tools about 17% of a core (15-17 ms of CPU a sample on a 5-process tree)
         nonlocal peak, largest, peak_pss
+        last_pss = 0.0
         while proc.poll() is None:
-            total, one, pss = tree_rss(proc.pid)
-            peak, largest, peak_pss = max(peak, total), max(largest, one), max(peak_pss, pss)
+            total, one, _ = tree_rss(proc.pid, with_pss=False)
+            since = time.perf_counter() - last_pss
+            if since >= 0.5 or (total > peak and since >= 0.2):
+                peak_pss = max(peak_pss, tree_rss(proc.pid)[2])
+                last_pss = time.perf_counter()
+            peak, largest = max(peak, total), max(largest, one)
             time.sleep(0.1)
 
     th = threading.Thread(target=sample)

@@ -179,7 +179,7 @@ def run_task(task: ShardTask, worker: _Worker) -> dict:
 _PROCESS: dict[str, _Worker] = {}
 
 # The pool's processes are forked from multiprocessing's fork server, not spawned: the server imports
-# these once (about 0.9 s of CPU with pandas, which pyarrow loads on its first list -> array), and each
+# these once (about 0.5 s, with pandas, which pyarrow loads on its first list -> array), and each
 # process forked from it starts with them, where a spawned one imported them again (0.5 s, then 0.2 s
 # more for pandas in the middle of its first task). ``prestart`` starts the server as soon as the
 # driver knows it will want a pool, so those imports run on another core while the driver reads its
@@ -187,7 +187,7 @@ _PROCESS: dict[str, _Worker] = {}
 # the driver is not: its Arrow and Polars thread pools would be copied mid-flight). Steps not listed
 # are imported by the worker when it unpickles its first task, as before.
 WORKER_MODULES = (
-    "datagen.core.executor", "datagen.fetch.step", "datagen.filters.quality", "datagen.sinks.shards",
+    "datagen.core.executor", "datagen.fetch.step", "datagen.filters.quality",
     "PIL.JpegImagePlugin", "PIL.PngImagePlugin", "pyarrow.parquet", "pandas",
 )
 

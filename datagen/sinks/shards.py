@@ -98,7 +98,7 @@ def tar_members(path: Path) -> list[tuple[str, int, int]]:
     """(name, offset of its data, size) of each regular file in a tar, in order: the reading side of
     ``TarShard``. Plain USTAR headers (ours, webdataset's, most tools') are read here, one 512-byte block
     per member and the data skipped: ``tarfile``'s header parsing was 25 us a member, most of a report's
-    reading (0.22 s of 3,000 samples, 3.5 s at the report's 50,000). Anything else (pax or GNU long
+    reading (3,000 samples: 0.22 s, now 0.07 s; the report's cap of 50,000: 3.2 s, now 1.0 s). Anything else (pax or GNU long
     names, links, base-256 sizes, a checksum that does not add up, data past the end of the file) goes
     to ``tarfile`` for the whole file, which reads it, or raises its own error."""
     end = os.path.getsize(path)

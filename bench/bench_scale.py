@@ -94,6 +94,7 @@ def run_size(root: Path, rows: int, workers: int, kind: str = "local") -> dict:
     manifest = json.loads((out / "manifest.json").read_text())
     shard_bytes = sum(s["bytes"] for s in manifest["shards"])
     res = {"rows": rows, "executor": kind, "wall_s": round(wall, 1), "peak_rss_gb": round(peak / 1e9, 3),
+           "peak_pss_gb": round(m["peak_pss"] / 1e9, 3),  # shared pages counted once (forked workers)
            "rows_per_s_per_core": round(rows / wall / workers, 1), "run_dir_bytes": du(out / "_run"),
            "shard_bytes": shard_bytes, "kept": manifest["counts"]["pairs"]["kept"]}
     res["run_dir_over_shards"] = round(res["run_dir_bytes"] / shard_bytes, 3)

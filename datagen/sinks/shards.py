@@ -32,7 +32,7 @@ import shutil
 import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 
@@ -282,7 +282,15 @@ def _no_null_lists(value: Any, typ: pa.DataType) -> Any:
 def shard_json(row: dict, schema: pa.Schema) -> dict:
     """The ``<key>.json`` body of a sample: the row's ``json_fields``, every list-typed field (at any
     depth, ``objects[].attributes`` too) a list, empty instead of null. ``schema`` is the row's Arrow schema."""
-    return {f.name: _no_null_lists(row.get(f.name), f.type) for f in json_fields(schema)}
+    return shard_json_for(schema)(row)
+
+
+def shard_json_for(schema: pa.Schema) -> Callable[[dict], dict]:
+    """``shard_json`` for the rows of one schema, its fields worked out once: the sinks call it per
+    sample, and building the field list for each one was a tenth of the stage-1 sink's time."""
+    fields = [(f.name, f.type if pa.types.is_nested(f.type) else None) for f in json_fields(schema)]
+    return lambda row: {name: row.get(name) if typ is None else _no_null_lists(row.get(name), typ)
+                        for name, typ in fields}
 
 
 def json_bytes(obj: Any) -> bytes:

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from datagen.core.parts import iter_batches, tmp_name
 from datagen.progress import progress
 from datagen.sinks.buckets import BucketSpill, plan_samples
-from datagen.sinks.shards import ShardInfo, SplitWriter, image_ext, json_bytes, shard_json, stage2_images
+from datagen.sinks.shards import ShardInfo, SplitWriter, image_ext, json_bytes, shard_json_for, stage2_images
 
 STAGE1, STAGE2, STAGE2_TEXT = "stage1", "stage2", "stage2_text"
 
@@ -100,10 +100,11 @@ def write_stage1(pair_parts, dropped, out_dir: Path, stage, output, seed: int, w
         with progress(plan.height, "stage1 shards", "sample") as bar:
             for b in range(n_buckets):
                 table = spill.read(b)
+                to_json = shard_json_for(table.schema)
                 for row in _ordered(table):
                     key = row["_out_key"]
                     writer.write(key, {image_ext(row["image"]): row["image"], "txt": (row["caption"] or "").encode(),
-                                       "json": json_bytes(shard_json(row, table.schema) | {"key": key}
+                                       "json": json_bytes(to_json(row) | {"key": key}
                                                          | ({"provenance": provenance} if provenance else {}))})
                     per_source[row["source"]] += 1
                     bar.update(1)
@@ -184,6 +185,7 @@ def write_stage2(conversation_inputs, pair_parts, dropped, out_dir: Path, stage,
                     grouped[r["_out_key"]] = {**r, "conversations": list(r["conversations"] or [])}
                 else:
                     g["conversations"].extend(r["conversations"] or [])
+            to_json = shard_json_for(table.schema)
             for row in sorted(grouped.values(), key=lambda r: (r["_order"], r["_out_key"])):
                 key = row["_out_key"]
                 images = row["images"] or []
@@ -194,7 +196,7 @@ def write_stage2(conversation_inputs, pair_parts, dropped, out_dir: Path, stage,
                                     "url": None})
                     continue
                 files = stage2_images([store[k] for k in images])
-                files["json"] = json_bytes(shard_json(row, table.schema) | {"key": key}
+                files["json"] = json_bytes(to_json(row) | {"key": key}
                                            | ({"provenance": provenance} if provenance else {}))
                 (img_writer if images else txt_writer).write(key, files)
                 stats["samples_with_images" if images else "samples_text_only"] += 1

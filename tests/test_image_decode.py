@@ -2,20 +2,24 @@
 
 The reference for each case is what a careful script would do without any
 shortcut: decode the whole picture with Pillow, make it upright, convert to RGB
-and resize it with the same filter. The shortcut (``draft``: DCT scaling inside
-libjpeg) must give the same size to the pixel and nearly the same pixels.
+and resize it with the same filter. The shortcut (DCT scaling inside
+libjpeg-turbo: simplejpeg's N/8 scales, or Pillow's ``draft`` when libjpeg-turbo
+complains) must give the same size to the pixel and nearly the same pixels.
 """
 from __future__ import annotations
 
 import io
 
+import math
+
 import numpy as np
 import pytest
+import simplejpeg
 from PIL import Image, ImageOps
 from PIL.JpegImagePlugin import JpegImageFile
 
 from datagen.fetch.config import FetchConfig
-from datagen.fetch.image import RESAMPLE, process_image, target_size
+from datagen.fetch.image import JPEG_MARGIN, RESAMPLE, process_image, target_size
 
 
 def photo_like(w: int, h: int, seed: int = 0) -> Image.Image:
@@ -51,17 +55,25 @@ def mean_diff(a: Image.Image, b: Image.Image) -> float:
 
 @pytest.fixture
 def drafts(monkeypatch):
-    """Every scale ``draft`` chose, so a test can see that the JPEG was decoded small."""
-    seen: list[tuple[tuple[int, int], tuple[int, int]]] = []
-    original = JpegImageFile.draft
+    """Every reduced-scale decode, (source size, decoded size, "simplejpeg" or "draft"), so a test can see
+    that the JPEG was decoded small, and by which decoder (a decode simplejpeg refused is not listed)."""
+    seen: list[tuple[tuple[int, int], tuple[int, int], str]] = []
+    original, decode = JpegImageFile.draft, simplejpeg.decode_jpeg
 
     def spy(self, mode, size):
         before = self.size
         result = original(self, mode, size)
-        seen.append((before, self.size))
+        seen.append((before, self.size, "draft"))
         return result
 
+    def spy_decode(data, *args, **kw):
+        arr = decode(data, *args, **kw)
+        h, w = simplejpeg.decode_jpeg_header(data)[:2]
+        seen.append(((w, h), (arr.shape[1], arr.shape[0]), "simplejpeg"))
+        return arr
+
     monkeypatch.setattr(JpegImageFile, "draft", spy)
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", spy_decode)
     return seen
 
 
@@ -74,8 +86,47 @@ def test_reduced_scale_jpeg_has_exact_size_and_close_pixels(size, progressive, d
     assert img.size == ref.size == target_size(*size, 256)
     assert (out.width, out.height) == img.size and (out.original_width, out.original_height) == size
     assert mean_diff(img, ref) < 2.5  # re-encoding at quality 90 alone costs about 1
-    (before, after), = drafts
+    (before, after, how), = drafts
     assert before == size and after[0] < size[0] and max(after) >= 256  # decoded small, never below the target
+    assert how == "simplejpeg"
+
+
+@pytest.mark.parametrize("size,scaled", [
+    # target 256x179; 1.15x that is 295x206: 3/8 gives 375x263 (2/8, 250x175, is too small)
+    ((1000, 700), (375, 263)),
+    # target 256x110; 1.15x is 295x127: 2/8 gives 525x225 (1/8, 263x113, is too small)
+    ((2100, 900), (525, 225)),
+    # target 256x171; 1.15x is 295x197: 6/8 gives 300x201 (5/8, 250x167, is too small)
+    ((400, 267), (300, 201)),
+])
+def test_jpeg_is_decoded_at_the_smallest_eighth_scale_with_the_margin(size, scaled, drafts):
+    data = encode(photo_like(*size), "JPEG", quality=92)
+    img, _ = decoded(data, 256)
+    assert drafts == [(size, scaled, "simplejpeg")]
+    target = target_size(*size, 256)
+    need = [math.ceil(t * JPEG_MARGIN) for t in target]
+    assert scaled[0] >= need[0] and scaled[1] >= need[1]
+    assert mean_diff(img, reference(data, 256)) < 2.5
+
+
+def test_a_jpeg_libjpeg_complains_about_is_decoded_by_pillow_as_before(drafts):
+    """Extra bytes before the end marker: libjpeg-turbo warns (simplejpeg, strict, refuses); Pillow decodes
+    it, as it did before simplejpeg, and decides. The row is kept, from Pillow's draft."""
+    good = encode(photo_like(1000, 700, seed=5), "JPEG", quality=90)
+    data = good[:-2] + b"\x00" * 7 + good[-2:]
+    with pytest.raises(ValueError):
+        simplejpeg.decode_jpeg(data, strict=True)
+    img, out = decoded(data, 256)
+    assert [how for _, _, how in drafts] == ["draft"] and out.reencoded
+    assert img.size == (256, 179) and mean_diff(img, reference(good, 256)) < 2.5
+
+
+def test_a_grey_jpeg_is_scaled_and_stored_as_rgb(drafts):
+    data = encode(photo_like(1000, 700, seed=6).convert("L"), "JPEG", quality=90)
+    img, out = decoded(data, 256)
+    assert [how for _, _, how in drafts] == ["simplejpeg"]
+    assert img.mode == "RGB" and img.size == (256, 179)
+    assert mean_diff(img, reference(data, 256)) < 2.5
 
 
 def test_exif_orientation_is_honoured_at_reduced_scale(drafts):
@@ -108,3 +159,17 @@ def test_small_jpeg_is_neither_drafted_nor_resized(drafts):
     data = encode(photo_like(200, 150), "JPEG", quality=90)
     out = process_image(data, None, FetchConfig(max_side=256))
     assert out.data == data and not out.reencoded and not drafts
+
+
+@pytest.mark.parametrize("cut", ["half", "no_end_marker"])
+def test_a_cut_jpeg_that_must_shrink_is_still_a_reject(cut, drafts):
+    """The scaled decode must not turn a short file into a thumbnail with a grey bottom: libjpeg-turbo's
+    warning sends it to Pillow, whose error (or the end-marker check) makes it ``image_truncated``."""
+    from datagen.fetch.errors import FetchError
+
+    whole = encode(photo_like(1000, 700, seed=7), "JPEG", quality=90)
+    data = whole[: len(whole) // 2] if cut == "half" else whole[:-2]
+    with pytest.raises(FetchError) as e:
+        process_image(data, None, FetchConfig(max_side=256))
+    assert e.value.reason == "image_truncated"
+    assert "simplejpeg" not in [how for _, _, how in drafts]

@@ -220,7 +220,7 @@ def run_datagen(urls: Path, out: Path, work: Path, cores: int, shard_rows: int, 
 
 # ----------------------------------------------------------------------------- the ceiling
 
-def _pil_draft(data: bytes) -> int:  # datagen's method without its checks: DCT-scaled decode, bicubic
+def _pil_draft(data: bytes) -> int:  # Pillow's draft (datagen's fallback decode) without checks: DCT-scaled, bicubic
     from datagen.fetch.image import RESAMPLE
 
     img = Image.open(io.BytesIO(data))

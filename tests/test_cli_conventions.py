@@ -232,6 +232,47 @@ def test_a_pool_process_runs_its_exit_handlers_when_the_pool_closes(tmp_path):
     assert marker.exists()
 
 
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_pool_processes_and_the_fork_server_end_when_the_driver_is_killed(tmp_path):
+    """kill -9 of a run's driver left its pool processes waiting for work forever (spawned or forked),
+    each holding its memory; now each ends when the driver's end of its sentinel pipe closes, and the
+    fork server, which they kept alive, ends after them."""
+    import time
+
+    code = (
+        "import os, sys, time\n"
+        "from multiprocessing import forkserver\n"
+        "from datagen.core import executor\n"
+        "from datagen.core.steps import RunContext\n"
+        "pool = executor.open_pool(2, RunContext(sys.argv[1], sys.argv[1]))\n"
+        "busy = pool.submit(time.sleep, 60)\n"  # one worker mid-task, the other waiting for work
+        "assert pool.submit(os.getpid).result() > 0\n"
+        "print(sorted(pool._processes), forkserver._forkserver._forkserver_pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        pids_text, server = line.rsplit("]", 1)
+        pids = {int(p) for p in pids_text.strip("[ ").split(",")} | {int(server)}
+        assert len(pids) == 3 and all(_running(p) for p in pids)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_running(p) for p in pids):
+        time.sleep(0.1)
+    assert not [p for p in pids if _running(p)], "processes outlived their killed driver"
+
+
 def test_the_fork_server_is_stopped_and_reaped(tmp_path):
     """``stop_pool_server`` (the console entry calls it) ends the server and waits for it: no process
     outlives the run, and the server's CPU (and its reaped workers') counts as this process's children's."""

@@ -193,16 +193,34 @@ WORKER_MODULES = (
 
 
 class _PoolProcess(mp.context.ForkServerProcess):
-    """A pool process that runs its exit handlers when its work ends. A process forked from the fork
-    server ends in ``os._exit``, where a spawned one ended like any interpreter: without this, what
-    ``atexit`` holds in a worker (the request caches' flush, the CLIP step's temporary config folder)
-    would be skipped."""
+    """A pool process that runs its exit handlers when its work ends, and ends when the driver dies.
+
+    A process forked from the fork server ends in ``os._exit``, where a spawned one ended like any
+    interpreter: without ``atexit._run_exitfuncs`` here, what ``atexit`` holds in a worker (the request
+    caches' flush, the CLIP step's temporary config folder) would be skipped."""
 
     def run(self) -> None:
+        threading.Thread(target=_end_with_the_driver, name="driver-watch", daemon=True).start()
         try:
             super().run()
         finally:
             atexit._run_exitfuncs()
+
+
+def _end_with_the_driver() -> None:
+    """A pool process's watch on its driver. When the driver dies (``kill -9``, the OOM killer), a pool
+    process waited for its next task forever, holding its memory (and the fork server alive with it): it
+    ends now, after its exit handlers, so the answers it paid for still reach the request cache. The
+    sentinel is a pipe whose other end only the driver holds: it reads as closed when the driver is gone."""
+    parent = mp.parent_process()
+    if parent is None:
+        return
+    parent.join()
+    try:
+        log.warning("the driver (pid %s) is gone: this pool process ends", parent.pid)
+        atexit._run_exitfuncs()
+    finally:
+        os._exit(1)
 
 
 class _PoolContext(mp.context.ForkServerContext):

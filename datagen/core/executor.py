@@ -183,8 +183,8 @@ _PROCESS: dict[str, _Worker] = {}
 # process forked from it starts with them, where a spawned one imported them again (0.5 s, then 0.2 s
 # more for pandas in the middle of its first task). ``prestart`` starts the server as soon as the
 # driver knows it will want a pool, so those imports run on another core while the driver reads its
-# source. The server holds no threads and no open files of the run, so forking from it is safe (forking
-# the driver is not: its Arrow and Polars thread pools would be copied mid-flight). Steps not listed
+# source. The server does none of the run's work and opens none of its files, so forking from it is safe
+# (forking the driver is not: its Arrow and Polars thread pools would be copied mid-flight). Steps not listed
 # are imported by the worker when it unpickles its first task, as before.
 WORKER_MODULES = (
     "datagen.core.executor", "datagen.fetch.step", "datagen.filters.quality",

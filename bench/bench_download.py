@@ -220,44 +220,51 @@ def run_datagen(urls: Path, out: Path, work: Path, cores: int, shard_rows: int, 
 
 # ----------------------------------------------------------------------------- the ceiling
 
-def _pil_draft(data: bytes) -> int:  # Pillow's draft (datagen's fallback decode) without checks: DCT-scaled, bicubic
-    from datagen.fetch.image import RESAMPLE
+# The thumbnail recipes the ceiling times (and bench_resize.py compares for quality): bytes in, stored
+# JPEG out, no checks. ``target_size`` is datagen's (never upscales; the kit's pictures are all larger).
 
-    img = Image.open(io.BytesIO(data))
-    w, h = img.size
-    s = MAX_SIDE / max(w, h)
-    size = (max(1, round(w * s)), max(1, round(h * s)))
-    box = img.draft("RGB", size)
-    img = img.convert("RGB").resize(size, RESAMPLE, box=box[1] if box else None)
+def _jpeg(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=QUALITY)
-    return len(buf.getvalue())
+    return buf.getvalue()
 
 
-def _cv2_full(data: bytes) -> int:  # what img2dataset does: full decode, INTER_AREA resize
+def pillow_draft(data: bytes, resample=None) -> bytes:
+    """Pillow's ``draft`` (DCT scaling by 1/2, 1/4, 1/8; datagen's fallback decode), then ``resample``
+    (datagen's bicubic unless told) with the exact box."""
+    from datagen.fetch.image import RESAMPLE, target_size
+
+    img = Image.open(io.BytesIO(data))
+    size = target_size(*img.size, MAX_SIDE)
+    box = img.draft("RGB", size)
+    return _jpeg(img.convert("RGB").resize(size, resample or RESAMPLE, box=box[1] if box else None))
+
+
+def cv2_full(data: bytes) -> bytes:
+    """What img2dataset does: OpenCV's full decode, INTER_AREA resize, OpenCV's encode."""
+    return _cv2(data, reduced=False)
+
+
+def cv2_reduced(data: bytes) -> bytes:
+    """OpenCV's DCT-scaled decode (1/2, 1/4, 1/8, the largest that stays at or above the target), INTER_AREA."""
+    return _cv2(data, reduced=True)
+
+
+def _cv2(data: bytes, reduced: bool) -> bytes:
     import cv2
 
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    h, w = img.shape[:2]
-    s = MAX_SIDE / max(w, h)
-    img = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-    return len(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, QUALITY])[1])
+    from datagen.fetch.image import target_size
 
-
-def _cv2_reduced(data: bytes) -> int:  # DCT-scaled decode in libjpeg-turbo (1/2, 1/4, 1/8), then INTER_AREA
-    import cv2
-
-    probe = Image.open(io.BytesIO(data))
-    w, h = probe.size
-    factor = 1
-    for f, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2)):
-        if max(w, h) / f >= MAX_SIDE:
-            factor = flag
+    w, h = Image.open(io.BytesIO(data)).size  # the header only
+    flag = cv2.IMREAD_COLOR
+    for f, reduced_flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+                            (2, cv2.IMREAD_REDUCED_COLOR_2)):
+        if reduced and max(w, h) / f >= MAX_SIDE:
+            flag = reduced_flag
             break
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), factor if factor != 1 else cv2.IMREAD_COLOR)
-    s = MAX_SIDE / max(w, h)
-    img = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-    return len(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, QUALITY])[1])
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    img = cv2.resize(img, target_size(w, h, MAX_SIDE), interpolation=cv2.INTER_AREA)
+    return cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, QUALITY])[1].tobytes()
 
 
 _KIT_BYTES: list[bytes] = []
@@ -265,7 +272,7 @@ _KIT_BYTES: list[bytes] = []
 
 def _ceiling_chunk(args: tuple[str, int, int]) -> int:
     name, start, stop = args
-    fn = {"pillow_draft": _pil_draft, "cv2_full": _cv2_full, "cv2_reduced": _cv2_reduced}[name]
+    fn = {"pillow_draft": pillow_draft, "cv2_full": cv2_full, "cv2_reduced": cv2_reduced}[name]
     for data in _KIT_BYTES[start:stop]:
         fn(data)
     return stop - start

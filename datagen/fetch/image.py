@@ -277,14 +277,14 @@ def _open(data: bytes, cfg: FetchConfig, content_type: Optional[str] = None) -> 
     return img
 
 
-def _scaled_jpeg(data: bytes, width: int, height: int, size: tuple[int, int]):
-    """An RGB or grey JPEG decoded to RGB at the smallest N/8 scale that leaves at least ``JPEG_MARGIN``
+def _scaled_jpeg(data: bytes, width: int, height: int, size: tuple[int, int], margin: float = JPEG_MARGIN):
+    """An RGB or grey JPEG decoded to RGB at the smallest N/8 scale that leaves at least ``margin``
     times ``size``, and the picture's box in it; None when libjpeg-turbo has any complaint (strict: its
     warnings too) or the scale cannot be told from the size, and Pillow decodes it as before."""
     try:
         arr = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True,
-                                     min_width=min(width, math.ceil(size[0] * JPEG_MARGIN)),
-                                     min_height=min(height, math.ceil(size[1] * JPEG_MARGIN)))
+                                     min_width=min(width, math.ceil(size[0] * margin)),
+                                     min_height=min(height, math.ceil(size[1] * margin)))
     except ValueError:
         return None
     dh, dw = arr.shape[:2]

@@ -14,12 +14,16 @@ PYTEST_ARGS ?=
 venv: $(STAMP)
 
 # Every optional extra ([all]: clip, train, ocr, llm, ray) so the whole test suite runs.
-# filters.nsfw's NudeNet goes in with --no-deps: it wants opencv-python-headless, rapidocr already
-# brought opencv-python (the same cv2), and with both installed they overwrite each other's files.
+# The core's OpenCV is opencv-python-headless; rapidocr ([ocr]) asks for opencv-python, the same cv2 files
+# with a GUI, and with both installed each overwrites the other's. So opencv-python goes out again and
+# the headless build is put back whole. NudeNet (filters.nsfw) goes in with --no-deps, as before.
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[all,dev,assets]'
+	$(BIN)/python -m pip uninstall -q -y opencv-python
+	$(BIN)/python -m pip install -q --force-reinstall --no-deps \
+		"opencv-python-headless==$$($(BIN)/python -m pip show opencv-python-headless | sed -n 's/^Version: //p')"
 	$(BIN)/python -m pip install -q --no-deps 'nudenet>=3.4,<4'
 	@touch $(STAMP)
 

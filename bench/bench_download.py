@@ -240,6 +240,19 @@ def pillow_draft(data: bytes, resample=None) -> bytes:
     return _jpeg(img.convert("RGB").resize(size, resample or RESAMPLE, box=box[1] if box else None))
 
 
+def datagen_scaled(data: bytes) -> bytes:
+    """datagen's own recipe without its checks: simplejpeg's N/8 decode with its margin, then its resize
+    (OpenCV's blur + bicubic at the box's scale; ``datagen.fetch.image``), Pillow's encode."""
+    import simplejpeg
+
+    from datagen.fetch.image import _resize, _scaled_jpeg, target_size
+
+    h, w = simplejpeg.decode_jpeg_header(data)[:2]
+    size = target_size(w, h, MAX_SIDE)
+    arr, box = _scaled_jpeg(data, w, h, size)
+    return _jpeg(_resize(arr, size, box))
+
+
 def cv2_full(data: bytes) -> bytes:
     """What img2dataset does: OpenCV's full decode, INTER_AREA resize, OpenCV's encode."""
     return _cv2(data, reduced=False)
@@ -272,7 +285,8 @@ _KIT_BYTES: list[bytes] = []
 
 def _ceiling_chunk(args: tuple[str, int, int]) -> int:
     name, start, stop = args
-    fn = {"pillow_draft": pillow_draft, "cv2_full": cv2_full, "cv2_reduced": cv2_reduced}[name]
+    fn = {"pillow_draft": pillow_draft, "datagen_scaled": datagen_scaled, "cv2_full": cv2_full,
+          "cv2_reduced": cv2_reduced}[name]
     for data in _KIT_BYTES[start:stop]:
         fn(data)
     return stop - start
@@ -283,12 +297,7 @@ def ceiling(kit: Path, cores: int, passes: int = 2) -> dict[str, tuple[float, fl
     ``cores`` processes; the best of ``passes`` passes, methods interleaved (the machine is shared)."""
     _KIT_BYTES[:] = [p.read_bytes() for p in sorted((kit / "img").iterdir())]
     n = len(_KIT_BYTES)
-    methods = ["pillow_draft"]
-    try:
-        import cv2  # noqa: F401
-        methods += ["cv2_full", "cv2_reduced"]
-    except ImportError:
-        pass
+    methods = ["pillow_draft", "datagen_scaled", "cv2_full", "cv2_reduced"]
     step = max(1, math.ceil(n / (cores * 8)))
     chunks = [(s, min(n, s + step)) for s in range(0, n, step)]
     best: dict[str, tuple[float, float]] = {}

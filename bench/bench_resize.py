@@ -40,7 +40,7 @@ from PIL import Image  # noqa: E402
 
 from bench_download import MAX_SIDE, QUALITY, _jpeg, cv2_full, cv2_reduced, make_kit, pillow_draft  # noqa: E402
 from datagen.fetch.config import FetchConfig  # noqa: E402
-from datagen.fetch.image import RESAMPLE, _scaled_jpeg, process_image, target_size  # noqa: E402
+from datagen.fetch.image import _resize, _scaled_jpeg, process_image, target_size  # noqa: E402
 
 
 def datagen(data: bytes, cfg=FetchConfig(max_side=MAX_SIDE, jpeg_quality=QUALITY)) -> bytes:
@@ -48,14 +48,14 @@ def datagen(data: bytes, cfg=FetchConfig(max_side=MAX_SIDE, jpeg_quality=QUALITY
 
 
 def simplejpeg_at(margin: float):
-    """datagen's N/8 decode (``_scaled_jpeg``) with another margin, then bicubic with the exact box."""
+    """datagen's N/8 decode (``_scaled_jpeg``) with another margin, then its resize (``_resize``)."""
     import simplejpeg
 
     def run(data: bytes) -> bytes:
         h, w = simplejpeg.decode_jpeg_header(data)[:2]
         size = target_size(w, h, MAX_SIDE)
-        img, box = _scaled_jpeg(data, w, h, size, margin)
-        return _jpeg(img.resize(size, RESAMPLE, box=box))
+        arr, box = _scaled_jpeg(data, w, h, size, margin)
+        return _jpeg(_resize(arr, size, box))
 
     return run
 

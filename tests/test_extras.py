@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "datagen" / "assets" / "demo"
 # What the core must never import: the packages of the extras (and what they pull in).
 OPTIONAL = ["torch", "torchvision", "open_clip", "timm", "transformers", "peft", "safetensors", "tensorboard",
-            "rapidocr_onnxruntime", "onnxruntime", "cv2", "openai", "deepl", "ray", "nudenet"]
+            "rapidocr_onnxruntime", "onnxruntime", "openai", "deepl", "ray", "nudenet"]
 
 
 def _recipe(tmp_path, extra_yaml: str = ""):

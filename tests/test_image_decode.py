@@ -173,3 +173,68 @@ def test_a_cut_jpeg_that_must_shrink_is_still_a_reject(cut, drafts):
         process_image(data, None, FetchConfig(max_side=256))
     assert e.value.reason == "image_truncated"
     assert "simplejpeg" not in [how for _, _, how in drafts]
+
+
+@pytest.fixture
+def resizes(monkeypatch):
+    """Which library did each resize: "opencv" (``cv2.resize``) or "pillow" (``Image.resize``)."""
+    import cv2
+
+    from datagen.fetch import image as image_mod
+
+    seen: list[str] = []
+    cv_resize, pil_resize = cv2.resize, Image.Image.resize
+    monkeypatch.setattr(cv2, "resize", lambda *a, **kw: seen.append("opencv") or cv_resize(*a, **kw))
+    monkeypatch.setattr(Image.Image, "resize", lambda *a, **kw: seen.append("pillow") or pil_resize(*a, **kw))
+    assert image_mod._cv2() is cv2
+    return seen
+
+
+def test_opencv_resize_is_the_documented_blur_then_bicubic_at_the_box_scale():
+    """``_resize`` against the computation the module doc states, done here by hand: a Gaussian of
+    CV_BLUR * sqrt(r^2 - 1) per axis, OpenCV's bicubic at fx = 1 / r, the picture's size cut out."""
+    import cv2
+
+    from datagen.fetch.image import CV_BLUR, _resize
+
+    arr = np.asarray(photo_like(375, 263, seed=9))
+    box, size = (0, 0, 375, 262.5), (256, 179)  # a 1000x700 JPEG at 3/8: libjpeg rounds 262.5 rows up
+    rx, ry = 375 / 256, 262.5 / 179
+    sx, sy = CV_BLUR * math.sqrt(rx * rx - 1), CV_BLUR * math.sqrt(ry * ry - 1)
+    k = lambda s: int(round(s * 6 + 1)) | 1  # noqa: E731 - OpenCV's kernel size for 8-bit pictures
+    want = cv2.resize(cv2.GaussianBlur(arr, (k(sx), k(sy)), sigmaX=sx, sigmaY=sy), None, fx=1 / rx, fy=1 / ry,
+                      interpolation=cv2.INTER_CUBIC)[:179, :256]
+    got = _resize(arr, size, box)
+    assert got.size == size and np.array_equal(np.asarray(got), want)
+
+
+def test_opencv_resize_maps_the_box_not_the_whole_array(resizes):
+    """The rows and columns past the box (libjpeg's rounded-up edge, here made white) are not stretched
+    over the picture: every output pixel but the last row and column comes from inside the box."""
+    from datagen.fetch.image import _resize
+
+    arr = np.full((101, 101, 3), 255, np.uint8)
+    arr[:50, :50] = 0
+    got = np.asarray(_resize(arr, (40, 40), (0, 0, 50.5, 50.5)))
+    assert resizes == ["opencv"] and got.shape == (40, 40, 3)
+    assert got[:38, :38].max() <= 1  # a size of (40, 40) for the whole array would put white from column 20 on
+
+
+@pytest.mark.parametrize("size,how", [((1000, 700), ["opencv"]),     # 3/8 decode, shrink 1.46: OpenCV
+                                      ((6000, 4000), ["pillow"])])   # 1/8 decode is 750 px, shrink 2.9: Pillow
+def test_shrinks_past_two_go_through_pillow(size, how, resizes):
+    data = encode(photo_like(*size, seed=4), "JPEG", quality=90)
+    img, _ = decoded(data, 256)
+    assert resizes == how and img.size == target_size(*size, 256)
+
+
+def test_a_picture_not_in_rgb_is_converted_before_opencv_resizes_it(resizes):
+    """A palette PNG becomes RGB first (Pillow would resize a palette with nearest-neighbour). Its bands
+    cost the quality-90 encode alone about 3.7 levels: the resize may add half a level to that."""
+    data = encode(photo_like(300, 200, seed=2).convert("P", dither=Image.Dither.NONE), "PNG")
+    ref = reference(data, 256)
+    encoded_ref = Image.open(io.BytesIO(encode(ref, "JPEG", quality=90)))
+    resizes.clear()
+    img, _ = decoded(data, 256)
+    assert resizes == ["opencv"] and img.mode == "RGB"
+    assert mean_diff(img, ref) < mean_diff(encoded_ref, ref) + 0.5

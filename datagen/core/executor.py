@@ -188,7 +188,7 @@ _PROCESS: dict[str, _Worker] = {}
 # are imported by the worker when it unpickles its first task, as before.
 WORKER_MODULES = (
     "datagen.core.executor", "datagen.fetch.step", "datagen.filters.quality",
-    "PIL.JpegImagePlugin", "PIL.PngImagePlugin", "pyarrow.parquet", "pandas",
+    "PIL.JpegImagePlugin", "PIL.PngImagePlugin", "pyarrow.parquet", "pandas", "cv2",
 )
 
 

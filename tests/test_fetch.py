@@ -626,3 +626,37 @@ def test_png_with_a_black_last_row_is_checked_and_kept(tmp_path):
     assert out.kept.column("key").to_pylist() == ["a"]
     assert reasons(out) == {"b": "image_truncated"}
     assert "holds 1092 of the 1820 bytes" in out.rejects.column("detail")[0].as_py()
+
+
+def test_bodies_waiting_for_the_decode_threads_are_bounded(tmp_path, monkeypatch):
+    """The network outruns a slow decode: rows downloaded and not yet decoded stay within the download
+    slots plus DECODE_BACKLOG rows per decode thread, instead of the whole batch's bodies piling up."""
+    from datagen.fetch import step as step_mod
+
+    body, decode = jpeg(), step_mod.process_image
+    downloaded = decoded = most = 0
+    get = step_mod.Downloader.get
+
+    async def counting_get(self, url):
+        nonlocal downloaded, most
+        got = await get(self, url)
+        downloaded += 1
+        most = max(most, downloaded - decoded)
+        return got
+
+    def slow_decode(*args):
+        nonlocal decoded
+        time.sleep(0.01)
+        try:
+            return decode(*args)
+        finally:
+            decoded += 1
+
+    monkeypatch.setattr(step_mod.Downloader, "get", counting_get)
+    monkeypatch.setattr(step_mod, "process_image", slow_decode)
+    with LocalServer() as srv:
+        srv.route("/", lambda req: Reply(200, body=body))
+        rows = [row(f"k{i}", srv.url(f"/{i}.jpg")) for i in range(60)]
+        out, _ = run_step(tmp_path, rows, cfg(concurrency=4, per_host_concurrency=4, workers=1))
+    assert out.kept.num_rows == 60
+    assert 4 <= most <= 4 + step_mod.DECODE_BACKLOG * 1

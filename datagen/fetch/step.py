@@ -105,6 +105,8 @@ class _Loop:
 
 
 CACHE_NAMESPACE = "fetch:http"
+# Rows open at once in a batch, per decode thread, on top of fetch.concurrency (``_fetch_rows``).
+DECODE_BACKLOG = 4
 
 
 def _is_permanent(e: FetchError) -> bool:
@@ -256,7 +258,18 @@ class FetchStep(Step):
         downloader = self._batch_downloader(batch_no)
         robots_before = downloader.robots.fetched if downloader.robots is not None else 0
 
+        # A row holds its bytes from its download to the end of its decode. The downloads' own limit
+        # (fetch.concurrency) ends when the body is in: where the network outruns the decode threads
+        # (loopback, a near mirror), the whole batch's bodies waited for them, about 100 MB a worker on
+        # bench_download's kit. This bounds the rows open at once: every download slot, and a few rows
+        # a decode thread waiting for it.
+        open_rows = asyncio.Semaphore(cfg.concurrency + DECODE_BACKLOG * cfg.workers)
+
         async def one(i: int) -> Result:
+            async with open_rows:
+                return await one_open(i)
+
+        async def one_open(i: int) -> Result:
             try:
                 image, objects = cols["image"][i], cols["objects"][i]
                 if image is not None:

@@ -1,6 +1,16 @@
-"""Fetch step: images from local paths, file:// and http(s):// URLs, checked, upright, RGB, encoded."""
+"""Fetch step: images from local paths, file:// and http(s):// URLs, checked, upright, RGB, encoded.
+
+``FetchStep`` (and with it aiohttp and the image stack) is imported on first use: reading a recipe
+needs only ``FetchConfig``, and a run's driver that hands the fetching to its pool never downloads."""
 from datagen.fetch.config import FetchConfig
 from datagen.fetch.errors import FetchError
-from datagen.fetch.step import FetchStep
 
 __all__ = ["FetchConfig", "FetchError", "FetchStep"]
+
+
+def __getattr__(name: str):
+    if name == "FetchStep":
+        from datagen.fetch.step import FetchStep
+
+        return FetchStep
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

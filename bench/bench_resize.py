@@ -10,8 +10,9 @@ the photographs that ship with scikit-image and scikit-learn, sensor noise, qual
   ``--passes``), and the ratio to ``pillow_bicubic``: Pillow's ``draft`` + bicubic without checks
   (datagen's path before the N/8 decode, and its fallback), as bare as the others.
 
-Methods: ``datagen`` is ``datagen.fetch.image.process_image`` itself (libjpeg-turbo's N/8 scale with
-a 1.15x margin through simplejpeg, bicubic with the exact box, encode, the checks); ``img2dataset`` is
+Methods: ``datagen`` is ``datagen.fetch.image.process_image`` itself (libjpeg-turbo's smallest N/8
+scale at least the target through simplejpeg, its resize: OpenCV's blur + bicubic at the box's exact
+scale, the encode, the checks); ``img2dataset`` is
 its recipe (OpenCV full decode, INTER_AREA); ``cv2_reduced`` decodes at 1/2, 1/4 or 1/8 in OpenCV
 first; ``pillow_hamming`` and ``pillow_bilinear`` are ``pillow_bicubic`` with a cheaper filter;
 ``simplejpeg_kX`` is datagen's N/8 decode with a margin of X, without the checks. The recipes are

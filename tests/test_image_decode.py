@@ -92,11 +92,11 @@ def test_reduced_scale_jpeg_has_exact_size_and_close_pixels(size, progressive, d
 
 
 @pytest.mark.parametrize("size,scaled", [
-    # target 256x179; 1.15x that is 295x206: 3/8 gives 375x263 (2/8, 250x175, is too small)
+    # target 256x179: 3/8 gives 375x263 (2/8, 250x175, is too small)
     ((1000, 700), (375, 263)),
-    # target 256x110; 1.15x is 295x127: 2/8 gives 525x225 (1/8, 263x113, is too small)
-    ((2100, 900), (525, 225)),
-    # target 256x171; 1.15x is 295x197: 6/8 gives 300x201 (5/8, 250x167, is too small)
+    # target 256x110: 1/8 gives 263x113, already enough
+    ((2100, 900), (263, 113)),
+    # target 256x171: 6/8 gives 300x201 (5/8, 250x167, is too small)
     ((400, 267), (300, 201)),
 ])
 def test_jpeg_is_decoded_at_the_smallest_eighth_scale_with_the_margin(size, scaled, drafts):

@@ -33,16 +33,17 @@ Why each choice:
   pre-blur of ``CV_BLUR`` x sqrt(r^2 - 1) source pixels (the blur that takes
   a source already soft by about half a pixel to about half an output pixel:
   the antialiasing a plain bicubic lacks; 0.45 measured closer to the
-  reference than the 0.5 of that reasoning, 35.73 against 35.65 dB) then OpenCV's bicubic at the exact
-  scale of the box (``fx``/``fy``, so a fractional box stays exact), both in
-  fixed point and SIMD: 0.2 ms where Pillow's antialiased bicubic took 1.0 ms
-  on the download kit (the largest part of ``process_image`` after the
-  decode). Larger shrinks, and any picture not in RGB, go through Pillow's
-  bicubic (``RESAMPLE``, CLIP's own preprocessing filter), whose kernel widens
-  with the shrink. ``bench/bench_resize.py`` measures both against a full
-  decode resized with Lanczos, next to img2dataset's recipe (OpenCV full
-  decode, INTER_AREA): see the README's table. OpenCV runs one thread per
-  call (``cv2.setNumThreads(1)``): the decode threads already use every core.
+  reference than the 0.5 of that reasoning, 35.73 against 35.65 dB), then
+  OpenCV's bicubic at the exact scale of the box (``fx``/``fy``, so a
+  fractional box stays exact), both in fixed point and SIMD: 0.2 ms where
+  Pillow's antialiased bicubic took 1.0 ms on the download kit (the largest
+  part of ``process_image`` after the decode). Larger shrinks go through
+  Pillow's bicubic (``RESAMPLE``, CLIP's own preprocessing filter), whose
+  kernel widens with the shrink. ``bench/bench_resize.py`` measures both
+  against a full decode resized with Lanczos, next to img2dataset's recipe
+  (OpenCV full decode, INTER_AREA): see the README's table. OpenCV runs one
+  thread per call (``cv2.setNumThreads(1)``): the decode threads already use
+  every core.
 - Conversion to RGB comes BEFORE the resize: Pillow resizes palette images with
   nearest-neighbour, and alpha must be composited on white first (a transparent
   PNG on black looks like a different picture to CLIP).

@@ -644,9 +644,9 @@ def test_bodies_waiting_for_the_decode_threads_are_bounded(tmp_path, monkeypatch
         most = max(most, downloaded - decoded)
         return got
 
-    def slow_decode(*args):
+    def slow_decode(*args):  # slow enough that the slots fill up on a busy machine too (60 x 20 ms in all)
         nonlocal decoded
-        time.sleep(0.01)
+        time.sleep(0.02)
         try:
             return decode(*args)
         finally:

@@ -316,18 +316,16 @@ def _cv2():
 
 
 def _resize(pixels, size: tuple[int, int], box: Optional[tuple[float, float, float, float]]) -> Image.Image:
-    """``pixels`` (an RGB array, or a Pillow image) shrunk to ``size``; ``box``: the picture's region in
-    it (None: all of it). A shrink by at most ``CV_MAX_SHRINK`` of an RGB picture goes through OpenCV (a
-    Gaussian pre-blur, then bicubic at the box's exact scale), any other through Pillow (module doc)."""
+    """``pixels`` (an RGB array, or an RGB Pillow image) shrunk to ``size``; ``box``: the picture's region
+    in it (None: all of it). A shrink by at most ``CV_MAX_SHRINK`` goes through OpenCV (a Gaussian
+    pre-blur, then bicubic at the box's exact scale), a larger one through Pillow (module doc)."""
     if box is None:
         box = (0, 0, *(pixels.size if isinstance(pixels, Image.Image) else pixels.shape[1::-1]))
     rx, ry = box[2] / size[0], box[3] / size[1]
-    if isinstance(pixels, Image.Image):
-        if pixels.mode != "RGB" or max(rx, ry) > CV_MAX_SHRINK:
-            return pixels.resize(size, RESAMPLE, box=box)
-        pixels = np.asarray(pixels)
-    elif max(rx, ry) > CV_MAX_SHRINK:
-        return Image.fromarray(pixels).resize(size, RESAMPLE, box=box)
+    if max(rx, ry) > CV_MAX_SHRINK:
+        img = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
+        return img.resize(size, RESAMPLE, box=box)
+    pixels = np.asarray(pixels)
     cv2 = _cv2()
     sx, sy = (CV_BLUR * math.sqrt(max(r * r - 1, 0.0)) for r in (rx, ry))
     kx, ky = (int(round(s * 6 + 1)) | 1 if s > 0.05 else 1 for s in (sx, sy))  # OpenCV's own size for 8 bits

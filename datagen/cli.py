@@ -47,20 +47,42 @@ GLOBAL_NOTE = "global options (before or after the command): -q, --log-level LEV
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
+def _wants_pool(executor) -> bool:
+    """Whether a recipe's unvalidated ``executor`` section asks for a local pool; only decides how early
+    the fork server starts (the validated recipe decides whether it stays)."""
+    executor = executor if isinstance(executor, dict) else {}
+    workers = executor.get("workers", 1)
+    return executor.get("kind", "local") == "local" and isinstance(workers, int) and workers > 1
+
+
+def _warm_up_tail() -> None:
+    """What the run's serial end needs (polars for the barriers and sinks, the report's matplotlib: 0.5 s),
+    imported while the workers fetch; the driver leaves them out before its first pass, so its pool starts sooner."""
+    import polars  # noqa: F401
+
+    from datagen.report import warm_up
+
+    warm_up()
+
+
 def _run(args: argparse.Namespace) -> int:
-    # The recipe first, and only what reading it needs: a pool's fork server starts from here, and its
-    # imports (0.5 s) then run on another core while this one imports the rest and reads the source.
-    from datagen.recipe import load_recipe
+    # The recipe file first, read but not validated, and nothing else imported: when it asks for a pool,
+    # the pool's fork server starts now, and its imports (0.5 s) run on another core while this one
+    # validates the recipe (0.25 s of imports), imports the rest and reads the source.
+    from datagen.core.poolserver import prestart, stop_pool_server
+    from datagen.recipe import read_recipe, validate_recipe
 
-    recipe, raw = load_recipe(args.recipe, args.set)
-    if recipe.executor.kind == "local" and recipe.executor.workers > 1 and not args.dry_run:
-        from datagen.core.executor import prestart
-
+    raw, resolved = read_recipe(args.recipe, args.set)
+    if _wants_pool(resolved.get("executor")) and not args.dry_run:
         prestart()
+    recipe = validate_recipe(resolved, args.recipe)
+    if recipe.executor.kind == "local" and recipe.executor.workers > 1 and not args.dry_run:
+        prestart()  # a no-op when the file said so already
+    else:
+        stop_pool_server()  # the file's executor section was not what it seemed (a no-op when none runs)
     from datagen.core.lock import RunLock
     from datagen.core.pipeline import clean_run_dir, preflight, run
     from datagen.core.storage import upload
-    from datagen.sinks.manifest import finish, summary
     from datagen.core.steps import RunContext
 
     out = Path(args.out or recipe.out or f"out/{recipe.name}")
@@ -73,9 +95,8 @@ def _run(args: argparse.Namespace) -> int:
     pa.set_memory_pool(pa.system_memory_pool())
     if not args.dry_run:
         from datagen.core.executor import while_waiting
-        from datagen.report import warm_up
 
-        while_waiting(warm_up)  # the report's imports, while the workers fetch
+        while_waiting(_warm_up_tail)
     with RunLock(out):  # held from the first step to the last shard
         if args.fresh:
             clean_run_dir(out)
@@ -83,6 +104,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.dry_run:
             print("dry run: no shards written")
             return 0
+        from datagen.sinks.manifest import finish, summary
+
         manifest = finish(state, raw | ({"_overrides": args.set} if args.set else {}), recipe_path)
         report = _write_report(out)  # before the upload, which copies it too
         good = manifest["counts"]["pairs"]["reconciled"] and manifest.get("check", {}).get("ok", True)
@@ -395,8 +418,8 @@ def entry() -> None:
     code = main()
     import atexit
 
-    if "datagen.core.executor" in sys.modules:  # before multiprocessing's exit handler removes its folder
-        sys.modules["datagen.core.executor"].stop_pool_server()
+    if "datagen.core.poolserver" in sys.modules:  # before multiprocessing's exit handler removes its folder
+        sys.modules["datagen.core.poolserver"].stop_pool_server()
     atexit._run_exitfuncs()
     logging.shutdown()
     sys.stdout.flush()

@@ -11,14 +11,13 @@ import copy
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from datagen.config import Recipe
-from datagen.sources.config import SOURCE_KINDS
 from datagen.yamlconfig import ConfigError, describe_validation_error, key_path, read_mapping
 from datagen.yamlconfig import apply_override as _apply_override
+
+if TYPE_CHECKING:
+    from datagen.config import Recipe
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -51,16 +50,30 @@ def interpolate(node: Any, file: str, loc: tuple = ()) -> Any:
     return node
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[Recipe, dict]:
-    """The validated recipe and the raw (not interpolated) dict for the manifest."""
-    path = Path(path)
+def read_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[dict, dict]:
+    """The recipe file with the ``--set`` overrides applied: (raw, interpolated), not validated yet. Light:
+    it imports no step or model (``datagen run`` peeks at the executor here, before the 0.25 s that
+    validation imports)."""
     file = str(path)
-    raw = read_mapping(path, "recipe", RecipeError)
+    raw = read_mapping(Path(path), "recipe", RecipeError)
     for assignment in overrides or []:
         apply_override(raw, assignment, file)
-    resolved = interpolate(copy.deepcopy(raw), file)
+    return raw, interpolate(copy.deepcopy(raw), file)
+
+
+def validate_recipe(resolved: dict, file: str | Path) -> Recipe:
+    from pydantic import ValidationError
+
+    from datagen.config import Recipe
+    from datagen.sources.config import SOURCE_KINDS
+
     try:
-        recipe = Recipe.model_validate(resolved)
+        return Recipe.model_validate(resolved)
     except ValidationError as e:
-        raise RecipeError(describe_validation_error(e, file, "recipe", SOURCE_KINDS)) from None
-    return recipe, raw
+        raise RecipeError(describe_validation_error(e, str(file), "recipe", SOURCE_KINDS)) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> tuple[Recipe, dict]:
+    """The validated recipe and the raw (not interpolated) dict for the manifest."""
+    raw, resolved = read_recipe(path, overrides)
+    return validate_recipe(resolved, path), raw

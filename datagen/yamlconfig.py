@@ -8,10 +8,12 @@ pydantic validation errors written as ``key.path: what was expected``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import yaml
-from pydantic import ValidationError
+
+if TYPE_CHECKING:  # reading a file needs no pydantic (``datagen.recipe.read_recipe``)
+    from pydantic import ValidationError
 
 
 class ConfigError(ValueError):

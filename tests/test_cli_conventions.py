@@ -196,10 +196,10 @@ def test_pool_workers_log_at_the_drivers_level_and_see_its_environment_as_it_is_
     """A pool process starts with no logging set up: without the driver's level its progress and info
     lines were dropped, even with -v. It is forked from the fork server, which kept the environment it
     started with: the driver's environment of when the pool opens must reach it (a key set since)."""
-    from datagen.core import executor
+    from datagen.core import executor, poolserver
     from datagen.core.steps import RunContext
 
-    executor.prestart()
+    poolserver.prestart()
     monkeypatch.setenv("DATAGEN_TEST_LATE_VAR", f"set after the fork server started, level {level}")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     before = progress_mod.datagen_level()
@@ -278,18 +278,18 @@ def test_the_fork_server_is_stopped_and_reaped(tmp_path):
     outlives the run, and the server's CPU (and its reaped workers') counts as this process's children's."""
     from multiprocessing import forkserver
 
-    from datagen.core import executor
+    from datagen.core import executor, poolserver
     from datagen.core.steps import RunContext
 
     with executor.open_pool(1, RunContext(tmp_path, tmp_path)) as pool:
         assert pool.submit(os.getpid).result() > 0
     pid = forkserver._forkserver._forkserver_pid
     assert pid is not None
-    executor.stop_pool_server()
+    poolserver.stop_pool_server()
     assert forkserver._forkserver._forkserver_pid is None
     with pytest.raises(ChildProcessError):  # reaped already: not a zombie left to init
         os.waitpid(pid, os.WNOHANG)
-    executor.stop_pool_server()  # nothing running: a no-op
+    poolserver.stop_pool_server()  # nothing running: a no-op
     with executor.open_pool(1, RunContext(tmp_path, tmp_path)) as pool:  # a later pool starts a new server
         assert pool.submit(os.getppid).result() == forkserver._forkserver._forkserver_pid != pid
 
@@ -309,3 +309,68 @@ def test_the_console_entry_runs_exit_handlers_flushes_output_and_keeps_the_exit_
     bad = subprocess.run([sys.executable, "-c", code, "validate", str(tmp_path / "missing.yaml")], capture_output=True,
                          text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "not found" in bad.stderr and marker.read_text() == "yes"
+
+
+def test_the_fork_server_starts_before_the_recipe_is_validated_when_the_file_asks_for_a_pool(tmp_path, monkeypatch):
+    """``datagen run`` reads the recipe file, and when it asks for a local pool starts the fork server
+    before validating it (the server's 0.5 s of imports then overlap the 0.25 s that validation imports);
+    a recipe without a pool never starts one, and the validated recipe, not the peek, has the last word."""
+    from multiprocessing import forkserver
+
+    import datagen.core.pipeline
+    import datagen.recipe
+    from datagen.cli import main
+    from datagen.core import poolserver
+
+    seen = []
+    real = datagen.recipe.validate_recipe
+
+    def running() -> bool:
+        return forkserver._forkserver._forkserver_pid is not None
+
+    def validate(resolved, file):
+        seen.append(running())
+        return real(resolved, file)
+
+    def preflight(recipe, ctx):  # the first thing after the decision: stop the run here
+        seen.append(running())
+        raise datagen.recipe.RecipeError("stop here")
+
+    monkeypatch.setattr(datagen.recipe, "validate_recipe", validate)
+    monkeypatch.setattr(datagen.core.pipeline, "preflight", preflight)
+    recipe = tmp_path / "r.yaml"
+    cases = {"executor: {workers: 2}": [True, True], "executor: {workers: 1}": [False, False],
+             "executor: {kind: ray, workers: 2}": [False, False],
+             "executor: {workers: '2'}": [False, True]}  # the peek does not guess; validation coerces it
+    try:
+        for line, expected in cases.items():
+            poolserver.stop_pool_server()
+            seen.clear()
+            recipe.write_text(f"name: t\nsources: [{{name: a, kind: laion, path: a.parquet}}]\n{line}\n")
+            assert main(["run", str(recipe), "--out", str(tmp_path / "o")]) == 2
+            assert seen == expected, line
+        for extra, expected in ((["--set", "executor.workers=3"], [True, True]), (["--dry-run"], [False, False])):
+            poolserver.stop_pool_server()
+            seen.clear()
+            recipe.write_text("name: t\nsources: [{name: a, kind: laion, path: a.parquet}]\n")
+            assert main(["run", str(recipe), "--out", str(tmp_path / "o"), *extra]) == 2
+            assert seen == expected, extra
+    finally:
+        poolserver.stop_pool_server()
+
+
+def test_reading_a_recipe_and_starting_the_fork_server_import_no_model_and_no_dataframe_library():
+    """What ``datagen run`` does before its pool's fork server starts stays light: reading the recipe
+    file (YAML, overrides, ${VAR}) imports neither the recipe model nor Arrow, Polars or pandas, and the
+    fork-server module is standard library only; validating the recipe does not import Polars either
+    (the driver needs it only after its first pass)."""
+    code = ("import sys, datagen.recipe as r, datagen.core.poolserver\n"
+            "r.read_recipe(sys.argv[1], ['executor.workers=2'])\n"
+            "heavy = {'datagen.config', 'pydantic', 'pyarrow', 'polars', 'pandas', 'numpy'}\n"
+            "print('READ', sorted(heavy & set(sys.modules)))\n"
+            "r.load_recipe(sys.argv[1])\n"
+            "print('VALIDATED', sorted({'polars', 'imagehash', 'pandas', 'aiohttp'} & set(sys.modules)))\n")
+    r = subprocess.run([sys.executable, "-c", code, str(ROOT / "recipes" / "demo.yaml")], capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr
+    assert "READ []" in r.stdout and "VALIDATED []" in r.stdout, r.stdout

@@ -126,7 +126,9 @@ def test_generates_every_task_as_conversation_rows(tmp_path):
         srv.route("/v1/chat/completions", llm)
         step = make_step(srv, tmp_path)
         out = step.process(pair_rows())
-        first_request = next(r.json() for r in srv.requests if task_of(r.json()["messages"]) == "conversation")
+        # row a's request (the step sends them concurrently: the first one may be row b's)
+        row_a_request = next(r.json() for r in srv.requests if task_of(r.json()["messages"]) == "conversation"
+                             and "ROW-a" in r.json()["messages"][-1]["content"])
     assert out.kept.schema.equals(CONVERSATION_SCHEMA) and out.rejects.num_rows == 0
     rows = out.kept.to_pylist()
     assert [r["key"] for r in rows] == ["coco_a", "coco_b"] and rows[0]["images"] == ["coco_a"]
@@ -148,7 +150,7 @@ def test_generates_every_task_as_conversation_rows(tmp_path):
     assert [(t["task"], t["polarity"]) for t in convs[4]["turns"]] == [("wrong_attribute", "negative")] * 2
     assert {t["polarity"] for c in convs[:3] for t in c["turns"]} == {"positive"}
     # the symbolic context, as the LLM saw it: LLaVA-style normalised boxes, largest first, OCR above min score
-    msgs = first_request["messages"]
+    msgs = row_a_request["messages"]
     assert msgs[0]["role"] == "system" and len(msgs) == 1 + 2 * 2 + 1  # system, two few-shot pairs, the image
     user = msgs[-1]["content"]
     assert "- person: [0.100, 0.200, 0.500, 0.800]" in user  # [64,96,256,288] px on 640x480

@@ -1,4 +1,8 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -162,3 +166,23 @@ def test_instruction_files_that_break_off_name_the_file_and_item(tmp_path, ctx):
     (tmp_path / "latin1.jsonl").write_bytes(b'{"instruction": "a", "output": "b"}\n{"instruction": "caf\xe9"}\n')
     with pytest.raises(InputFileError, match=r"latin1\.jsonl:2: not UTF-8 .*Convert the file to UTF-8"):
         list(read_instructions(InstructionSource(name="t", kind="instructions", path="latin1.jsonl"), ctx))
+
+
+def test_every_source_kind_has_a_reader_imported_only_when_used():
+    """The pipeline names each kind's reader by module and function, so a run imports only the readers its
+    recipe uses (COCO's and Visual Genome's import polars); every kind a recipe may name resolves."""
+    import inspect
+
+    from datagen.core.pipeline import _READERS, _source_reader
+    from datagen.sources.config import SOURCE_KINDS
+
+    assert set(_READERS) == set(SOURCE_KINDS)
+    for kind in SOURCE_KINDS:
+        fn = _source_reader(type("Cfg", (), {"kind": kind})())
+        assert callable(fn) and list(inspect.signature(fn).parameters)[:2] == ["cfg", "ctx"], kind
+    code = ("import sys\nfrom datagen.core.pipeline import _source_reader\n"
+            "_source_reader(type('C', (), {'kind': 'laion'})())\n"
+            "print(sorted(m for m in ('datagen.sources.coco', 'datagen.sources.visual_genome', 'polars') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr

@@ -22,7 +22,6 @@ import concurrent.futures as cf
 import logging
 import multiprocessing as mp
 import os
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ import pyarrow.compute as pc
 
 from datagen.core.cache import task_scope
 from datagen.core.parts import PartWriter, iter_batches
+from datagen.core.poolserver import prestart
 from datagen.core.steps import RunContext, Step
 from datagen.progress import configure_logging, datagen_level, progress
 
@@ -178,20 +178,6 @@ def run_task(task: ShardTask, worker: _Worker) -> dict:
 
 _PROCESS: dict[str, _Worker] = {}
 
-# The pool's processes are forked from multiprocessing's fork server, not spawned: the server imports
-# these once (about 0.5 s, with pandas, which pyarrow loads on its first list -> array), and each
-# process forked from it starts with them, where a spawned one imported them again (0.5 s, then 0.2 s
-# more for pandas in the middle of its first task). ``prestart`` starts the server as soon as the
-# driver knows it will want a pool, so those imports run on another core while the driver reads its
-# source. The server does none of the run's work and opens none of its files, so forking from it is safe
-# (forking the driver is not: its Arrow and Polars thread pools would be copied mid-flight). Steps not listed
-# are imported by the worker when it unpickles its first task, as before.
-WORKER_MODULES = (
-    "datagen.core.executor", "datagen.fetch.step", "datagen.filters.quality",
-    "PIL.JpegImagePlugin", "PIL.PngImagePlugin", "pyarrow.parquet", "pandas", "cv2",
-)
-
-
 class _PoolProcess(mp.context.ForkServerProcess):
     """A pool process that runs its exit handlers when its work ends, and ends when the driver dies.
 
@@ -229,32 +215,6 @@ class _PoolContext(mp.context.ForkServerContext):
 
 def pool_context() -> mp.context.BaseContext:
     return _PoolContext()
-
-
-def prestart() -> None:
-    """Start the fork server the pool's processes will come from (a no-op when it runs)."""
-    from multiprocessing import forkserver
-
-    forkserver.set_forkserver_preload(list(WORKER_MODULES))  # no effect once the server runs (tests: many runs)
-    forkserver.ensure_running()
-
-
-def stop_pool_server() -> None:
-    """Stop the fork server (if this process started one) and reap it, so that its CPU time and its
-    children's count as this process's children's (what ``time`` and the benchmarks read) and no process
-    outlives the run; without it the server exits by itself when this process does, unreaped. SIGTERM
-    first: the server holds nothing to save, and the teardown of its interpreter cost 0.15 s."""
-    from multiprocessing import forkserver
-
-    server = forkserver._forkserver
-    pid = getattr(server, "_forkserver_pid", None)
-    if pid is None:
-        return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        pass
-    server._stop()  # closes its pipe, waits for it, removes its socket
 
 
 def open_pool(workers: int, ctx: RunContext) -> cf.ProcessPoolExecutor:

@@ -17,15 +17,15 @@ pass holds image bytes; everything after it reads metadata columns.
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -35,6 +35,9 @@ from datagen.core.lock import RunLock
 from datagen.core.parts import Part, chain, columns_except, file_fingerprint, remove_temporaries, tmp_name, write_json_atomic
 from datagen.core.records import CONVERSATION_SCHEMA, PAIR_SCHEMA, REJECT_SCHEMA
 from datagen.core.steps import RunContext
+
+if TYPE_CHECKING:  # imported where used: a run's driver needs polars only after its first pass
+    import polars as pl
 
 log = logging.getLogger("datagen")
 
@@ -83,6 +86,8 @@ class RunState:
 
     def dropped(self) -> pl.LazyFrame | None:
         """Keys the barriers decided away (columns ``key``, ``_shard``)."""
+        import polars as pl
+
         files = [p for p in self.decisions if pq.ParquetFile(p).metadata.num_rows]
         if not files:
             return None
@@ -91,15 +96,17 @@ class RunState:
 
 # ----------------------------------------------------------------------------- sources
 
-def _source_reader(cfg):
-    from datagen.sources.coco import read_coco
-    from datagen.sources.instructions import read_instructions
-    from datagen.sources.tables import read_parquet, read_tsv
-    from datagen.sources.visual_genome import read_visual_genome
+# source kind -> its reader (module in datagen.sources, function); a reader's module is imported when a
+# recipe uses it (COCO's and Visual Genome's pull in polars)
+_READERS = {"coco": ("coco", "read_coco"), "laion": ("tables", "read_parquet"), "coyo": ("tables", "read_parquet"),
+            "parquet": ("tables", "read_parquet"), "cc3m": ("tables", "read_tsv"), "cc12m": ("tables", "read_tsv"),
+            "tsv": ("tables", "read_tsv"), "instructions": ("instructions", "read_instructions"),
+            "wukong": ("tables", "read_parquet"), "visual_genome": ("visual_genome", "read_visual_genome")}
 
-    return {"coco": read_coco, "laion": read_parquet, "coyo": read_parquet, "parquet": read_parquet,
-            "cc3m": read_tsv, "cc12m": read_tsv, "tsv": read_tsv, "instructions": read_instructions,
-            "wukong": read_parquet, "visual_genome": read_visual_genome}[cfg.kind]
+
+def _source_reader(cfg):
+    module, name = _READERS[cfg.kind]
+    return getattr(importlib.import_module(f"datagen.sources.{module}"), name)
 
 
 def _source_files(cfg, ctx: RunContext) -> list[Path]:
@@ -392,6 +399,8 @@ def _pairs_fingerprint(folders: list[Path]) -> str:
 
 def _metadata(state: RunState, columns: set[str]) -> pl.LazyFrame | None:
     """Metadata columns of every pair part, in input order, with ``_shard``; never the images."""
+    import polars as pl
+
     frames = []
     for shard, part in state.pair_parts:
         have = pq.ParquetFile(part.kept).schema_arrow.names
@@ -402,6 +411,8 @@ def _metadata(state: RunState, columns: set[str]) -> pl.LazyFrame | None:
 
 def _run_barriers(state: RunState) -> str:
     """Each barrier sees the pairs the earlier ones kept and writes its decisions (rejects + ``_shard``)."""
+    import polars as pl
+
     fp = state.pairs_fp
     if not state.pair_parts:  # text-only recipes
         return fp
@@ -442,6 +453,8 @@ def _run_barriers(state: RunState) -> str:
 
 
 def _drop_lists(state: RunState) -> dict[str, list[str]]:
+    import polars as pl
+
     dropped = state.dropped()
     if dropped is None:
         return {}

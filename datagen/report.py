@@ -154,11 +154,27 @@ def warm_up() -> None:
     _plt()
 
 
-def _svg(fig) -> str:
+def _svg(fig, margins: tuple[float, float, float, float] | None = None) -> str:
+    """The figure as an SVG data URI. ``margins`` (left, bottom, right, top; inches): the figure is laid out
+    with them and drawn once; without, matplotlib finds them itself (``bbox_inches="tight"``: labels of any
+    length fit), drawing the figure twice, which doubled its cost (40-50 ms a plot at the end of a run)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    if margins is None:
+        fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    else:
+        w, h = fig.get_size_inches()
+        left, bottom, right, top = margins
+        fig.subplots_adjust(left=left / w, bottom=bottom / h, right=1 - right / w, top=1 - top / h)
+        fig.savefig(buf, format="svg", metadata={"Date": None})
     _plt().close(fig)
     return "data:image/svg+xml;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _numeric_margins(ax) -> tuple[float, float, float, float]:
+    """Margins for a plot with numbers on both axes and one label each: the left one grows with the
+    longest y tick label (0.08 inch a character at 9 points), the rest are fixed."""
+    labels = ax.yaxis.get_major_formatter().format_ticks(ax.get_yticks())
+    return 0.3 + 0.08 * max(map(len, labels), default=1), 0.46, 0.12, 0.1
 
 
 def _img(uri: str, alt: str, cls: str = "plot") -> str:
@@ -222,7 +238,7 @@ def plot_clip(kept: list[float], rejected: list[float], line: float | None, line
     ax.set_xlabel("CLIP score (cosine)")
     ax.set_ylabel("pairs")
     ax.legend(fontsize=8)
-    return _svg(fig)
+    return _svg(fig, _numeric_margins(ax))
 
 
 def plot_hist(series: dict[str, list[float]], xlabel: str) -> str | None:
@@ -236,7 +252,7 @@ def plot_hist(series: dict[str, list[float]], xlabel: str) -> str | None:
     ax.yaxis.get_major_locator().set_params(integer=True)
     if len(series) > 1:
         ax.legend()
-    return _svg(fig)
+    return _svg(fig, _numeric_margins(ax))
 
 
 # ---------------------------------------------------------------- HTML

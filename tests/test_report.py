@@ -245,3 +245,40 @@ def test_view_on_a_busy_port_says_so(demo_run, capsys):
         busy.listen()
         assert main(["view", str(out), "--port", str(busy.getsockname()[1]), "--max-samples", "3"]) == 2
     assert "cannot serve on 127.0.0.1:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("n", [7, 3000, 50_000])
+def test_plots_laid_out_with_fixed_margins_keep_every_label_inside_the_figure(n, monkeypatch):
+    """The histograms are drawn once with margins of their own (not bbox_inches="tight", which draws twice):
+    every tick label, axis label and legend entry must still lie inside the figure, from a handful of
+    samples to the report's cap (50,000: five-digit counts on the y axis)."""
+    import random
+
+    import matplotlib.text
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from datagen import report
+
+    figs = []
+    real = report._svg
+
+    def keep(fig, margins=None):
+        figs.append((fig, margins))
+        return real(fig, margins)
+
+    monkeypatch.setattr(report, "_svg", keep)
+    rng = random.Random(n)
+    values = [rng.choice([10, 20, 30]) for _ in range(n)]  # a few full bins: the largest counts
+    report.plot_hist({"width": values, "height": [v * 30 for v in values]}, "pixels")
+    report.plot_hist({"caption": values}, "caption length (characters)")
+    report.plot_clip([0.3] * n, [0.1] * n, 0.28, "threshold 0.28")
+    assert len(figs) == 3 and all(m is not None for _, m in figs)
+    for fig, _ in figs:
+        canvas = FigureCanvasAgg(fig)  # pyplot took the closed figure's own canvas away
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        texts = [t.get_text() for t in fig.findobj(matplotlib.text.Text) if t.get_visible()]
+        assert {"pixels", "pairs", "caption length (characters)"} & set(texts)
+        # what bbox_inches="tight" would have cropped to: everything drawn, in inches
+        drawn, (w, h) = fig.get_tightbbox(renderer), fig.get_size_inches()
+        assert drawn.x0 >= 0 and drawn.y0 >= 0 and drawn.x1 <= w and drawn.y1 <= h, (texts, drawn, (w, h))

@@ -164,7 +164,8 @@ def test_bucket_spill_returns_every_row_of_a_bucket_across_flushes(tmp_path):
 
 def test_work_registered_while_waiting_runs_once_in_the_background_of_a_pool_pass(tmp_path, image_server):
     """executor.while_waiting: the driver's ahead-of-time work (the report's imports) runs once, off the
-    main thread, when a pool pass starts; registering the same function twice runs it once."""
+    main thread, in a pool pass once one of its processes has no task left (not before: it would take
+    CPU from busy workers); registering the same function twice runs it once."""
     import threading
 
     from datagen.core import executor
@@ -172,8 +173,12 @@ def test_work_registered_while_waiting_runs_once_in_the_background_of_a_pool_pas
     calls = []
     done = threading.Event()
 
+    part_dirs = []
+
     def job():
         calls.append(threading.current_thread().name)
+        # how many of the pass's parts (one per shard task) were finished when the job started
+        part_dirs.append(len(list((tmp_path / "out" / "_run" / "pairs").glob("*/*/stats.json"))))
         done.set()
 
     executor.while_waiting(job)
@@ -182,3 +187,5 @@ def test_work_registered_while_waiting_runs_once_in_the_background_of_a_pool_pas
     assert done.wait(30)
     assert calls == ["driver-warm-up"]
     assert executor._IDLE_WORK == []
+    shards = len(list((tmp_path / "out" / "_run" / "pairs").glob("*/*/stats.json")))
+    assert shards >= 3 and part_dirs[0] >= shards - 1, (part_dirs, shards)  # 2 processes: after all but one

@@ -244,8 +244,10 @@ def task_context(ctx: RunContext) -> RunContext:
 
 
 # Work the driver can do ahead while a pool pass keeps it waiting (e.g. the imports of the report that
-# ends the run: ``datagen.report.warm_up``). Each runs once, in a daemon thread, when the first pool pass
-# starts: on a 2-core machine the run's serial tail is then shorter by what it would have cost there.
+# ends the run: ``datagen.report.warm_up``). Each runs once, in a daemon thread, in the first pool pass,
+# as soon as one of its processes has no task left: on that core, which would idle until the pass ends,
+# rather than on the cores the workers keep busy (started with the pass, the 0.5 s of imports took as
+# much from the workers as they later saved) or in the run's serial tail.
 _IDLE_WORK: list[Callable[[], None]] = []
 
 
@@ -290,12 +292,16 @@ def execute(tasks: list[ShardTask], ctx: RunContext, workers: int, desc: str) ->
             finally:
                 worker.close()
         else:
-            with open_pool(min(workers, len(tasks)), ctx) as pool:
+            processes = min(workers, len(tasks))
+            with open_pool(processes, ctx) as pool:
                 futures = {pool.submit(_run_in_pool, t): i for i, t in enumerate(tasks)}
-                _start_idle_work()
+                left = len(futures)
                 try:
                     for fut in cf.as_completed(futures):
                         done(futures[fut], fut.result())
+                        left -= 1
+                        if left < processes:  # a pool process has nothing more to do: its core is free
+                            _start_idle_work()
                 except BaseException:
                     for f in futures:
                         f.cancel()

@@ -363,14 +363,17 @@ def test_reading_a_recipe_and_starting_the_fork_server_import_no_model_and_no_da
     """What ``datagen run`` does before its pool's fork server starts stays light: reading the recipe
     file (YAML, overrides, ${VAR}) imports neither the recipe model nor Arrow, Polars or pandas, and the
     fork-server module is standard library only; validating the recipe does not import Polars either
-    (the driver needs it only after its first pass)."""
+    (the driver needs it only after its first pass), and the fetch step's class, which the driver needs
+    for the pass's fingerprint, comes without the network stack (the pool's processes download)."""
     code = ("import sys, datagen.recipe as r, datagen.core.poolserver\n"
             "r.read_recipe(sys.argv[1], ['executor.workers=2'])\n"
             "heavy = {'datagen.config', 'pydantic', 'pyarrow', 'polars', 'pandas', 'numpy'}\n"
             "print('READ', sorted(heavy & set(sys.modules)))\n"
             "r.load_recipe(sys.argv[1])\n"
-            "print('VALIDATED', sorted({'polars', 'imagehash', 'pandas', 'aiohttp'} & set(sys.modules)))\n")
+            "print('VALIDATED', sorted({'polars', 'imagehash', 'pandas', 'aiohttp'} & set(sys.modules)))\n"
+            "import datagen.core.pipeline, datagen.fetch.step\n"  # the pass's fingerprint needs the step class
+            "print('FETCH STEP', sorted({'polars', 'aiohttp', 'yarl'} & set(sys.modules)))\n")
     r = subprocess.run([sys.executable, "-c", code, str(ROOT / "recipes" / "demo.yaml")], capture_output=True,
                        text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr
-    assert "READ []" in r.stdout and "VALIDATED []" in r.stdout, r.stdout
+    assert "READ []" in r.stdout and "VALIDATED []" in r.stdout and "FETCH STEP []" in r.stdout, r.stdout

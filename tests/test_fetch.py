@@ -632,10 +632,11 @@ def test_bodies_waiting_for_the_decode_threads_are_bounded(tmp_path, monkeypatch
     """The network outruns a slow decode: rows downloaded and not yet decoded stay within the download
     slots plus DECODE_BACKLOG rows per decode thread, instead of the whole batch's bodies piling up."""
     from datagen.fetch import step as step_mod
+    from datagen.fetch.http import Downloader
 
     body, decode = jpeg(), step_mod.process_image
     downloaded = decoded = most = 0
-    get = step_mod.Downloader.get
+    get = Downloader.get
 
     async def counting_get(self, url):
         nonlocal downloaded, most
@@ -652,7 +653,7 @@ def test_bodies_waiting_for_the_decode_threads_are_bounded(tmp_path, monkeypatch
         finally:
             decoded += 1
 
-    monkeypatch.setattr(step_mod.Downloader, "get", counting_get)
+    monkeypatch.setattr(Downloader, "get", counting_get)
     monkeypatch.setattr(step_mod, "process_image", slow_decode)
     with LocalServer() as srv:
         srv.route("/", lambda req: Reply(200, body=body))

@@ -19,7 +19,7 @@ import signal
 # (forking the driver is not: its Arrow and Polars thread pools would be copied mid-flight). Steps not listed
 # are imported by the worker when it unpickles its first task, as before.
 WORKER_MODULES = (
-    "datagen.core.executor", "datagen.fetch.step", "datagen.filters.quality",
+    "datagen.core.executor", "datagen.fetch.step", "datagen.fetch.http", "datagen.filters.quality",
     "PIL.JpegImagePlugin", "PIL.PngImagePlugin", "pyarrow.parquet", "pandas", "cv2",
 )
 

@@ -168,3 +168,14 @@ class FetchConfig(BaseModel):
         "(no generation loss, less CPU).",
     )
     workers: int = Field(2, ge=1, description="Threads that decode and encode images (Pillow releases the GIL).")
+
+
+def policy_summary(cfg: FetchConfig) -> dict:
+    """The safety settings a run used, for the manifest (steps[fetch].stats.policy)."""
+    return {
+        "allow_local_files": cfg.allow_local_files,
+        "allow_loopback": cfg.allow_loopback,
+        "allow_networks": list(cfg.allow_networks),
+        "respect_x_robots_tag": cfg.respect_x_robots_tag,
+        "respect_robots": cfg.respect_robots,
+    }

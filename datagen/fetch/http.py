@@ -135,17 +135,6 @@ def _host_of(target: URL, url: str) -> str:
     return host
 
 
-def policy_summary(cfg: FetchConfig) -> dict:
-    """The safety settings a run used, for the manifest (steps[fetch].stats.policy)."""
-    return {
-        "allow_local_files": cfg.allow_local_files,
-        "allow_loopback": cfg.allow_loopback,
-        "allow_networks": list(cfg.allow_networks),
-        "respect_x_robots_tag": cfg.respect_x_robots_tag,
-        "respect_robots": cfg.respect_robots,
-    }
-
-
 def parse_retry_after(value: Optional[str], cap_s: float) -> Optional[float]:
     """Seconds to wait from a Retry-After header (delta-seconds or HTTP date), capped; None if absent or bad."""
     if not value:

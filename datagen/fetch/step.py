@@ -51,23 +51,27 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Optional, Union
 
 import pyarrow as pa
 from PIL import ImageFile
-from yarl import URL
 
 from datagen.core.cache import RequestCache
-from datagen.fetch import guard
-from datagen.fetch.config import RUN_CONTROL_KEYS, FetchConfig
+from datagen.fetch.config import RUN_CONTROL_KEYS, FetchConfig, policy_summary
 from datagen.fetch.errors import FetchError, FetchFailureRateExceeded
 from datagen.fetch.health import FailureMonitor, HostBackoff, add_failures, breakdown
-from datagen.fetch.http import Downloader, DownloadCounters, policy_summary
 from datagen.fetch.watch import wait_rows
 from datagen.fetch.image import StoredImage, probe_size, process_image
 from datagen.fetch.location import locate, read_file
 from datagen.core.records import PAIR_SCHEMA, reject, rejects_table
 from datagen.core.steps import RunContext, Step, StepOutput
+
+if TYPE_CHECKING:
+    from datagen.fetch.http import Downloader
+
+# The network stack (aiohttp, yarl, the address guard, the downloader: 0.12 s) is imported where it is used:
+# a run's driver imports this module for the step's fingerprint and statistics only, before its pool
+# starts; the pool's processes get it preloaded from the fork server (``datagen.core.poolserver``).
 
 
 class _Passthrough:
@@ -119,6 +123,8 @@ def _is_permanent(e: FetchError) -> bool:
 async def pre_resolve(urls: list, concurrency: int) -> None:
     """Look up every host of a batch before fetching (``fetch.pre_resolve``), through the worker's DNS cache;
     failures are cached like any answer and show up on the rows that need them."""
+    from datagen.fetch import guard
+
     hosts = sorted({h for h in (_http_host(u) for u in urls) if h})
     sem = asyncio.Semaphore(concurrency)
 
@@ -136,6 +142,10 @@ def _http_host(url) -> Optional[str]:
     """The host name of an http(s) URL that needs a resolver (not an address literal), else None."""
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         return None
+    from yarl import URL
+
+    from datagen.fetch import guard
+
     try:
         host = URL(url).host
     except Exception:  # noqa: BLE001 - the row itself reports a bad URL
@@ -209,6 +219,8 @@ class FetchStep(Step):
         batch_no = self.ctx.stat(self.name).get("batches", 0)
         if self._task_deadline is None and self.config.shard_timeout_s is not None:
             self._task_deadline = time.monotonic() + self.config.shard_timeout_s
+        from datagen.fetch import guard
+
         dns_before = guard.DNS.counters()
         self._stop: Optional[str] = None
         if self._loop is None:
@@ -239,6 +251,8 @@ class FetchStep(Step):
     def _batch_downloader(self, batch_no: int) -> Downloader:
         """The step's downloader (made in the loop's thread at the first batch), set up for this batch:
         its rng, this shard's host backoff, fresh counters."""
+        from datagen.fetch.http import Downloader, DownloadCounters
+
         d = self._downloader
         if d is None:
             d = self._downloader = Downloader(self.config, self.ctx.rng("fetch", batch_no), self._host_open_at,

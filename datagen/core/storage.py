@@ -30,7 +30,8 @@ URI_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
 
 @lru_cache(maxsize=4096)
-def _real_dir(folder: str) -> str:
+def real_folder(folder: str) -> str:
+    """``os.path.realpath`` of a folder, resolved once per process (see ``realpath``)."""
     return os.path.realpath(folder)
 
 
@@ -43,7 +44,7 @@ def realpath(path: str | Path) -> str:
     folder, name = os.path.split(path)
     if name in ("", ".", "..") or os.path.islink(path):
         return os.path.realpath(path)
-    return os.path.join(_real_dir(folder), name)
+    return os.path.join(real_folder(folder), name)
 
 
 def is_uri(p: str | Path) -> bool:

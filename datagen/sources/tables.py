@@ -55,11 +55,13 @@ def source_files(pattern: str, ctx: RunContext, source: str, remote: bool = Fals
     return files
 
 
-def portable_path(path: Path, root: Path) -> str:
+def portable_path(path: Path | str, root: Path | str) -> str:
     """A local file as stored in ``url``: its path relative to ``root``, the recipe's folder, where
     the fetch step resolves relative paths again (``RunContext.resolve``). So shard bytes do not
-    depend on where the checkout lives: two checkouts at different paths write the same url."""
-    return Path(os.path.relpath(storage.realpath(path), storage.realpath(root))).as_posix()
+    depend on where the checkout lives: two checkouts at different paths write the same url. Called
+    once per row of a local source: ``root``'s real path is resolved once (``storage.real_folder``)."""
+    rel = os.path.relpath(storage.realpath(path), storage.real_folder(os.path.abspath(root)))
+    return rel if os.sep == "/" else Path(rel).as_posix()
 
 
 def resolve_url(url: str | None, base: Path | str, root: Path) -> str | None:
@@ -71,7 +73,7 @@ def resolve_url(url: str | None, base: Path | str, root: Path) -> str | None:
     url = url.strip()
     if not url or "://" in url or url.startswith("/") or storage.is_uri(base):
         return url
-    return portable_path(base / url, root)
+    return portable_path(os.path.join(base, url), root)
 
 
 def _key(name: str, n_files: int, file_idx: int, row: int) -> str:
@@ -102,7 +104,7 @@ def read_parquet(cfg: ParquetSource, ctx: RunContext) -> Iterator[StepOutput]:
         if unknown:
             raise InputFileError(path, f"meta_columns {unknown} are not in the file's columns {names}",
                                  "Fix sources[].meta_columns")
-        row = 0
+        row, base = 0, storage.parent(path)
         for batch in _batches(pf, path, cfg.batch_size, sorted(set(mapped.values()) | set(meta_cols))):
             cols = batch.to_pydict()
             n = batch.num_rows
@@ -115,7 +117,7 @@ def read_parquet(cfg: ParquetSource, ctx: RunContext) -> Iterator[StepOutput]:
                 out.append({
                     "key": make_key(cfg.name, local_id) if local_id is not None else _key(cfg.name, len(files), fi, row + i),
                     "source": cfg.name,
-                    "url": resolve_url(get("url"), storage.parent(path), ctx.recipe_dir),
+                    "url": resolve_url(get("url"), base, ctx.recipe_dir),
                     "caption": get("caption"),
                     "width": get("width"),
                     "height": get("height"),
@@ -191,6 +193,7 @@ def read_tsv(cfg: TsvSource, ctx: RunContext) -> Iterator[StepOutput]:
                                                  strings_can_be_null=False),
         )
         line = 0  # 1-based line numbers; skipped (malformed) lines keep their numbers
+        base = storage.parent(path)
         for batch in _tsv_batches(reader, path, lambda: line):
             cols = batch.to_pydict()
             out = []
@@ -206,7 +209,7 @@ def read_tsv(cfg: TsvSource, ctx: RunContext) -> Iterator[StepOutput]:
                 out.append({
                     "key": _key(cfg.name, len(files), fi, line),
                     "source": cfg.name,
-                    "url": resolve_url(cols["url"][i], storage.parent(path), ctx.recipe_dir),
+                    "url": resolve_url(cols["url"][i], base, ctx.recipe_dir),
                     "caption": cols["caption"][i],
                     "meta": json.dumps({"file": storage.name(path), "line": line, **({"lang": cfg.lang} if cfg.lang else {})}),
                 })

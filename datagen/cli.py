@@ -57,7 +57,8 @@ def _wants_pool(executor) -> bool:
 
 def _warm_up_tail() -> None:
     """What the run's serial end needs (polars for the barriers and sinks, the report's matplotlib: 0.5 s),
-    imported while the workers fetch; the driver leaves them out before its first pass, so its pool starts sooner."""
+    imported during the first pool pass on the core its first finished process leaves free
+    (``executor.while_waiting``); the driver leaves them out before that pass, so its pool starts sooner."""
     import polars  # noqa: F401
 
     from datagen.report import warm_up

@@ -150,7 +150,8 @@ def _plt():
 
 def warm_up() -> None:
     """Import what ``write_report`` needs (matplotlib above all: about 0.35 s), ahead of time: ``datagen run``
-    has this done while its workers fetch (``executor.while_waiting``), so the run's serial tail is shorter."""
+    has this done during its pool pass, once a worker is idle (``executor.while_waiting``), so the run's serial
+    tail is shorter."""
     _plt()
 
 

@@ -34,6 +34,8 @@ def _unit(seed: int, key: str, salt: str) -> float:
 def repeats(weight: float, seed: int, key: str) -> int:
     """How many copies of a row a mixing weight asks for (expected value = weight)."""
     whole = int(weight)
+    if weight == whole:  # no fraction to draw (weight 1, the default): no hash to compute
+        return whole
     return whole + (1 if _unit(seed, key, "mix") < weight - whole else 0)
 
 

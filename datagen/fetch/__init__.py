@@ -1,7 +1,8 @@
 """Fetch step: images from local paths, file:// and http(s):// URLs, checked, upright, RGB, encoded.
 
-``FetchStep`` (and with it aiohttp and the image stack) is imported on first use: reading a recipe
-needs only ``FetchConfig``, and a run's driver that hands the fetching to its pool never downloads."""
+``FetchStep`` (and with it the image stack) is imported on first use: reading a recipe needs only
+``FetchConfig``. The step's module in turn imports the network stack (aiohttp, the downloader) only
+where it downloads: a run's driver, which hands the fetching to its pool, never needs it."""
 from datagen.fetch.config import FetchConfig
 from datagen.fetch.errors import FetchError
 

@@ -108,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
         from datagen.sinks.manifest import finish, summary
 
         manifest = finish(state, raw | ({"_overrides": args.set} if args.set else {}), recipe_path)
-        report = _write_report(out)  # before the upload, which copies it too
+        report = _write_report(out, state.stage1_facts)  # before the upload, which copies it too
         good = manifest["counts"]["pairs"]["reconciled"] and manifest.get("check", {}).get("ok", True)
         uploaded = upload(out, recipe.output.upload_to) if recipe.output.upload_to and good else None
     print(summary(manifest))
@@ -188,12 +188,13 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def _write_report(out: Path) -> str:
-    """The run's report.html; a report that fails is said, and does not fail a run whose shards are written."""
+def _write_report(out: Path, stage1: dict | None = None) -> str:
+    """The run's report.html; a report that fails is said, and does not fail a run whose shards are written.
+    ``stage1``: what the stage-1 sink gathered for it (``datagen.report.read_shards``)."""
     from datagen.report import write_report
 
     try:
-        return str(write_report(out))
+        return str(write_report(out, stage1=stage1))
     except Exception as e:  # noqa: BLE001 - the data is complete; the page about it is not worth losing it
         log.warning("report.html not written: %s: %s", type(e).__name__, e, exc_info=True)
         return f"not written ({type(e).__name__}: {e}); retry with `datagen report {out}`"

@@ -8,7 +8,8 @@ opens anywhere without a network and never loads anything.
 Counts that the summary also prints come from the manifest through the same functions
 (``datagen.sinks.manifest``), so the two never disagree. Per-sample figures (families,
 histograms, gallery) come from the shards: at most ``max_samples`` samples per split are read,
-and the page says when the limit cut a split short.
+and the page says when the limit cut a split short. At the end of ``datagen run`` the stage-1 figures
+come from the sink instead, which gathered them from the same samples as it wrote them.
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ from typing import Any
 import polars as pl
 
 from datagen.sinks.export import index_samples
-from datagen.sinks.manifest import ITEM_LEVEL_STEPS, reason_group_expr, summary, template_items_line
+from datagen.sinks.manifest import (ITEM_LEVEL_STEPS, REPORT_MAX_SAMPLES, reason_group_expr, summary,
+                                    template_items_line)
+from datagen.sinks.stages import FACT_FIELDS
 
 POLARITIES = ("positive", "negative", "neutral")
 COLOURS = {"positive": "#2e7d32", "negative": "#c62828", "neutral": "#757575", "kept": "#1565c0",
@@ -71,21 +74,35 @@ def _assistant_turns(sample_json: dict):
                 yield conv["lang"], t
 
 
-def read_shards(out: Path, max_samples: int, gallery_size: int = GALLERY_SIZE) -> ShardFacts:
+def _stage1_sample(f: ShardFacts, width, height, caption_chars: int, clip_score) -> None:
+    f.read["stage1"] += 1
+    if clip_score is not None:
+        f.clip_kept.append(float(clip_score))
+    if width and height:
+        f.widths.append(width)
+        f.heights.append(height)
+    f.caption_chars.append(caption_chars)
+
+
+def read_shards(out: Path, max_samples: int, gallery_size: int = GALLERY_SIZE,
+                stage1: dict | None = None) -> ShardFacts:
+    """``stage1``: what the stage-1 sink gathered of its first ``max_samples`` samples as it wrote them
+    (``RunState.stage1_facts``, ``datagen.sinks.stages.FACT_FIELDS``): the same values, without
+    reading the stage-1 shards again (3,000 samples: 0.07 s; 50,000: about 1 s)."""
     yes_no_counts = None  # the yes share read from the answers' text, as the checker reads it (imported when needed)
     f = ShardFacts()
-    for s in index_samples(out, "stage1"):
-        if f.read["stage1"] >= max_samples:
+    if stage1 is not None and stage1["limit"] == max_samples:
+        for sample in zip(*(stage1[name] for name in FACT_FIELDS)):
+            _stage1_sample(f, *sample)
+        if stage1["cut"]:
             f.cut.add("stage1")
-            break
-        f.read["stage1"] += 1
-        j = s.json
-        if j.get("clip_score") is not None:
-            f.clip_kept.append(float(j["clip_score"]))
-        if j.get("width") and j.get("height"):
-            f.widths.append(j["width"])
-            f.heights.append(j["height"])
-        f.caption_chars.append(len(s.txt or ""))
+    else:
+        for s in index_samples(out, "stage1"):
+            if f.read["stage1"] >= max_samples:
+                f.cut.add("stage1")
+                break
+            j = s.json
+            _stage1_sample(f, j.get("width"), j.get("height"), len(s.txt or ""), j.get("clip_score"))
     families_shown: set[str] = set()
     for split in ("stage2", "stage2_text"):
         for s in index_samples(out, split):
@@ -450,11 +467,11 @@ def render(out: Path, manifest: dict, facts: ShardFacts, rejects: pl.DataFrame, 
     return "\n".join(p for p in parts if p)
 
 
-def write_report(out: Path, max_samples: int = 50_000) -> Path:
-    """Write ``out/report.html`` and return its path."""
+def write_report(out: Path, max_samples: int = REPORT_MAX_SAMPLES, stage1: dict | None = None) -> Path:
+    """Write ``out/report.html`` and return its path (``stage1``: see ``read_shards``)."""
     out = Path(out)
     manifest = require_finished(out)
-    facts = read_shards(out, max_samples)
+    facts = read_shards(out, max_samples, stage1=stage1)
     page = render(out, manifest, facts, read_rejects(out), rejected_clip_scores(out))
     path = out / "report.html"
     tmp = path.with_suffix(".html.partial")

@@ -233,3 +233,43 @@ def test_tar_members_leaves_every_other_tar_to_tarfile(tmp_path, case):
         return
     assert tar_members(path) == expected
     assert case != "pax" or [m[0] for m in expected] == ["a.txt", "b" * 150 + ".txt", "c.json"]
+
+
+@pytest.mark.parametrize("limit", [100, 7])
+def test_stage1_sink_gathers_what_the_report_reads_from_its_shards(tmp_path, monkeypatch, limit):
+    """The run's report takes its stage-1 figures from the sink, gathered as each sample is written, instead
+    of reading the shards again: the same figures, cut at the same sample."""
+    import pyarrow as pa
+
+    from datagen import report
+
+    rows = [{"key": f"a_{i}", "source": "a", "caption": [f"cap {i}", None, "图片说明"][i % 3], "image": jpeg(),
+             "width": 0 if i == 4 else 8 + i, "height": 8 + 2 * i} for i in range(20)]
+    pairs = []
+    for n in range(4):  # parts as a pass with a CLIP step leaves them: a clip_score column, null where unscored
+        shard = Shard(f"s-{n:06d}", "a", tmp_path / "in", 5)
+        table = pairs_table(rows[5 * n:5 * n + 5])
+        table = table.append_column("clip_score", pa.array([None if i == 2 else 0.2 + 0.01 * (5 * n + i)
+                                                             for i in range(5)], pa.float32()))
+        w = PartWriter(tmp_path / "parts" / shard.id, table.schema)
+        w.write(table)
+        pairs.append((shard, w.commit({"steps": {}})))
+    out = tmp_path / "out"
+    _, stats = write_stage1(pairs, None, out, StageConfig(weights={"a": 1.5}), OutputConfig(shard_max_count=6), 0,
+                            tmp_path, facts_limit=limit)
+    read, index_samples = [], report.index_samples
+    monkeypatch.setattr(report, "index_samples", lambda o, split: read.append(split) or index_samples(o, split))
+    from_shards = report.read_shards(out, limit)
+    assert "stage1" in read
+    read.clear()
+    from_sink = report.read_shards(out, limit, stage1=stats["report_facts"])
+    assert "stage1" not in read, "the stage-1 shards were read again"
+    assert from_shards.read["stage1"] == min(limit, stats["samples"]) > 0
+    assert from_shards.cut == ({"stage1"} if limit < stats["samples"] else set())
+    for f in ("read", "cut", "clip_kept", "widths", "heights", "caption_chars"):
+        assert getattr(from_sink, f) == getattr(from_shards, f), f
+    if limit > stats["samples"]:  # every sample: a_4's zero width and the null scores are left out
+        assert 0 < len(from_sink.widths) < from_sink.read["stage1"] and 0 < len(from_sink.clip_kept) < len(from_sink.widths)
+    # facts gathered for another limit are not used for this one
+    assert report.read_shards(out, 3, stage1=stats["report_facts"]).read["stage1"] == 3 and "stage1" in read
+

@@ -79,6 +79,7 @@ class RunState:
     text_sources: set[str] = field(default_factory=set)
     pairs_fp: str = ""
     retry: Any = None  # a datagen.fetch.retry.RetryPlan: `datagen retry-failed` re-fetches failed rows first
+    stage1_facts: dict | None = None  # set by the stage-1 sink: what the report reads of its samples
 
     @property
     def run_dir(self) -> Path:

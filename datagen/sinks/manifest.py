@@ -51,6 +51,9 @@ def recipe_hash(recipe) -> str:
 
 # Steps whose rejects remove a pair row (as opposed to an item inside a conversation).
 ITEM_LEVEL_STEPS = {"synthesize", "llm_generate", "translate"}
+# The run's report (``datagen.report``) reads at most this many samples of a split; the stage-1 sink gathers
+# what the report needs of that many samples as it writes them (``RunState.stage1_facts``).
+REPORT_MAX_SAMPLES = 50_000
 
 
 def tool_versions() -> dict[str, str]:
@@ -107,7 +110,9 @@ def _finish(state: RunState, recipe_raw: dict, recipe_path: Path | None) -> dict
     dropped = state.dropped()
     recipe_sha256 = recipe_hash(recipe)
     prov = {"recipe_sha256": recipe_sha256, "datagen": __version__}  # in every sample's json (SAMPLE_PROVENANCE)
-    shards1, s1 = write_stage1(state.pair_parts, dropped, out, recipe.stage1, recipe.output, recipe.seed, work, prov)
+    shards1, s1 = write_stage1(state.pair_parts, dropped, out, recipe.stage1, recipe.output, recipe.seed, work, prov,
+                               facts_limit=REPORT_MAX_SAMPLES)
+    state.stage1_facts = s1.pop("report_facts")
     shards2, shards2t, s2, sink_rejects = write_stage2(state.conversation_inputs, state.pair_parts, dropped, out,
                                                        recipe.stage2, recipe.output, recipe.seed, work, prov)
     files = list(state.reject_files)

@@ -23,6 +23,9 @@ from datagen.sinks.buckets import BucketSpill, plan_samples
 from datagen.sinks.shards import ShardInfo, SplitWriter, image_ext, json_bytes, shard_json_for, stage2_images
 
 STAGE1, STAGE2, STAGE2_TEXT = "stage1", "stage2", "stage2_text"
+# What the run's report reads from every stage-1 sample (``datagen.report.read_shards``), gathered as the
+# samples are written so that the report need not read the shards again.
+FACT_FIELDS = ("width", "height", "caption_chars", "clip_score")
 
 
 def _scan(path: Path, cols: list[str], shard: str) -> pl.LazyFrame:
@@ -84,13 +87,16 @@ def _ordered(table: pa.Table) -> list[dict]:
 
 
 def write_stage1(pair_parts, dropped, out_dir: Path, stage, output, seed: int, work: Path,
-                 provenance: dict | None = None) -> tuple[list[ShardInfo], dict]:
+                 provenance: dict | None = None, facts_limit: int = 0) -> tuple[list[ShardInfo], dict]:
+    """Returns the shards and the counts (``samples``, ``per_source``) and, for the report, the
+    ``FACT_FIELDS`` of the first ``facts_limit`` samples (``report_facts``)."""
     meta = kept_pairs(pair_parts, dropped, stage.sources)
     plan = plan_samples(meta, stage.weights, seed, output.shuffle, output.shard_max_count)
     n_buckets = _buckets(plan)
     writer = SplitWriter(out_dir, STAGE1, output.shard_max_count, output.shard_max_bytes)
     spill = BucketSpill(tmp_name(work / "sink-stage1"))
     per_source: Counter = Counter()
+    facts: list[tuple] = []
     try:
         by_shard = {k[0]: v for k, v in plan.partition_by("_shard", as_dict=True).items()} if plan.height else {}
         for shard, part in pair_parts:
@@ -102,11 +108,13 @@ def write_stage1(pair_parts, dropped, out_dir: Path, stage, output, seed: int, w
                 table = spill.read(b)
                 to_json = shard_json_for(table.schema)
                 for row in _ordered(table):
-                    key = row["_out_key"]
-                    writer.write(key, {image_ext(row["image"]): row["image"], "txt": (row["caption"] or "").encode(),
+                    key, caption = row["_out_key"], row["caption"] or ""
+                    writer.write(key, {image_ext(row["image"]): row["image"], "txt": caption.encode(),
                                        "json": json_bytes(to_json(row) | {"key": key}
                                                          | ({"provenance": provenance} if provenance else {}))})
                     per_source[row["source"]] += 1
+                    if len(facts) < facts_limit:
+                        facts.append((row.get("width"), row.get("height"), len(caption), row.get("clip_score")))
                     bar.update(1)
         shards = writer.commit()
     except BaseException:
@@ -114,7 +122,10 @@ def write_stage1(pair_parts, dropped, out_dir: Path, stage, output, seed: int, w
         raise
     finally:
         spill.close()
-    return shards, {"samples": sum(per_source.values()), "per_source": dict(per_source)}
+    samples = sum(per_source.values())
+    report_facts = {"limit": facts_limit, "cut": samples > facts_limit,
+                    **{name: [f[i] for f in facts] for i, name in enumerate(FACT_FIELDS)}}
+    return shards, {"samples": samples, "per_source": dict(per_source), "report_facts": report_facts}
 
 
 def _conversation_meta(conversation_inputs, sources: list[str] | None) -> pl.DataFrame:

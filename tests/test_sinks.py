@@ -273,3 +273,40 @@ def test_stage1_sink_gathers_what_the_report_reads_from_its_shards(tmp_path, mon
     # facts gathered for another limit are not used for this one
     assert report.read_shards(out, 3, stage1=stats["report_facts"]).read["stage1"] == 3 and "stage1" in read
 
+
+
+def test_stage1_sink_in_pool_processes_writes_the_same_bytes_as_in_the_driver(tmp_path, monkeypatch):
+    """Past ``pool_min`` samples the stage-1 sink scatters and writes its buckets in pool processes. Each
+    bucket gets shards of its own (a byte cap splits a bucket, the next one starts a new shard), so the
+    shards are the same bytes however many processes wrote them."""
+    import hashlib
+
+    from datagen.core import executor
+    from datagen.core.steps import RunContext
+
+    rows = [{"key": f"a_{i}", "source": "a", "caption": f"cap {i}", "image": jpeg(["red", "blue", "green"][i % 3]),
+             "width": 8, "height": 8} for i in range(40)]
+    pairs = parts_of(tmp_path, rows, per_part=6)
+    opened = []
+    open_pool = executor.open_pool
+    monkeypatch.setattr(executor, "open_pool", lambda n, ctx: opened.append(n) or open_pool(n, ctx))
+    ctx = RunContext(run_dir=tmp_path / "run", recipe_dir=tmp_path)
+    size = len(jpeg()) + 700  # about one sample (image, caption, json, headers)
+    written = {}
+    for workers in (1, 2):
+        out = tmp_path / f"out-{workers}"
+        shards, stats = write_stage1(pairs, None, out, StageConfig(weights={"a": 1.5}),
+                                     OutputConfig(shard_max_count=9, shard_max_bytes=5 * size), 0, tmp_path / "w",
+                                     workers=workers, ctx=ctx, facts_limit=10, pool_min=10)
+        written[workers] = ([(s.path, s.count, s.sha256) for s in shards], stats)
+        for s in shards:
+            assert hashlib.sha256((out / s.path).read_bytes()).hexdigest() == s.sha256
+        assert sorted(p.name for p in (out / "stage1").iterdir()) == sorted(
+            [p.split("/")[1] for p, _, _ in written[workers][0]] + ["sizes.json"])
+    assert opened == [2, 2], "scatter and buckets ran in pool processes"
+    assert written[1] == written[2]
+    shards, stats = written[2]
+    counts = [c for _, c, _ in shards]
+    assert sum(counts) == stats["samples"] > 45 and max(counts) <= 9
+    assert len(shards) > -(-stats["samples"] // 9), "the byte cap split buckets"
+    assert not list((tmp_path / "w").iterdir()), "no spill or bucket folder is left behind"

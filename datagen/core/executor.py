@@ -311,6 +311,35 @@ def execute(tasks: list[ShardTask], ctx: RunContext, workers: int, desc: str) ->
     return [results[i] for i in range(len(tasks))]
 
 
+def pool_map(fn: Callable[..., Any], calls: list[tuple], ctx: RunContext | None, workers: int,
+             on_done: Callable[[int, Any], None] | None = None) -> list:
+    """``fn(*args)`` for each ``args`` in ``calls``, in up to ``workers`` processes of a pool like a pass's
+    (forked from the fork server, so they start with its imports; ``fn`` must be a module's function),
+    or here when ``workers`` <= 1, there is one call or no ``ctx``. Results in call order; ``on_done(i,
+    result)`` as each call finishes. The stage-1 sink writes its buckets with it."""
+    results: list = [None] * len(calls)
+    processes = min(workers, len(calls))
+    if processes <= 1 or ctx is None:
+        for i, args in enumerate(calls):
+            results[i] = fn(*args)
+            if on_done is not None:
+                on_done(i, results[i])
+        return results
+    with open_pool(processes, ctx) as pool:
+        futures = {pool.submit(fn, *args): i for i, args in enumerate(calls)}
+        try:
+            for fut in cf.as_completed(futures):
+                i = futures[fut]
+                results[i] = fut.result()
+                if on_done is not None:
+                    on_done(i, results[i])
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    return results
+
+
 def merge_parts(infos: Iterable[dict], factories: list[StepFactory], ctx: RunContext) -> dict[str, dict]:
     """Per-step totals over parts: counts added, stats merged, derived stats recomputed."""
     merged: dict[str, dict] = {}

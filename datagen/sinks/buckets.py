@@ -19,11 +19,14 @@ from __future__ import annotations
 import hashlib
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
 import pyarrow.ipc as ipc
+
+if TYPE_CHECKING:  # the plan is the driver's; pool processes that write buckets never import polars
+    import polars as pl
 
 
 def _unit(seed: int, key: str, salt: str) -> float:
@@ -45,6 +48,8 @@ def plan_samples(meta: pl.DataFrame, weights: dict[str, float], seed: int, shuff
 
     ``meta`` holds ``key``, ``source``, ``_shard`` (and ``group``) in input order. With ``group``,
     buckets are numbered separately within each group value (e.g. image vs text-only samples)."""
+    import polars as pl
+
     keys, sources = meta["key"].to_list(), meta["source"].to_list()
     idx, out_keys, order = [], [], []
     for i, (k, s) in enumerate(zip(keys, sources)):
@@ -64,7 +69,7 @@ def plan_samples(meta: pl.DataFrame, weights: dict[str, float], seed: int, shuff
 
 
 class BucketSpill:
-    """Rows scattered into one length-prefixed Arrow IPC file per bucket.
+    """Rows scattered into one length-prefixed Arrow IPC file per bucket (``<folder>/<bucket>.arrows``).
 
     ``add`` only buffers (the batch and its bucket ids); ``flush`` sorts everything buffered by
     bucket once, and appends each bucket's slice to its file as one IPC stream: one sort and one
@@ -118,16 +123,22 @@ class BucketSpill:
                 w.write_table(table)
 
     def read(self, bucket: int) -> pa.Table | None:
-        path = self.folder / f"{bucket:08d}.arrows"
-        if not path.exists():
-            return None
-        tables = []
-        with open(path, "rb") as f:
-            while head := f.read(8):
-                data = f.read(int.from_bytes(head, "little"))
-                tables.append(ipc.open_stream(pa.py_buffer(data)).read_all())
-        path.unlink()
-        return pa.concat_tables(tables, promote_options="permissive")
+        return read_bucket(self.folder, bucket)
 
     def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def read_bucket(folder: Path, bucket: int) -> pa.Table | None:
+    """A bucket's rows from a ``BucketSpill`` folder (any process's; None when it holds none); the file is
+    removed once read."""
+    path = folder / f"{bucket:08d}.arrows"
+    if not path.exists():
+        return None
+    tables = []
+    with open(path, "rb") as f:
+        while head := f.read(8):
+            data = f.read(int.from_bytes(head, "little"))
+            tables.append(ipc.open_stream(pa.py_buffer(data)).read_all())
+    path.unlink()
+    return pa.concat_tables(tables, promote_options="permissive")

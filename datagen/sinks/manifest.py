@@ -110,7 +110,9 @@ def _finish(state: RunState, recipe_raw: dict, recipe_path: Path | None) -> dict
     dropped = state.dropped()
     recipe_sha256 = recipe_hash(recipe)
     prov = {"recipe_sha256": recipe_sha256, "datagen": __version__}  # in every sample's json (SAMPLE_PROVENANCE)
+    pooled = recipe.executor.kind == "local" and recipe.executor.workers > 1  # a Ray run's driver writes them
     shards1, s1 = write_stage1(state.pair_parts, dropped, out, recipe.stage1, recipe.output, recipe.seed, work, prov,
+                               workers=recipe.executor.workers if pooled else 1, ctx=ctx,
                                facts_limit=REPORT_MAX_SAMPLES)
     state.stage1_facts = s1.pop("report_facts")
     shards2, shards2t, s2, sink_rejects = write_stage2(state.conversation_inputs, state.pair_parts, dropped, out,

@@ -211,6 +211,20 @@ class SplitWriter:
         self._count += 1
         self._bytes += size
 
+    def close(self) -> list[tuple[Path, ShardInfo]]:
+        """End the last shard and return every shard's file and info, without publishing the split: the
+        shards of a bucket written in a pool process, which the split's own writer then ``adopt``s."""
+        self._close_shard()
+        return [(self.work_dir / Path(s.path).name, s) for s in self.shards]
+
+    def adopt(self, path: Path, info: ShardInfo) -> None:
+        """Take a finished shard written by another writer (``close``) as this split's next shard: the file
+        is moved here, under this split's next name."""
+        self._close_shard()
+        name = self._name(len(self.shards))
+        os.replace(path, self.work_dir / name)
+        self.shards.append(ShardInfo(self.split, f"{self.split}/{name}", info.count, info.bytes, info.sha256))
+
     def commit(self) -> list[ShardInfo]:
         self._close_shard()
         write_split_sizes(self.work_dir, self.shards)

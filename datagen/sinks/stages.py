@@ -3,29 +3,32 @@
 The sample plan (weights, order, output shard) is computed from metadata only
 (``datagen.sinks.buckets``); rows are then scattered into per-shard buckets
 while the parts are read sequentially, and each bucket is ordered and written
-on its own. Stage-2 samples are one per image set: all conversations of that
+on its own: for stage 1 in the run's pool processes, each bucket into shards of
+its own (``datagen.sinks.bucket_work``). Stage-2 samples are one per image set: all conversations of that
 set, both languages, in one ``<key>.json``, and the image bytes once, joined
 from the pair parts within the bucket. Same recipe and seed, same bytes.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter, OrderedDict
 from pathlib import Path
 
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
 
-from datagen.core.parts import iter_batches, tmp_name
+from datagen.core.parts import tmp_name
 from datagen.progress import progress
+from datagen.sinks.bucket_work import FACT_FIELDS, PartPlan, scatter_parts, scatter_rows, write_bucket
 from datagen.sinks.buckets import BucketSpill, plan_samples
-from datagen.sinks.shards import ShardInfo, SplitWriter, image_ext, json_bytes, shard_json_for, stage2_images
+from datagen.sinks.shards import ShardInfo, SplitWriter, json_bytes, shard_json_for, stage2_images
 
 STAGE1, STAGE2, STAGE2_TEXT = "stage1", "stage2", "stage2_text"
-# What the run's report reads from every stage-1 sample (``datagen.report.read_shards``), gathered as the
-# samples are written so that the report need not read the shards again.
-FACT_FIELDS = ("width", "height", "caption_chars", "clip_score")
+# Below this many stage-1 samples the sink works in the driver: new pool processes cost more than they save
+# (bench_download's 3,000 samples of 15 KB: 0.33-0.45 s here, 0.5-0.6 s in two; bench_scale's 100,000:
+# 3.7 s here, 2.1 s in two).
+POOL_MIN_SAMPLES = 20_000
 
 
 def _scan(path: Path, cols: list[str], shard: str) -> pl.LazyFrame:
@@ -46,82 +49,62 @@ def kept_pairs(pair_parts, dropped: pl.LazyFrame | None, sources: list[str] | No
     return lf.collect()
 
 
-def _positions(plan: pl.DataFrame) -> dict[str, list[int]]:
-    """key -> the plan rows (copies) that come from it."""
-    pos: dict[str, list[int]] = {}
-    for i, k in enumerate(plan["key"].to_list()):
-        pos.setdefault(k, []).append(i)
-    return pos
+def part_plan(path: Path, plan: pl.DataFrame) -> PartPlan:
+    """One part's rows of the plan as plain lists, for ``bucket_work`` (in a pool process: no polars)."""
+    return PartPlan(path, plan["key"].to_list(), plan["out_key"].to_list(), plan["order"].to_numpy(),
+                    plan["bucket"].to_numpy())
 
 
 def _scatter(spill: BucketSpill, path: Path, plan: pl.DataFrame, columns: list[str] | None) -> None:
     """Append every planned copy of the rows in ``path`` to its bucket, with ``_out_key`` and ``_order``."""
-    if not plan.height:
-        return
-    pos = _positions(plan)
-    out_keys, orders, buckets = plan["out_key"].to_list(), plan["order"].to_numpy(), plan["bucket"].to_numpy()
-    # one thread: the sink reads parts one after the other and is not CPU-bound; Arrow's decode
-    # threads cost the driver about 30 MB of peak RSS on bench_download's kit
-    for batch in iter_batches(path, 256, columns, use_threads=False):
-        take, rows = [], []
-        for i, k in enumerate(batch.column("key").to_pylist()):
-            for j in pos.get(k, ()):
-                take.append(i)
-                rows.append(j)
-        if not take:
-            continue
-        t = batch.take(pa.array(take, type=pa.int64()))
-        t = t.append_column("_out_key", pa.array([out_keys[j] for j in rows], pa.string()))
-        t = t.append_column("_order", pa.array(orders[rows], pa.float64()))
-        spill.add(buckets[rows], t)
+    if plan.height:
+        scatter_rows(spill, part_plan(path, plan), columns)
 
 
 def _buckets(plan: pl.DataFrame) -> int:
     return int(plan["bucket"].max()) + 1 if plan.height else 0
 
 
-def _ordered(table: pa.Table) -> list[dict]:
-    rows = table.to_pylist()
-    rows.sort(key=lambda r: (r["_order"], r["_out_key"]))
-    return rows
-
-
 def write_stage1(pair_parts, dropped, out_dir: Path, stage, output, seed: int, work: Path,
-                 provenance: dict | None = None, facts_limit: int = 0) -> tuple[list[ShardInfo], dict]:
-    """Returns the shards and the counts (``samples``, ``per_source``) and, for the report, the
-    ``FACT_FIELDS`` of the first ``facts_limit`` samples (``report_facts``)."""
+                 provenance: dict | None = None, workers: int = 1, ctx=None, facts_limit: int = 0,
+                 pool_min: int = POOL_MIN_SAMPLES) -> tuple[list[ShardInfo], dict]:
+    """The stage-1 shards: a scatter pass, then one task per bucket (``datagen.sinks.bucket_work``), in
+    ``workers`` pool processes (``ctx``: the run's context, which a pool needs) when there are ``pool_min``
+    samples or more, else here. Returns the shards and the counts (``samples``, ``per_source``) and, for the
+    report, the ``FACT_FIELDS`` of the first ``facts_limit`` samples (``report_facts``)."""
+    from datagen.core.executor import pool_map
+
     meta = kept_pairs(pair_parts, dropped, stage.sources)
     plan = plan_samples(meta, stage.weights, seed, output.shuffle, output.shard_max_count)
     n_buckets = _buckets(plan)
+    by_shard = {k[0]: v for k, v in plan.partition_by("_shard", as_dict=True).items()} if plan.height else {}
+    plans = [part_plan(part.kept, by_shard[shard.id]) for shard, part in pair_parts if shard.id in by_shard]
+    workers = workers if n_buckets > 1 and plan.height >= pool_min else 1
+    mappers = max(1, min(workers, len(plans)))
+    root = tmp_name(work / "sink-stage1")
+    spills = [root / f"spill-{j}" for j in range(mappers)]
     writer = SplitWriter(out_dir, STAGE1, output.shard_max_count, output.shard_max_bytes)
-    spill = BucketSpill(tmp_name(work / "sink-stage1"))
     per_source: Counter = Counter()
     facts: list[tuple] = []
     try:
-        by_shard = {k[0]: v for k, v in plan.partition_by("_shard", as_dict=True).items()} if plan.height else {}
-        for shard, part in pair_parts:
-            if shard.id in by_shard:
-                _scatter(spill, part.kept, by_shard[shard.id], None)
-        spill.flush()
+        pool_map(scatter_parts, [(spills[j], plans[j::mappers]) for j in range(mappers)], ctx, mappers)
+        per_bucket = output.shard_max_count  # every bucket but the last is full (plan_samples)
+        tasks = [(spills, b, root / f"bucket-{b}", STAGE1, output.shard_max_count, output.shard_max_bytes,
+                  provenance, max(0, facts_limit - b * per_bucket)) for b in range(n_buckets)]
         with progress(plan.height, "stage1 shards", "sample") as bar:
-            for b in range(n_buckets):
-                table = spill.read(b)
-                to_json = shard_json_for(table.schema)
-                for row in _ordered(table):
-                    key, caption = row["_out_key"], row["caption"] or ""
-                    writer.write(key, {image_ext(row["image"]): row["image"], "txt": caption.encode(),
-                                       "json": json_bytes(to_json(row) | {"key": key}
-                                                         | ({"provenance": provenance} if provenance else {}))})
-                    per_source[row["source"]] += 1
-                    if len(facts) < facts_limit:
-                        facts.append((row.get("width"), row.get("height"), len(caption), row.get("clip_score")))
-                    bar.update(1)
+            done = pool_map(write_bucket, tasks, ctx, workers,
+                            on_done=lambda _i, r: bar.update(sum(r["per_source"].values())))
+        for r in done:  # bucket by bucket: the split's shard numbers follow the plan's order
+            for path, info in r["files"]:
+                writer.adopt(path, info)
+            per_source.update(r["per_source"])
+            facts.extend(r["facts"])
         shards = writer.commit()
     except BaseException:
         writer.abort()
         raise
     finally:
-        spill.close()
+        shutil.rmtree(root, ignore_errors=True)
     samples = sum(per_source.values())
     report_facts = {"limit": facts_limit, "cut": samples > facts_limit,
                     **{name: [f[i] for f in facts] for i, name in enumerate(FACT_FIELDS)}}

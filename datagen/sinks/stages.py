@@ -50,7 +50,7 @@ def kept_pairs(pair_parts, dropped: pl.LazyFrame | None, sources: list[str] | No
 
 
 def part_plan(path: Path, plan: pl.DataFrame) -> PartPlan:
-    """One part's rows of the plan as plain lists, for ``bucket_work`` (in a pool process: no polars)."""
+    """One part's rows of the plan as plain lists, for ``bucket_work.scatter_rows``."""
     return PartPlan(path, plan["key"].to_list(), plan["out_key"].to_list(), plan["order"].to_numpy(),
                     plan["bucket"].to_numpy())
 
@@ -77,17 +77,25 @@ def write_stage1(pair_parts, dropped, out_dir: Path, stage, output, seed: int, w
     meta = kept_pairs(pair_parts, dropped, stage.sources)
     plan = plan_samples(meta, stage.weights, seed, output.shuffle, output.shard_max_count)
     n_buckets = _buckets(plan)
-    by_shard = {k[0]: v for k, v in plan.partition_by("_shard", as_dict=True).items()} if plan.height else {}
-    plans = [part_plan(part.kept, by_shard[shard.id]) for shard, part in pair_parts if shard.id in by_shard]
+    # the plan in a file, a part's rows together, for the scatter tasks to read (bucket_work.scatter_parts)
+    plan = plan.sort("_shard", maintain_order=True)
+    kept = {shard.id: part.kept for shard, part in pair_parts}
+    parts, offset = [], 0
+    for shard_id, n in plan.group_by("_shard", maintain_order=True).len().iter_rows():
+        parts.append((kept[shard_id], offset, n))
+        offset += n
     workers = workers if n_buckets > 1 and plan.height >= pool_min else 1
-    mappers = max(1, min(workers, len(plans)))
+    mappers = max(1, min(workers, len(parts)))
     root = tmp_name(work / "sink-stage1")
     spills = [root / f"spill-{j}" for j in range(mappers)]
     writer = SplitWriter(out_dir, STAGE1, output.shard_max_count, output.shard_max_bytes)
     per_source: Counter = Counter()
     facts: list[tuple] = []
     try:
-        pool_map(scatter_parts, [(spills[j], plans[j::mappers]) for j in range(mappers)], ctx, mappers)
+        root.mkdir(parents=True)
+        plan.select("key", "out_key", "order", "bucket").write_ipc(root / "plan.arrow")
+        pool_map(scatter_parts, [(spills[j], root / "plan.arrow", parts[j::mappers]) for j in range(mappers)],
+                 ctx, mappers)
         per_bucket = output.shard_max_count  # every bucket but the last is full (plan_samples)
         tasks = [(spills, b, root / f"bucket-{b}", STAGE1, output.shard_max_count, output.shard_max_bytes,
                   provenance, max(0, facts_limit - b * per_bucket)) for b in range(n_buckets)]

@@ -94,24 +94,20 @@ def _run(args: argparse.Namespace) -> int:
     import pyarrow as pa
 
     pa.set_memory_pool(pa.system_memory_pool())
-    from datagen.core.executor import release_pool, while_waiting
-
     if not args.dry_run:
+        from datagen.core.executor import while_waiting
+
         while_waiting(_warm_up_tail)
     with RunLock(out):  # held from the first step to the last shard
         if args.fresh:
             clean_run_dir(out)
-        try:
-            state = run(recipe, recipe_path.resolve().parent, out, dry_run=args.dry_run,
-                        retry=getattr(args, "retry", None))
-            if args.dry_run:
-                print("dry run: no shards written")
-                return 0
-            from datagen.sinks.manifest import finish, summary
+        state = run(recipe, recipe_path.resolve().parent, out, dry_run=args.dry_run, retry=getattr(args, "retry", None))
+        if args.dry_run:
+            print("dry run: no shards written")
+            return 0
+        from datagen.sinks.manifest import finish, summary
 
-            manifest = finish(state, raw | ({"_overrides": args.set} if args.set else {}), recipe_path)
-        finally:
-            release_pool()  # the last pass's processes, which wrote the stage-1 buckets
+        manifest = finish(state, raw | ({"_overrides": args.set} if args.set else {}), recipe_path)
         report = _write_report(out, state.stage1_facts)  # before the upload, which copies it too
         good = manifest["counts"]["pairs"]["reconciled"] and manifest.get("check", {}).get("ok", True)
         uploaded = upload(out, recipe.output.upload_to) if recipe.output.upload_to and good else None

@@ -189,28 +189,3 @@ def test_work_registered_while_waiting_runs_once_in_the_background_of_a_pool_pas
     assert executor._IDLE_WORK == []
     shards = len(list((tmp_path / "out" / "_run" / "pairs").glob("*/*/stats.json")))
     assert shards >= 3 and part_dirs[0] >= shards - 1, (part_dirs, shards)  # 2 processes: after all but one
-
-
-def test_the_stage1_sink_runs_in_the_last_passs_processes_and_writes_the_same_bytes(tmp_path, image_server,
-                                                                                     monkeypatch):
-    """With a local pool, the pass's processes stay for the stage-1 sink (its buckets' scatter and writes),
-    and are shut down when the run has written its shards: no new pool, no process left, and the same
-    shards as a run on one worker."""
-    from datagen.core import executor
-
-    opened, mapped = [], []
-    open_pool, pool_map = executor.open_pool, executor.pool_map
-    monkeypatch.setattr(executor, "open_pool", lambda n, ctx: opened.append(n) or open_pool(n, ctx))
-
-    def spy(fn, calls, ctx, workers, on_done=None):
-        mapped.append((fn.__name__, workers, executor.parked_pool()))
-        return pool_map(fn, calls, ctx, workers, on_done)
-
-    monkeypatch.setattr(executor, "pool_map", spy)
-    assert main(["run", str(_recipe(tmp_path, image_server, workers=2)), "--out", str(tmp_path / "two")]) == 0
-    assert opened == [2], "one pool: the pass's"
-    assert mapped == [("scatter_parts", 2, True), ("write_bucket", 2, True)]
-    assert not executor.parked_pool(), "the pool was shut down at the end of the run"
-    assert main(["run", str(_recipe(tmp_path, image_server, workers=1)), "--out", str(tmp_path / "one")]) == 0
-    two, one = _shard_hashes(tmp_path / "two"), _shard_hashes(tmp_path / "one")
-    assert len(two) >= 4 and two == one

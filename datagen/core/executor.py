@@ -272,8 +272,7 @@ def _start_idle_work() -> None:
 
 
 def execute(tasks: list[ShardTask], ctx: RunContext, workers: int, desc: str) -> list[dict]:
-    """Run ``tasks`` (here or in ``workers`` processes); returns their infos in task order. A pool stays
-    for the sinks (``pool_map``) until ``release_pool`` (``manifest.finish`` calls it) or the next pass."""
+    """Run ``tasks`` (here or in ``workers`` processes); returns their infos in task order."""
     if not tasks:
         return []
     results: dict[int, dict] = {}
@@ -294,56 +293,30 @@ def execute(tasks: list[ShardTask], ctx: RunContext, workers: int, desc: str) ->
                 worker.close()
         else:
             processes = min(workers, len(tasks))
-            release_pool()  # a pass starts new processes: the last pass's steps (models, clients) go with theirs
-            pool = open_pool(processes, ctx)
-            futures = {pool.submit(_run_in_pool, t): i for i, t in enumerate(tasks)}
-            left = len(futures)
-            try:
-                for fut in cf.as_completed(futures):
-                    done(futures[fut], fut.result())
-                    left -= 1
-                    if left < processes:  # a pool process has nothing more to do: its core is free
-                        _start_idle_work()
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                pool.shutdown(wait=True)
-                raise
-            _PARKED.append(pool)
+            with open_pool(processes, ctx) as pool:
+                futures = {pool.submit(_run_in_pool, t): i for i, t in enumerate(tasks)}
+                left = len(futures)
+                try:
+                    for fut in cf.as_completed(futures):
+                        done(futures[fut], fut.result())
+                        left -= 1
+                        if left < processes:  # a pool process has nothing more to do: its core is free
+                            _start_idle_work()
+                except BaseException:
+                    for f in futures:
+                        f.cancel()
+                    raise
     finally:
         bar.close()
     return [results[i] for i in range(len(tasks))]
 
 
-# The pool of the last pass, kept for the sinks (``pool_map``) until the run ends (``release_pool``) or the
-# next pass: its processes have their memory mapped already, where new ones spent 0.1-0.3 s faulting in
-# the stage-1 sink's buffers (bench_download's 3,000 samples: the sink was slower in two new processes
-# than in the driver alone).
-_PARKED: list[cf.ProcessPoolExecutor] = []
-
-
-def parked_pool() -> bool:
-    """Whether the last pass's pool is still there for ``pool_map``."""
-    return bool(_PARKED)
-
-
-def release_pool() -> None:
-    """Shut down the pool the last pass left (a no-op when there is none). ``datagen run`` calls it when
-    its sinks are written; a pool left behind is shut down with the interpreter."""
-    while _PARKED:
-        _PARKED.pop().shutdown(wait=True)
-
-
-atexit.register(release_pool)  # a pool left by a caller of ``execute`` alone: shut down before the teardown
-
-
 def pool_map(fn: Callable[..., Any], calls: list[tuple], ctx: RunContext | None, workers: int,
              on_done: Callable[[int, Any], None] | None = None) -> list:
-    """``fn(*args)`` for each ``args`` in ``calls``, in up to ``workers`` processes: those of the last pass's
-    pool when it is still there (``release_pool``), else of a new pool like a pass's (forked from the fork
-    server, so they start with its imports); here when ``workers`` <= 1, there is one call or no ``ctx``.
-    ``fn`` must be a module's function. Results in call order; ``on_done(i, result)`` as each call
-    finishes. The stage-1 sink writes its buckets with it."""
+    """``fn(*args)`` for each ``args`` in ``calls``, in up to ``workers`` processes of a pool like a pass's
+    (forked from the fork server, so they start with its imports; ``fn`` must be a module's function),
+    or here when ``workers`` <= 1, there is one call or no ``ctx``. Results in call order; ``on_done(i,
+    result)`` as each call finishes. The stage-1 sink writes its buckets with it."""
     results: list = [None] * len(calls)
     processes = min(workers, len(calls))
     if processes <= 1 or ctx is None:
@@ -352,22 +325,18 @@ def pool_map(fn: Callable[..., Any], calls: list[tuple], ctx: RunContext | None,
             if on_done is not None:
                 on_done(i, results[i])
         return results
-    parked = _PARKED[-1] if _PARKED else None
-    pool = parked or open_pool(processes, ctx)
-    futures = {pool.submit(fn, *args): i for i, args in enumerate(calls)}
-    try:
-        for fut in cf.as_completed(futures):
-            i = futures[fut]
-            results[i] = fut.result()
-            if on_done is not None:
-                on_done(i, results[i])
-    except BaseException:
-        for f in futures:
-            f.cancel()
-        raise
-    finally:
-        if pool is not parked:
-            pool.shutdown(wait=True)
+    with open_pool(processes, ctx) as pool:
+        futures = {pool.submit(fn, *args): i for i, args in enumerate(calls)}
+        try:
+            for fut in cf.as_completed(futures):
+                i = futures[fut]
+                results[i] = fut.result()
+                if on_done is not None:
+                    on_done(i, results[i])
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
     return results
 
 

@@ -70,9 +70,7 @@ def scatter_rows(spill: BucketSpill, plan: PartPlan, columns: list[str] | None) 
 
 def _system_allocator() -> None:
     """Arrow's buffers from the system allocator, as in the driver (``datagen run``): it gives freed memory
-    back, where mimalloc kept up to 0.1 GB a process of the scatter's short-lived buffers, and in the last
-    pass's processes it was faster too (bench_download's sink: 0.27-0.31 s against 0.38-0.48 s). The
-    process's passes are over: nothing else allocates there after the sink."""
+    back, where mimalloc kept up to 0.1 GB a process of the scatter's short-lived buffers."""
     pa.set_memory_pool(pa.system_memory_pool())
 
 

@@ -100,13 +100,8 @@ def _reject_counts(path: Path) -> dict[str, Any]:
 
 
 def finish(state: RunState, recipe_raw: dict, recipe_path: Path | None) -> dict[str, Any]:
-    from datagen.core.executor import release_pool
-
-    try:
-        with RunLock(state.out_dir):
-            return _finish(state, recipe_raw, recipe_path)
-    finally:
-        release_pool()  # the last pass's processes, kept for the stage-1 sink
+    with RunLock(state.out_dir):
+        return _finish(state, recipe_raw, recipe_path)
 
 
 def _finish(state: RunState, recipe_raw: dict, recipe_path: Path | None) -> dict[str, Any]:

@@ -25,11 +25,9 @@ from datagen.sinks.buckets import BucketSpill, plan_samples
 from datagen.sinks.shards import ShardInfo, SplitWriter, json_bytes, shard_json_for, stage2_images
 
 STAGE1, STAGE2, STAGE2_TEXT = "stage1", "stage2", "stage2_text"
-# The stage-1 sink works in the last pass's pool processes when they are there (``executor.pool_map``;
-# bench_download's 3,000 samples of 15 KB: 0.27-0.31 s, against 0.41-0.49 s in the driver). New processes
-# cost more than they save below this many samples (the same: 0.5-0.6 s in two), so a run whose pass
-# started no pool (every part reused) writes fewer here (bench_scale's 100,000: 3.7 s here, 2.1 s in two
-# new processes).
+# Below this many stage-1 samples the sink works in the driver: new pool processes cost more than they save
+# (bench_download's 3,000 samples of 15 KB: 0.33-0.45 s here, 0.5-0.6 s in two; bench_scale's 100,000:
+# 3.7 s here, 2.1 s in two).
 POOL_MIN_SAMPLES = 20_000
 
 
@@ -71,11 +69,10 @@ def write_stage1(pair_parts, dropped, out_dir: Path, stage, output, seed: int, w
                  provenance: dict | None = None, workers: int = 1, ctx=None, facts_limit: int = 0,
                  pool_min: int = POOL_MIN_SAMPLES) -> tuple[list[ShardInfo], dict]:
     """The stage-1 shards: a scatter pass, then one task per bucket (``datagen.sinks.bucket_work``), in
-    ``workers`` pool processes (``ctx``: the run's context, which a pool needs): the last pass's, or new
-    ones when there are ``pool_min`` samples or more; else here. Returns the shards and the counts
-    (``samples``, ``per_source``) and, for the report, the ``FACT_FIELDS`` of the first ``facts_limit``
-    samples (``report_facts``)."""
-    from datagen.core.executor import parked_pool, pool_map
+    ``workers`` pool processes (``ctx``: the run's context, which a pool needs) when there are ``pool_min``
+    samples or more, else here. Returns the shards and the counts (``samples``, ``per_source``) and, for the
+    report, the ``FACT_FIELDS`` of the first ``facts_limit`` samples (``report_facts``)."""
+    from datagen.core.executor import pool_map
 
     meta = kept_pairs(pair_parts, dropped, stage.sources)
     plan = plan_samples(meta, stage.weights, seed, output.shuffle, output.shard_max_count)
@@ -87,7 +84,7 @@ def write_stage1(pair_parts, dropped, out_dir: Path, stage, output, seed: int, w
     for shard_id, n in plan.group_by("_shard", maintain_order=True).len().iter_rows():
         parts.append((kept[shard_id], offset, n))
         offset += n
-    workers = workers if n_buckets > 1 and (parked_pool() or plan.height >= pool_min) else 1
+    workers = workers if n_buckets > 1 and plan.height >= pool_min else 1
     mappers = max(1, min(workers, len(parts)))
     root = tmp_name(work / "sink-stage1")
     spills = [root / f"spill-{j}" for j in range(mappers)]

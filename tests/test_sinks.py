@@ -281,6 +281,8 @@ def test_stage1_sink_in_pool_processes_writes_the_same_bytes_as_in_the_driver(tm
     shards are the same bytes however many processes wrote them."""
     import hashlib
 
+    import pyarrow as pa
+
     from datagen.core import executor
     from datagen.core.steps import RunContext
 
@@ -293,6 +295,7 @@ def test_stage1_sink_in_pool_processes_writes_the_same_bytes_as_in_the_driver(tm
     ctx = RunContext(run_dir=tmp_path / "run", recipe_dir=tmp_path)
     size = len(jpeg()) + 700  # about one sample (image, caption, json, headers)
     written = {}
+    allocator = pa.default_memory_pool().backend_name
     for workers in (1, 2):
         out = tmp_path / f"out-{workers}"
         shards, stats = write_stage1(pairs, None, out, StageConfig(weights={"a": 1.5}),
@@ -304,6 +307,7 @@ def test_stage1_sink_in_pool_processes_writes_the_same_bytes_as_in_the_driver(tm
         assert sorted(p.name for p in (out / "stage1").iterdir()) == sorted(
             [p.split("/")[1] for p, _, _ in written[workers][0]] + ["sizes.json"])
     assert opened == [2, 2], "scatter and buckets ran in pool processes"
+    assert pa.default_memory_pool().backend_name == allocator, "the driver's allocator is its caller's choice"
     assert written[1] == written[2]
     shards, stats = written[2]
     counts = [c for _, c, _ in shards]

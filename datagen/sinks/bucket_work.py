@@ -15,6 +15,7 @@ processes wrote them: the same recipe and seed give the same bytes with one work
 
 from __future__ import annotations
 
+import multiprocessing as mp
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,9 +70,11 @@ def scatter_rows(spill: BucketSpill, plan: PartPlan, columns: list[str] | None) 
 
 
 def _system_allocator() -> None:
-    """Arrow's buffers from the system allocator, as in the driver (``datagen run``): it gives freed memory
-    back, where mimalloc kept up to 0.1 GB a process of the scatter's short-lived buffers."""
-    pa.set_memory_pool(pa.system_memory_pool())
+    """In a pool process, Arrow's buffers from the system allocator, as in the driver (``datagen run``): it
+    gives freed memory back, where mimalloc kept up to 0.1 GB a process of the scatter's short-lived
+    buffers. Run in the driver itself, the tasks leave its allocator as its caller chose."""
+    if mp.parent_process() is not None:
+        pa.set_memory_pool(pa.system_memory_pool())
 
 
 def scatter_parts(folder: Path, plan_file: Path, parts: list[tuple[Path, int, int]]) -> None:

@@ -3,10 +3,12 @@
 The sample plan (weights, order, output shard) is computed from metadata only
 (``datagen.sinks.buckets``); rows are then scattered into per-shard buckets
 while the parts are read sequentially, and each bucket is ordered and written
-on its own: for stage 1 in the run's pool processes, each bucket into shards of
-its own (``datagen.sinks.bucket_work``). Stage-2 samples are one per image set: all conversations of that
-set, both languages, in one ``<key>.json``, and the image bytes once, joined
-from the pair parts within the bucket. Same recipe and seed, same bytes.
+on its own; for stage 1 each bucket into shards of its own, from
+``POOL_MIN_SAMPLES`` samples on in the run's pool processes
+(``datagen.sinks.bucket_work``). Stage-2 samples are one per image set: all
+conversations of that set, both languages, in one ``<key>.json``, and the
+image bytes once, joined from the pair parts within the bucket. Same recipe
+and seed, same bytes.
 """
 
 from __future__ import annotations

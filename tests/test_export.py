@@ -160,6 +160,27 @@ def test_local_paths_are_stored_relative_to_the_recipe_folder(tmp_path):
     assert resolve_url("https://h/1.jpg", tmp_path, root) == "https://h/1.jpg"
 
 
+def test_portable_paths_are_what_relpath_of_the_real_paths_gives(tmp_path):
+    """portable_path works out each folder's relative path once; the result is still
+    ``os.path.relpath(realpath(file), realpath(root))`` for files in the root itself, beside it, below it,
+    through a linked folder, and for a linked file."""
+    import os
+
+    root = tmp_path / "recipes"
+    for d in ("recipes/img", "recipes/img/a", "data", "real"):
+        (tmp_path / d).mkdir(parents=True)
+    (tmp_path / "real" / "target.jpg").write_bytes(b"x")
+    (tmp_path / "recipes" / "linked").symlink_to(tmp_path / "real")
+    (tmp_path / "data" / "link.jpg").symlink_to(tmp_path / "real" / "target.jpg")
+    files = [root / "x.jpg", root / "img" / "x.jpg", root / "img" / "a" / "y.jpg", tmp_path / "data" / "x.jpg",
+             root / "linked" / "target.jpg", tmp_path / "data" / "link.jpg", root / "img" / ".." / "z.jpg"]
+    got = [portable_path(f, root) for f in files] + [portable_path(f, root) for f in files]  # cached the 2nd time
+    want = [os.path.relpath(os.path.realpath(f), os.path.realpath(root)) for f in files] * 2
+    assert got == want
+    assert got[:7] == ["x.jpg", "img/x.jpg", "img/a/y.jpg", "../data/x.jpg", "../real/target.jpg",
+                       "../real/target.jpg", "z.jpg"]
+
+
 def test_sharegpt_export_has_one_image_token_per_listed_image(run):
     (path,) = export(run, run / "export", "sharegpt")
     items = {i["id"]: i for i in json.loads(path.read_text())}

@@ -59,8 +59,9 @@ def cpu_seconds(pid: int) -> float:
 
 def measure(cmd: list[str], env: dict | None = None, cwd: Path | None = None) -> dict:
     """Wall time, children's CPU time and the process tree's peak memory (RSS sum, largest process, PSS sum)
-    of one command."""
+    of one command, and when it started (``started``, ``time.time()``)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.time()  # the clock other processes' timestamps use (bench_download's server)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=cwd, env=env)
     peak = largest = peak_pss = 0
@@ -88,4 +89,4 @@ def measure(cmd: list[str], env: dict | None = None, cwd: Path | None = None) ->
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd[:3])} ... failed ({proc.returncode}):\n{out.decode(errors='replace')[-3000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall_s": wall, "cpu_s": cpu, "peak_rss": peak, "largest_rss": largest, "peak_pss": peak_pss, "log": out.decode(errors="replace")}
+    return {"started": started, "wall_s": wall, "cpu_s": cpu, "peak_rss": peak, "largest_rss": largest, "peak_pss": peak_pss, "log": out.decode(errors="replace")}

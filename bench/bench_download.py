@@ -29,7 +29,10 @@ What it does (issue 10):
    decode + resize + encode ceiling, measured in the same run (and the test
    server's CPU per request, which both tools share the cores with): the kit's JPEG
    bytes decoded (DCT-scaled), resized to 256 and encoded on all cores, no
-   network, with the fastest method available.
+   network, with the fastest method available. And where each tool's wall time goes, from the server's
+   clock: start to the first request, the downloads (first request to the end of the last response) and
+   the exit after the last response, with the stored images per second of the downloads alone against
+   the same ceiling.
 
     python bench/bench_download.py                     # 3,000 images, 2 rounds (make bench-peers)
     python bench/bench_download.py --images 300 --rounds 1   # a quick look
@@ -127,7 +130,9 @@ def make_kit(folder: Path, images: int, missing: int, html: int) -> Path:
 
 # ----------------------------------------------------------------------------- the server
 
-def _serve(folder: str, port_queue, stop) -> None:
+def _serve(folder: str, port_queue, stop, marks) -> None:
+    """The kit over HTTP/1.1; ``marks`` (two doubles, zeroed by the caller before each run): the ``time.time()``
+    of the first request and of the end of the last response."""
     bodies = {f"/img/{p.name}": p.read_bytes() for p in (Path(folder) / "img").iterdir()}
 
     class Handler(BaseHTTPRequestHandler):
@@ -135,6 +140,9 @@ def _serve(folder: str, port_queue, stop) -> None:
         disable_nagle_algorithm = True
 
         def do_GET(self):  # noqa: N802
+            if not marks[0]:
+                with marks.get_lock():
+                    marks[0] = marks[0] or time.time()
             path = self.path.split("?", 1)[0]
             body, status = bodies.get(path), 200
             if path.startswith("/html/"):
@@ -146,6 +154,7 @@ def _serve(folder: str, port_queue, stop) -> None:
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+            marks[1] = time.time()
 
         def log_message(self, *args):
             pass
@@ -327,6 +336,20 @@ def peers_venv(venv: Path) -> Path:
     return venv
 
 
+def _phases(r: dict, first: float, last: float) -> tuple[float, float, float]:
+    """A run's wall time in three: start to the first request, the first request to the end of the last
+    response (the downloads), the end of the last response to the exit (the last decodes, then whatever the
+    tool does at its end)."""
+    if not first:  # no request reached the server
+        return math.nan, math.nan, math.nan
+    end = r["started"] + r["wall_s"]
+    return first - r["started"], last - first, end - last
+
+
+def _fmt_phases(p: tuple[float, float, float]) -> str:
+    return f"first request after {p[0]:.2f} s, downloads {p[1]:.2f} s, exit {p[2]:.2f} s after the last response"
+
+
 def _fmt(tool: str, r: dict, n: int) -> str:
     return (f"{tool:11s} wall {r['wall_s']:6.1f} s  {n / r['wall_s']:6.1f} images/s  "
             f"CPU {1000 * r['cpu_s'] / max(1, r['ok']):5.1f} ms/image  peak PSS {r['peak_pss'] / 1e9:4.2f} GB "
@@ -362,8 +385,8 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
 
     ctx = mp.get_context("spawn")
-    port_q, stop = ctx.Queue(), ctx.Event()
-    server = ctx.Process(target=_serve, args=(str(kit), port_q, stop), daemon=True)
+    port_q, stop, marks = ctx.Queue(), ctx.Event(), ctx.Array("d", 2)
+    server = ctx.Process(target=_serve, args=(str(kit), port_q, stop, marks), daemon=True)
     server.start()
     port = port_q.get(timeout=60)
     work = Path(tempfile.mkdtemp(prefix="bench-download-"))
@@ -377,6 +400,7 @@ def main() -> None:
             order = tools[rnd % len(tools):] + tools[:rnd % len(tools)]  # each tool goes first in turn
             for tool in order:
                 load, server_cpu = os.getloadavg()[0], cpu_seconds(server.pid)
+                marks[0] = marks[1] = 0.0
                 if tool == "img2dataset":
                     r = run_img2dataset(venv, urls, work / "out-img2dataset", args.cores, shard_rows)
                 else:
@@ -384,10 +408,11 @@ def main() -> None:
                                     args.baseline_root if tool == "datagen-base" else ROOT)
                 r["load"] = load
                 r["server_ms"] = 1000 * (cpu_seconds(server.pid) - server_cpu) / rows
+                r["phases"] = _phases(r, marks[0], marks[1])
                 results[tool].append(r)
                 extra = f"  steps {r['steps_s']}" if "steps_s" in r else ""
                 print(f"round {rnd + 1} {_fmt(tool, r, rows)}  (load {load:.2f}; the server: "
-                      f"{r['server_ms']:.1f} ms CPU per request){extra}", flush=True)
+                      f"{r['server_ms']:.1f} ms CPU per request; {_fmt_phases(r['phases'])}){extra}", flush=True)
         t0 = time.perf_counter()
         ceil = ceiling(kit, args.cores)
         print(f"ceiling (decode + resize to {MAX_SIDE} + encode, {args.cores} processes, no network, "
@@ -418,6 +443,13 @@ def main() -> None:
             ok_rate = max(r["ok"] / r["wall_s"] for r in results[t])
             print(f"  {t}'s share of the ceiling ({top}, {ceil[top][0]:.0f} images/s): {ok_rate / ceil[top][0]:.2f} "
                   f"(stored images/s, best round: {ok_rate:.1f})")
+        # where the rest goes: the fixed costs at both ends, and the rate while downloading
+        for t in tools:
+            phases = [r["phases"] for r in results[t]]
+            med = [statistics.median(p[i] for p in phases) for i in range(3)]
+            window_rate = max((r["ok"] / r["phases"][1] for r in results[t] if r["phases"][1] > 0), default=0.0)
+            print(f"  {t}, median: {_fmt_phases(tuple(med))}; stored images/s between the first request and "
+                  f"the last response, best round: {window_rate:.1f} ({window_rate / ceil[top][0]:.2f} of the ceiling)")
     print(f"  load average at the end {os.getloadavg()[0]:.2f}")
 
 

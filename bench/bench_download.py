@@ -251,15 +251,15 @@ def pillow_draft(data: bytes, resample=None) -> bytes:
 
 def datagen_scaled(data: bytes) -> bytes:
     """datagen's own recipe without its checks: simplejpeg's N/8 decode with its margin, then its resize
-    (OpenCV's blur + bicubic at the box's scale; ``datagen.fetch.image``), Pillow's encode."""
+    (OpenCV's blur + bicubic at the box's scale) and its encode (OpenCV's, Pillow's bytes; ``datagen.fetch.image``)."""
     import simplejpeg
 
-    from datagen.fetch.image import _resize, _scaled_jpeg, target_size
+    from datagen.fetch.image import _encode, _resize, _scaled_jpeg, target_size
 
     h, w = simplejpeg.decode_jpeg_header(data)[:2]
     size = target_size(w, h, MAX_SIDE)
     arr, box = _scaled_jpeg(data, w, h, size)
-    return _jpeg(_resize(arr, size, box))
+    return _encode(_resize(arr, size, box), "jpeg", QUALITY, None)
 
 
 def cv2_full(data: bytes) -> bytes:

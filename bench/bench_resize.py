@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from bench_download import MAX_SIDE, QUALITY, _jpeg, cv2_full, cv2_reduced, make_kit, pillow_draft  # noqa: E402
+from bench_download import MAX_SIDE, QUALITY, cv2_full, cv2_reduced, make_kit, pillow_draft  # noqa: E402
 from datagen.fetch.config import FetchConfig  # noqa: E402
-from datagen.fetch.image import _resize, _scaled_jpeg, process_image, target_size  # noqa: E402
+from datagen.fetch.image import _encode, _resize, _scaled_jpeg, process_image, target_size  # noqa: E402
 
 
 def datagen(data: bytes, cfg=FetchConfig(max_side=MAX_SIDE, jpeg_quality=QUALITY)) -> bytes:
@@ -56,7 +56,7 @@ def simplejpeg_at(margin: float):
         h, w = simplejpeg.decode_jpeg_header(data)[:2]
         size = target_size(w, h, MAX_SIDE)
         arr, box = _scaled_jpeg(data, w, h, size, margin)
-        return _jpeg(_resize(arr, size, box))
+        return _encode(_resize(arr, size, box), "jpeg", QUALITY, None)
 
     return run
 

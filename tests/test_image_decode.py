@@ -205,7 +205,7 @@ def test_opencv_resize_is_the_documented_blur_then_bicubic_at_the_box_scale():
     want = cv2.resize(cv2.GaussianBlur(arr, (k(sx), k(sy)), sigmaX=sx, sigmaY=sy), None, fx=1 / rx, fy=1 / ry,
                       interpolation=cv2.INTER_CUBIC)[:179, :256]
     got = _resize(arr, size, box)
-    assert got.size == size and np.array_equal(np.asarray(got), want)
+    assert got.shape[1::-1] == size and np.array_equal(got, want)
 
 
 def test_opencv_resize_maps_the_box_not_the_whole_array(resizes):
@@ -238,3 +238,51 @@ def test_a_picture_not_in_rgb_is_converted_before_opencv_resizes_it(resizes):
     img, _ = decoded(data, 256)
     assert resizes == ["opencv"] and img.mode == "RGB"
     assert mean_diff(img, ref) < mean_diff(encoded_ref, ref) + 0.5
+
+
+@pytest.mark.parametrize("case", ["jpeg_opencv_resize", "jpeg_pillow_resize", "jpeg_rotated", "png_kept_size",
+                                  "icc_profile"])
+def test_stored_jpegs_are_the_bytes_pillows_encoder_makes(case, monkeypatch):
+    """``_encode`` hands JPEGs to OpenCV's encoder (faster, no Pillow image to build): the stored bytes must
+    be what Pillow's ``save(quality=...)`` made of the same pixels, whichever path they took. A JPEG with an
+    ICC profile still goes through Pillow, which embeds the profile."""
+    import cv2
+
+    from datagen.fetch import image as image_mod
+
+    sizes = {"jpeg_opencv_resize": (900, 620), "jpeg_pillow_resize": (1400, 900), "jpeg_rotated": (700, 500),
+             "png_kept_size": (200, 150), "icc_profile": (700, 500)}
+    src = photo_like(*sizes[case], seed=3)
+    if case == "png_kept_size":
+        data = encode(src, "PNG")
+    elif case == "jpeg_rotated":
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        data = encode(src, "JPEG", quality=92, exif=exif)
+    elif case == "icc_profile":
+        from PIL import ImageCms
+
+        icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+        data = encode(src, "JPEG", quality=92, icc_profile=icc)
+    else:
+        data = encode(src, "JPEG", quality=92)
+    encoded, opencv = [], []
+    real_encode, real_imencode = image_mod._encode, cv2.imencode
+    monkeypatch.setattr(image_mod, "_encode", lambda px, *a: encoded.append(np.array(px)) or real_encode(px, *a))
+    monkeypatch.setattr(cv2, "imencode", lambda *a, **k: opencv.append(a[0]) or real_imencode(*a, **k))
+    cfg = FetchConfig(max_side=256, jpeg_quality=87)
+    out = process_image(data, None, cfg)
+    assert out.format == "jpeg" and out.reencoded and len(encoded) == 1
+    assert (out.width, out.height) == encoded[0].shape[1::-1]
+    if case == "png_kept_size":
+        assert (out.width, out.height) == (200, 150)
+    if case == "jpeg_rotated":
+        assert (out.width, out.height) == (183, 256)
+    stored = Image.open(io.BytesIO(out.data))
+    if case == "icc_profile":
+        assert not opencv, "an ICC profile to embed goes through Pillow"
+        assert stored.info.get("icc_profile") == icc
+        return
+    assert opencv == [".jpg"], "OpenCV encoded it"
+    assert out.data == encode(Image.fromarray(encoded[0]), "JPEG", quality=87)
+    assert "icc_profile" not in stored.info and stored.mode == "RGB"

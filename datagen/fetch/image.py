@@ -52,6 +52,11 @@ Why each choice:
   ``exif_transpose`` because we need the method to move the COCO boxes by the
   same transform; resize and transpose commute, so doing it last is exact. The
   stored image carries no EXIF, so no reader can rotate it a second time.
+- The stored JPEG is encoded by OpenCV (``_encode``): libjpeg-turbo with
+  Pillow's settings (accurate DCT, 4:2:0, the standard tables at
+  ``jpeg_quality``), so the same bytes as Pillow's ``save``, in 0.14 instead
+  of 0.19 ms and without building a Pillow image from the resized array
+  (0.06 ms). Pillow still encodes PNGs and JPEGs that carry an ICC profile.
 - An upright RGB JPEG that needs no resize is stored byte-for-byte
   (``keep_original_jpeg``): re-encoding would lose quality and cost CPU for
   nothing. It is still fully decoded first, to catch truncation.
@@ -315,10 +320,11 @@ def _cv2():
     return cv2
 
 
-def _resize(pixels, size: tuple[int, int], box: Optional[tuple[float, float, float, float]]) -> Image.Image:
+def _resize(pixels, size: tuple[int, int], box: Optional[tuple[float, float, float, float]]):
     """``pixels`` (an RGB array, or an RGB Pillow image) shrunk to ``size``; ``box``: the picture's region
     in it (None: all of it). A shrink by at most ``CV_MAX_SHRINK`` goes through OpenCV (a Gaussian
-    pre-blur, then bicubic at the box's exact scale), a larger one through Pillow (module doc)."""
+    pre-blur, then bicubic at the box's exact scale) and gives an array, a larger one through Pillow
+    (module doc) and gives a Pillow image."""
     if box is None:
         box = (0, 0, *(pixels.size if isinstance(pixels, Image.Image) else pixels.shape[1::-1]))
     rx, ry = box[2] / size[0], box[3] / size[1]
@@ -334,7 +340,7 @@ def _resize(pixels, size: tuple[int, int], box: Optional[tuple[float, float, flo
     # fx/fy, not a size: OpenCV then maps with exactly this scale (a size would stretch the rounded-up
     # edge pixel of the N/8 decode over the picture); the output covers the box and a bit more, cut off
     out = cv2.resize(pixels, None, fx=1 / rx, fy=1 / ry, interpolation=cv2.INTER_CUBIC)
-    return Image.fromarray(np.ascontiguousarray(out[:size[1], :size[0]]))
+    return np.ascontiguousarray(out[:size[1], :size[0]])
 
 
 def probe_size(data: bytes, cfg: FetchConfig) -> tuple[int, int]:
@@ -395,9 +401,10 @@ def process_image(
             if resize:
                 img = _resize(img, (new_w, new_h), draft_box)
         if method is not None:
-            img = img.transpose(method)
+            img = (Image.fromarray(img) if isinstance(img, np.ndarray) else img).transpose(method)
     except Exception as e:
         raise FetchError("decode_error", f"cannot convert {fmt} {src_mode} image: {e!r}")
+    height_out, width_out = img.shape[:2] if isinstance(img, np.ndarray) else (img.height, img.width)
 
     moved = _copy_objects(objects)
     if moved:
@@ -407,17 +414,36 @@ def process_image(
                 obj["bbox"] = transform_bbox(list(obj["bbox"]), sx, sy, method, new_w, new_h)
 
     out_fmt = "png" if (cfg.keep_png and fmt == "PNG") else "jpeg"
-    buf = io.BytesIO()
     try:
-        if out_fmt == "png":
-            img.save(buf, format="PNG", icc_profile=icc)
-        else:
-            img.save(buf, format="JPEG", quality=cfg.jpeg_quality, icc_profile=icc)
+        out = _encode(img, out_fmt, cfg.jpeg_quality, icc)
     except Exception as e:
         raise FetchError("encode_error", f"cannot encode {out_fmt}: {e!r}")
-    out = buf.getvalue()
-    return StoredImage(out, hashlib.sha256(out).hexdigest(), img.width, img.height, out_fmt, moved, reencoded=True,
+    return StoredImage(out, hashlib.sha256(out).hexdigest(), width_out, height_out, out_fmt, moved, reencoded=True,
                        original_width=original[0], original_height=original[1])
+
+
+def _encode(pixels, fmt: str, quality: int, icc: Optional[bytes]) -> bytes:
+    """An RGB array or Pillow image as ``fmt`` bytes. A JPEG without an ICC profile goes through OpenCV's
+    encoder straight from the array: the same libjpeg-turbo settings as Pillow's (accurate DCT, 4:2:0
+    chroma, the standard tables at ``quality``), the same bytes (``tests/test_image_decode.py``), 0.14
+    against 0.19 ms, and no Pillow image to build first (0.06 ms). Pillow encodes PNGs, and JPEGs with an
+    ICC profile to embed."""
+    if fmt == "jpeg" and not icc:
+        cv2 = _cv2()
+        arr = pixels if isinstance(pixels, np.ndarray) else np.asarray(pixels)
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(arr, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, quality,
+                                cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420])
+        if not ok:
+            raise ValueError(f"OpenCV could not encode a {arr.shape} {arr.dtype} array as JPEG")
+        return buf.tobytes()
+    img = Image.fromarray(pixels) if isinstance(pixels, np.ndarray) else pixels
+    buf = io.BytesIO()
+    if fmt == "png":
+        img.save(buf, format="PNG", icc_profile=icc)
+    else:
+        img.save(buf, format="JPEG", quality=quality, icc_profile=icc)
+    return buf.getvalue()
 
 
 def _copy_objects(objects: Optional[list[dict]]) -> Optional[list[dict[str, Any]]]:

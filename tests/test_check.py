@@ -397,7 +397,8 @@ def test_recipe_hash_names_the_data_not_the_machinery():
 
     demo = str(ROOT / "recipes" / "demo.yaml")
     base = recipe_hash(load_recipe(demo, [])[0])
-    assert base == recipe_hash(load_recipe(demo, ["executor.workers=2", "output.exports=[]", "output.check={}"])[0])
+    assert base == recipe_hash(load_recipe(demo, ["executor.workers=2", "output.exports=[]", "output.check={}",
+                                                  "fetch.workers=3"])[0])
     assert base != recipe_hash(load_recipe(demo, ["seed=3"])[0])
     assert base != recipe_hash(load_recipe(demo, ["synthesize.positive_ratio=0.4"])[0])
 

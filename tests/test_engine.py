@@ -189,3 +189,28 @@ def test_work_registered_while_waiting_runs_once_in_the_background_of_a_pool_pas
     assert executor._IDLE_WORK == []
     shards = len(list((tmp_path / "out" / "_run" / "pairs").glob("*/*/stats.json")))
     assert shards >= 3 and part_dirs[0] >= shards - 1, (part_dirs, shards)  # 2 processes: after all but one
+
+
+def test_pool_processes_get_their_share_of_the_cores(tmp_path, monkeypatch):
+    """Each of a pool's processes is told how many cores it has to itself (``RunContext.cores``): the
+    machine's divided among the processes, at least one; tasks run in the driver see the machine's. The
+    fetch step sizes its decode threads by it."""
+    import concurrent.futures as cf
+
+    from datagen.core import executor
+    from datagen.core.steps import RunContext, available_cores
+
+    made = []
+
+    class Recording:
+        def __init__(self, n, mp_context=None, initializer=None, initargs=()):
+            made.append((n, initargs[0]))
+
+    monkeypatch.setattr(cf, "ProcessPoolExecutor", Recording)
+    monkeypatch.setattr(executor, "available_cores", lambda: 8)
+    ctx = RunContext(run_dir=tmp_path / "run", recipe_dir=tmp_path, seed=5)
+    for n in (1, 2, 3, 8, 16):
+        executor.open_pool(n, ctx)
+    assert [(n, c.cores) for n, c in made] == [(1, 8), (2, 4), (3, 2), (8, 1), (16, 1)]
+    assert all(c.seed == 5 and c.run_dir == ctx.run_dir for _, c in made)
+    assert executor.task_context(ctx).cores is None and executor.task_context(ctx).cpu_cores() == available_cores()

@@ -113,3 +113,106 @@ def test_a_batch_after_a_straggler_cutoff_still_fetches_on_the_same_clients(tmp_
         finally:
             release.set()
             step.close()
+
+
+def test_decode_threads_follow_the_cores_the_process_has_to_itself(tmp_path):
+    """``fetch.workers`` unset: no decode thread in a process with one core to itself (a pool of one
+    process a core), one a core otherwise; a number in the recipe is taken as it is."""
+    import dataclasses
+
+    ctx = ctx_for(tmp_path)
+    for cores, workers, want in ((1, None, 0), (4, None, 4), (1, 3, 3), (8, 0, 0)):
+        step = FetchStep(cfg(workers=workers), dataclasses.replace(ctx, cores=cores))
+        assert step.decode_threads() == want, (cores, workers)
+    assert FetchStep(cfg(), ctx).decode_threads() == ctx.cpu_cores()  # no pool: the machine's cores
+
+
+def test_the_loop_thread_decodes_as_the_decode_threads_did(tmp_path):
+    """With no decode thread every row is decoded in the event loop's thread, and the batch comes out as
+    with threads: the same kept rows and bytes, the same rejects, for downloads, local files, rows that
+    arrive with bytes, missing pages and bodies that are no image."""
+    import dataclasses
+
+    from datagen.fetch import step as step_mod
+
+    (tmp_path / "local.jpg").write_bytes(jpeg(90, 60, (200, 30, 30)))
+    with LocalServer() as srv:
+        srv.route("/img", lambda req: Reply(200, body=jpeg(400, 300), headers={"Content-Type": "image/jpeg"}))
+        srv.route("/page", lambda req: Reply(200, body=b"<html>no image</html>", headers={"Content-Type": "image/jpeg"}))
+        rows = ([row(f"d{i}", srv.url(f"/img/{i}.jpg")) for i in range(6)]
+                + [row("local", str(tmp_path / "local.jpg")), row("bytes", image=jpeg(300, 200)),
+                   row("missing", srv.url("/nothing")), row("page", srv.url("/page"))])
+        outs, threads_seen = {}, {}
+        decode = step_mod.process_image
+        for workers in (0, 2):
+            seen: set[str] = set()
+
+            def recording(*a, seen=seen, **k):
+                seen.add(threading.current_thread().name)
+                return decode(*a, **k)
+
+            step_mod.process_image = recording
+            try:
+                step = FetchStep(cfg(workers=workers, max_side=128), dataclasses.replace(ctx_for(tmp_path), cores=1))
+                try:
+                    outs[workers] = step.process(pairs_table(rows))
+                finally:
+                    step.close()
+            finally:
+                step_mod.process_image = decode
+            threads_seen[workers] = seen
+    assert threads_seen[0] == {"fetch-loop"}
+    assert threads_seen[2] and all(n.startswith("fetch-decode") for n in threads_seen[2])
+    inline, threaded = outs[0], outs[2]
+    assert inline.kept.to_pylist() == threaded.kept.to_pylist()
+    assert inline.kept.column("key").to_pylist() == [f"d{i}" for i in range(6)] + ["local", "bytes"]
+    assert reasons(inline) == reasons(threaded) == {"missing": "http_404", "page": "not_an_image"}
+
+
+def test_rows_open_without_decode_threads_stay_within_the_download_slots(tmp_path, monkeypatch):
+    """Decoding in the loop's thread, a row's body is decoded as it arrives: the rows downloaded and not yet
+    decoded never outnumber the download slots (no decode backlog to add)."""
+    import dataclasses
+    import time
+
+    from datagen.fetch import step as step_mod
+    from datagen.fetch.http import Downloader
+
+    body, decode = jpeg(), step_mod.process_image
+    downloaded = decoded = most = 0
+    get = Downloader.get
+
+    async def counting_get(self, url):
+        nonlocal downloaded, most
+        got = await get(self, url)
+        downloaded += 1
+        most = max(most, downloaded - decoded)
+        return got
+
+    def slow_decode(*args):
+        nonlocal decoded
+        time.sleep(0.005)
+        try:
+            return decode(*args)
+        finally:
+            decoded += 1
+
+    monkeypatch.setattr(Downloader, "get", counting_get)
+    monkeypatch.setattr(step_mod, "process_image", slow_decode)
+    with LocalServer() as srv:
+        srv.route("/", lambda req: Reply(200, body=body))
+        step = FetchStep(cfg(concurrency=4, per_host_concurrency=4), dataclasses.replace(ctx_for(tmp_path), cores=1))
+        try:
+            out = step.process(pairs_table([row(f"k{i}", srv.url(f"/{i}.jpg")) for i in range(40)]))
+        finally:
+            step.close()
+    assert step.decode_threads() == 0 and out.kept.num_rows == 40
+    assert 1 <= most <= 4
+
+
+def test_decode_threads_do_not_change_the_steps_fingerprint(tmp_path):
+    """How many threads decode never changes a fetched row: finished parts are reused when it changes."""
+    ctx = ctx_for(tmp_path)
+    prints = {FetchStep(cfg(workers=w), ctx).fingerprint() for w in (None, 0, 1, 4)}
+    assert len(prints) == 1
+    assert FetchStep(cfg(max_side=64), ctx).fingerprint() not in prints

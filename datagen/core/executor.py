@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 from datagen.core.cache import task_scope
 from datagen.core.parts import PartWriter, iter_batches
 from datagen.core.poolserver import prestart
-from datagen.core.steps import RunContext, Step
+from datagen.core.steps import RunContext, Step, available_cores
 from datagen.progress import configure_logging, datagen_level, progress
 
 log = logging.getLogger("datagen.executor")
@@ -219,10 +219,12 @@ def pool_context() -> mp.context.BaseContext:
 
 def open_pool(workers: int, ctx: RunContext) -> cf.ProcessPoolExecutor:
     """A pool of ``workers`` processes forked from the fork server, each set up by ``_init`` with the
-    driver's log level and its environment as they are now."""
+    driver's log level and its environment as they are now, and its share of the machine's cores
+    (``RunContext.cores``)."""
     prestart()
+    share = max(1, available_cores() // workers)
     return cf.ProcessPoolExecutor(workers, mp_context=pool_context(), initializer=_init,
-                                  initargs=(task_context(ctx), datagen_level(), dict(os.environ)))
+                                  initargs=(task_context(ctx, share), datagen_level(), dict(os.environ)))
 
 
 def _init(ctx: RunContext, log_level: int, environ: dict[str, str]) -> None:
@@ -238,9 +240,10 @@ def _run_in_pool(task: ShardTask) -> dict:
     return run_task(task, _PROCESS["worker"])
 
 
-def task_context(ctx: RunContext) -> RunContext:
-    """The context steps are built with: the run's settings, its own stats and warnings."""
-    return RunContext(ctx.run_dir, ctx.recipe_dir, ctx.seed, ctx.dry_run)
+def task_context(ctx: RunContext, cores: int | None = None) -> RunContext:
+    """The context steps are built with: the run's settings, its own stats and warnings, and the cores
+    each of the executor's processes may use (None: the machine's, for tasks run in this process)."""
+    return RunContext(ctx.run_dir, ctx.recipe_dir, ctx.seed, ctx.dry_run, cores)
 
 
 # Work the driver can do ahead while a pool pass keeps it waiting (e.g. the imports of the report that

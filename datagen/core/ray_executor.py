@@ -71,7 +71,7 @@ def execute_ray(tasks: list[ShardTask], ctx: RunContext, workers: int, desc: str
     from ray.util import ActorPool
 
     connect(address)
-    wctx = task_context(ctx)
+    wctx = task_context(ctx, max(1, int(cpus)))  # an actor's CPUs are its cores
     wctx = dataclasses.replace(wctx, run_dir=Path(wctx.run_dir).resolve(), recipe_dir=Path(wctx.recipe_dir).resolve())
     actor = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=-1)(_RayWorker)
     pool = ActorPool([actor.remote(wctx) for _ in range(min(workers, len(tasks)))])

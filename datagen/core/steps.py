@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,14 @@ class StepOutput:
     rejects: pa.Table = field(default_factory=lambda: REJECT_SCHEMA.empty_table())
 
 
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 @dataclass
 class RunContext:
     """What a step may know about the run it is part of."""
@@ -57,6 +66,9 @@ class RunContext:
     recipe_dir: Path  # relative paths in the recipe resolve against this
     seed: int = 0
     dry_run: bool = False
+    # The CPU cores this process's steps may keep busy: the executor's share per process (a pool of 2 on 2
+    # cores: 1 each); None: the whole machine (``available_cores``), as in a run without a pool.
+    cores: int | None = None
     # Free-form per-step statistics that end up in manifest.json under "steps.<name>.stats".
     stats: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Human-readable warnings that the summary and manifest must show (e.g. untrained CLIP).
@@ -78,6 +90,10 @@ class RunContext:
         """A deterministic RNG for (run seed, salt): same seed, same output, in any process."""
         h = hashlib.sha256(json.dumps([self.seed, *map(str, salt)]).encode()).digest()
         return random.Random(int.from_bytes(h[:8], "big"))
+
+    def cpu_cores(self) -> int:
+        """``cores``, or the machine's when unset."""
+        return self.cores if self.cores is not None else available_cores()
 
     def stat(self, step: str) -> dict[str, Any]:
         return self.stats.setdefault(step, {})

@@ -32,12 +32,12 @@ class StragglerCutoff(BaseModel):
     )
 
 
-# Settings that steer how a run is watched and stopped, never what a fetched row holds: they stay out of the
-# fetch step's fingerprint and the recipe hash, so changing one (say, to resume after max_failure_rate stopped
-# a run) reuses every finished shard.
+# Settings that steer how a run is watched and stopped, or how many threads do its work, never what a fetched
+# row holds: they stay out of the fetch step's fingerprint and the recipe hash, so changing one (say, to
+# resume after max_failure_rate stopped a run) reuses every finished shard.
 RUN_CONTROL_KEYS = frozenset({
     "progress_interval_s", "failure_window", "warn_failure_rate", "max_failure_rate",
-    "dns_cache_ttl_s", "dns_negative_ttl_s", "pre_resolve",
+    "dns_cache_ttl_s", "dns_negative_ttl_s", "pre_resolve", "workers",
 })
 
 
@@ -167,7 +167,10 @@ class FetchConfig(BaseModel):
         description="Store an upright RGB JPEG that needs no resize byte-for-byte instead of re-encoding it "
         "(no generation loss, less CPU).",
     )
-    workers: int = Field(2, ge=1, description="Threads that decode and encode images (Pillow releases the GIL).")
+    workers: Optional[int] = Field(
+        None, ge=0, description="Threads that decode and encode images (the decoders release the GIL); 0: the "
+        "event loop's own thread does it. null: 0 in a process with one core to itself (a pool of one process "
+        "a core, the usual case: threads only passed the GIL back and forth), else one thread a core.")
 
 
 def policy_summary(cfg: FetchConfig) -> dict:

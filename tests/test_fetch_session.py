@@ -169,47 +169,6 @@ def test_the_loop_thread_decodes_as_the_decode_threads_did(tmp_path):
     assert reasons(inline) == reasons(threaded) == {"missing": "http_404", "page": "not_an_image"}
 
 
-def test_rows_open_without_decode_threads_stay_within_the_download_slots(tmp_path, monkeypatch):
-    """Decoding in the loop's thread, a row's body is decoded as it arrives: the rows downloaded and not yet
-    decoded never outnumber the download slots (no decode backlog to add)."""
-    import dataclasses
-    import time
-
-    from datagen.fetch import step as step_mod
-    from datagen.fetch.http import Downloader
-
-    body, decode = jpeg(), step_mod.process_image
-    downloaded = decoded = most = 0
-    get = Downloader.get
-
-    async def counting_get(self, url):
-        nonlocal downloaded, most
-        got = await get(self, url)
-        downloaded += 1
-        most = max(most, downloaded - decoded)
-        return got
-
-    def slow_decode(*args):
-        nonlocal decoded
-        time.sleep(0.005)
-        try:
-            return decode(*args)
-        finally:
-            decoded += 1
-
-    monkeypatch.setattr(Downloader, "get", counting_get)
-    monkeypatch.setattr(step_mod, "process_image", slow_decode)
-    with LocalServer() as srv:
-        srv.route("/", lambda req: Reply(200, body=body))
-        step = FetchStep(cfg(concurrency=4, per_host_concurrency=4), dataclasses.replace(ctx_for(tmp_path), cores=1))
-        try:
-            out = step.process(pairs_table([row(f"k{i}", srv.url(f"/{i}.jpg")) for i in range(40)]))
-        finally:
-            step.close()
-    assert step.decode_threads() == 0 and out.kept.num_rows == 40
-    assert 1 <= most <= 4
-
-
 def test_decode_threads_do_not_change_the_steps_fingerprint(tmp_path):
     """How many threads decode never changes a fetched row: finished parts are reused when it changes."""
     ctx = ctx_for(tmp_path)

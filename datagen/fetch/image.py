@@ -42,8 +42,9 @@ Why each choice:
   kernel widens with the shrink. ``bench/bench_resize.py`` measures both
   against a full decode resized with Lanczos, next to img2dataset's recipe
   (OpenCV full decode, INTER_AREA): see the README's table. OpenCV runs one
-  thread per call (``cv2.setNumThreads(1)``): the decode threads already use
-  every core.
+  thread per call (``cv2.setNumThreads(1)``): the pool's processes (and the
+  fetch step's decode threads, where a process has cores to spare) already
+  use every core.
 - Conversion to RGB comes BEFORE the resize: Pillow resizes palette images with
   nearest-neighbour, and alpha must be composited on white first (a transparent
   PNG on black looks like a different picture to CLIP).
@@ -316,7 +317,7 @@ def _scaled_jpeg(data: bytes, width: int, height: int, size: tuple[int, int], ma
 def _cv2():
     import cv2  # here, not at the top: the driver never resizes (the pool's fork server preloads it)
 
-    cv2.setNumThreads(1)  # one thread per call: datagen's decode threads already use every core
+    cv2.setNumThreads(1)  # one thread per call: datagen's processes (and decode threads) already use every core
     return cv2
 
 

@@ -64,9 +64,9 @@ class FiltersConfig(_Strict):
 
 class StageConfig(_Strict):
     sources: list[str] | None = Field(None, description="Sources that feed this stage; null: all that apply.")
-    weights: dict[str, float] = Field(
+    weights: dict[str, Annotated[float, Field(ge=0)]] = Field(
         default_factory=dict,
-        description="Mixing weight per source (default 1). Below 1 subsamples, above 1 repeats rows.",
+        description="Mixing weight per source (default 1, at least 0). Below 1 subsamples, above 1 repeats rows.",
     )
 
 

@@ -147,6 +147,60 @@ def test_plan_fills_every_bucket_but_the_last_and_honours_weights():
     assert ordered["bucket"].to_list() == [i // 100 for i in range(1000)], "no shuffle keeps input order"
 
 
+def _plan_row_by_row(meta, weights, seed, shuffle, per_bucket, group=None):
+    """The plan by its definition, one row and one copy at a time: a weight's whole part in copies of each row,
+    one more when the row's hash falls below its fraction, copy r named ``<key>-r<r>``, ordered by the hash
+    of the sample's key (or its position), ranked into buckets of ``per_bucket``."""
+    def unit(key: str, salt: str) -> float:  # a hash of seed and key, uniform in [0, 1)
+        return int.from_bytes(hashlib.sha256(f"{seed}\x1f{salt}\x1f{key}".encode()).digest()[:8], "big") / 2**64
+
+    def repeats(weight: float, key: str) -> int:
+        whole = int(weight)
+        return whole + (1 if weight != whole and unit(key, "mix") < weight - whole else 0)
+
+    rows = []
+    for k, s, shard, *g in meta.select("key", "source", "_shard", *([group] if group else [])).iter_rows():
+        for r in range(repeats(weights.get(s, 1.0), k)):
+            out = k if r == 0 else f"{k}-r{r}"
+            rows.append((k, shard, *g, out, unit(out, "order") if shuffle else float(len(rows))))
+    names = ["key", "_shard", *([group] if group else []), "out_key", "order"]
+    plan = pl.DataFrame(rows, schema=names, orient="row")
+    by = plan.partition_by(group, maintain_order=True) if group else [plan]
+    out = []
+    for part in by:
+        ranks = sorted(range(part.height), key=lambda i: (part["order"][i], i))
+        bucket = [0] * part.height
+        for rank, i in enumerate(ranks):
+            bucket[i] = rank // per_bucket
+        out.append(part.with_columns(pl.Series("bucket", bucket, dtype=pl.Int64)))
+    return pl.concat(out)
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+@pytest.mark.parametrize("group", [None, "images"])
+@pytest.mark.parametrize("weights", [{}, {"a": 2.0, "b": 0.5, "c": 2.5, "d": 0.0}])
+def test_plan_is_the_row_by_row_definition(shuffle, group, weights):
+    """``plan_samples`` works on columns (numpy copies, polars names, hashes a chunk at a time); it must give
+    the same samples, names, orders and buckets as the definition computed one row at a time."""
+    import datagen.sinks.buckets as buckets
+
+    n = 3000
+    meta = pl.DataFrame({"key": [f"key-{i * 7919 % 10007}" for i in range(n)], "source": [("a", "b", "c", "d", "e")[i % 5] for i in range(n)],
+                         "_shard": [f"s{i // 500}" for i in range(n)], "images": [i % 3 == 0 for i in range(n)]})
+    expect = _plan_row_by_row(meta, weights, 5, shuffle, 100, group)
+    old_chunk, buckets._CHUNK = buckets._CHUNK, 256  # several chunks of hashes
+    try:
+        plan = plan_samples(meta, weights, 5, shuffle, 100, group)
+    finally:
+        buckets._CHUNK = old_chunk
+    if group:  # the definition lists a group's samples together; the plan keeps input order
+        plan = pl.concat(plan.partition_by(group, maintain_order=True))
+    assert plan.columns == expect.columns
+    assert plan.equals(expect)
+    if weights:
+        assert plan.height != n and plan["out_key"].str.contains("-r2").any()
+
+
 def test_bucket_spill_returns_every_row_of_a_bucket_across_flushes(tmp_path):
     spill = BucketSpill(tmp_path / "spill", budget=2000)  # tiny budget: many flushes
     expect: dict[int, list[int]] = {}

@@ -58,6 +58,14 @@ def test_unknown_key_and_unknown_kind_are_errors(tmp_path):
         load_recipe(write(tmp_path, bad))
 
 
+def test_a_negative_mixing_weight_is_an_error_naming_the_source(tmp_path):
+    bad = dict(MINIMAL, stage1={"weights": {"laion": 2.0, "cc": -0.5}})
+    with pytest.raises(RecipeError, match=r"stage1\.weights\.cc: Input should be greater than or equal to 0"):
+        load_recipe(write(tmp_path, bad))
+    recipe, _ = load_recipe(write(tmp_path, dict(MINIMAL, stage1={"weights": {"laion": 2.0, "cc": 0}})))
+    assert recipe.stage1.weights == {"laion": 2.0, "cc": 0.0}, "0 leaves a source out of the stage"
+
+
 def test_stage_must_name_existing_sources(tmp_path):
     bad = dict(MINIMAL, stage1={"sources": ["coyo"]})
     with pytest.raises(RecipeError, match="stage1 names source 'coyo'"):

@@ -14,7 +14,6 @@ from datagen.config import OutputConfig, StageConfig
 from datagen.core.parts import PartWriter
 from datagen.core.pipeline import Shard
 from datagen.core.records import PAIR_SCHEMA
-from datagen.sinks.buckets import repeats
 from datagen.sinks.stages import write_stage1, write_stage2
 
 
@@ -79,10 +78,15 @@ def test_image_ext_detects_formats():
 
 
 def test_mixing_weights_expected_counts():
-    keys = [f"k{i}" for i in range(4000)]
-    assert sum(repeats(0.25, 0, k) for k in keys) == pytest.approx(1000, rel=0.08)
-    assert sum(repeats(2.5, 0, k) for k in keys) == pytest.approx(10000, rel=0.03)
-    assert all(repeats(1.0, 0, k) == 1 for k in keys)
+    import polars as pl
+
+    from datagen.sinks.buckets import _copies
+
+    meta = pl.DataFrame({"key": [f"k{i}" for i in range(12000)], "source": ["a", "b", "c"] * 4000})
+    copies = _copies(meta, {"a": 0.25, "b": 2.5, "c": 1.0}, 0)
+    assert copies[0::3].sum() == pytest.approx(1000, rel=0.08) and set(copies[0::3]) == {0, 1}
+    assert copies[1::3].sum() == pytest.approx(10000, rel=0.03) and set(copies[1::3]) == {2, 3}
+    assert (copies[2::3] == 1).all()
 
 
 def test_stage_writers_mix_shuffle_and_join_images(tmp_path):

@@ -29,17 +29,40 @@ if TYPE_CHECKING:  # the plan is the driver's; pool processes that write buckets
     import polars as pl
 
 
-def _unit(seed: int, key: str, salt: str) -> float:
-    h = hashlib.sha256(f"{seed}\x1f{salt}\x1f{key}".encode()).digest()
-    return int.from_bytes(h[:8], "big") / 2**64
+# Keys turned into Python strings at a time by ``_units``: the plan's memory stays the frames' columns (Arrow)
+# and a few numpy arrays, where per-row Python lists cost about 0.4 GB of peak per million rows.
+_CHUNK = 1 << 16
 
 
-def repeats(weight: float, seed: int, key: str) -> int:
-    """How many copies of a row a mixing weight asks for (expected value = weight)."""
-    whole = int(weight)
-    if weight == whole:  # no fraction to draw (weight 1, the default): no hash to compute
-        return whole
-    return whole + (1 if _unit(seed, key, "mix") < weight - whole else 0)
+def _units(keys: pl.Series, seed: int, salt: str) -> np.ndarray:
+    """A hash of seed, salt and key for every key, uniform in [0, 1): the first 8 bytes of the SHA-256 digest
+    of ``<seed>\\x1f<salt>\\x1f<key>`` as a big-endian integer over 2**64, a chunk of keys at a time."""
+    out = np.empty(len(keys), np.float64)
+    prefix = f"{seed}\x1f{salt}\x1f"
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys.slice(start, _CHUNK).to_list()
+        heads = b"".join(hashlib.sha256(f"{prefix}{k}".encode()).digest()[:8] for k in chunk)
+        out[start:start + len(chunk)] = np.frombuffer(heads, ">u8").astype(np.float64) / 2.0**64
+    return out
+
+
+def _copies(meta: pl.DataFrame, weights: dict[str, float], seed: int) -> np.ndarray:
+    """How many copies of each row of ``meta`` its source's mixing weight asks for (expected value = weight;
+    weights are at least 0, ``StageConfig``): the whole part, and one more when the row's hash of seed and key
+    falls below the fraction; a hash only for rows whose weight has one (weight 1, the default: none)."""
+    import polars as pl
+
+    if not weights:
+        return np.ones(meta.height, np.int64)
+    w = meta.select(pl.col("source").replace_strict(weights, default=1.0, return_dtype=pl.Float64))
+    w = w.to_series().fill_null(1.0).to_numpy()
+    whole = np.trunc(w)
+    copies = whole.astype(np.int64)
+    frac = np.flatnonzero(w != whole)
+    if len(frac):
+        draw = _units(meta["key"].gather(frac), seed, "mix")
+        copies[frac] += draw < (w[frac] - whole[frac])
+    return copies
 
 
 def plan_samples(meta: pl.DataFrame, weights: dict[str, float], seed: int, shuffle: bool, per_bucket: int,
@@ -47,24 +70,29 @@ def plan_samples(meta: pl.DataFrame, weights: dict[str, float], seed: int, shuff
     """One row per output sample: ``key``, ``_shard``, ``out_key``, ``order``, ``bucket`` (and ``group``).
 
     ``meta`` holds ``key``, ``source``, ``_shard`` (and ``group``) in input order. With ``group``,
-    buckets are numbered separately within each group value (e.g. image vs text-only samples)."""
+    buckets are numbered separately within each group value (e.g. image vs text-only samples).
+    Columnar: the copies of each row are numbered with numpy, ``out_key`` built by polars, and the only
+    per-row Python work is the shuffle's hash (``_units``, a chunk at a time)."""
     import polars as pl
 
-    keys, sources = meta["key"].to_list(), meta["source"].to_list()
-    idx, out_keys, order = [], [], []
-    for i, (k, s) in enumerate(zip(keys, sources)):
-        for r in range(repeats(weights.get(s, 1.0), seed, k)):
-            idx.append(i)
-            out = k if r == 0 else f"{k}-r{r}"
-            out_keys.append(out)
-            order.append(_unit(seed, out, "order") if shuffle else float(len(order)))
     cols = ["key", "_shard"] + ([group] if group else [])
-    plan = meta.select(cols)[idx].with_columns(pl.Series("out_key", out_keys, dtype=pl.String),
-                                                pl.Series("order", order, dtype=pl.Float64))
-    over = [group] if group else None
+    copies = _copies(meta, weights, seed)
+    if (copies == 1).all():  # every row once (no weights, or weight 1): no gather, no suffixes
+        plan = meta.select(cols)
+        copy = np.zeros(meta.height, np.int64)
+    else:
+        idx = np.repeat(np.arange(meta.height), copies)
+        plan = meta.select(pl.col(cols).gather(idx))
+        copy = np.arange(len(idx)) - np.repeat(np.cumsum(copies) - copies, copies)  # 0, 1, ... within a row
+    r = pl.Series("_copy", copy)
+    plan = plan.with_columns(pl.when(r == 0).then(pl.col("key"))
+                             .otherwise(pl.concat_str(pl.col("key"), pl.lit("-r"), r.cast(pl.String)))
+                             .alias("out_key"))
+    order = _units(plan["out_key"], seed, "order") if shuffle else np.arange(plan.height, dtype=np.float64)
+    plan = plan.with_columns(pl.Series("order", order, dtype=pl.Float64))
     rank = pl.col("order").rank("ordinal")
-    if over:
-        rank = rank.over(over)
+    if group:
+        rank = rank.over(group)
     return plan.with_columns(((rank - 1) // per_bucket).cast(pl.Int64).alias("bucket"))
 
 

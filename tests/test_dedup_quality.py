@@ -1,4 +1,7 @@
 import io
+import random
+
+import pytest
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -65,6 +68,45 @@ def test_find_duplicates_on_empty_by_list():
     import polars as pl
 
     assert find_duplicates(pl.LazyFrame({"key": ["a"], "source": ["s"], "url": ["u"]}), [], "all").height == 0
+
+
+def _duplicates_row_by_row(rows, by, within):
+    """The rule, one row at a time: per column in order, among rows not yet rejected, a row whose value (and
+    source, within a source) an earlier row had is a duplicate of the first such row; no value never matches."""
+    rejected = {}
+    for col in by:
+        first = {}
+        for r in rows:
+            if r["key"] in rejected or r[col] in (None, ""):
+                continue
+            group = (r[col], r["source"]) if within == "source" else r[col]
+            if group in first:
+                rejected[r["key"]] = (first[group], col)
+            else:
+                first[group] = r["key"]
+    return rejected
+
+
+@pytest.mark.parametrize("within", ["all", "source"])
+@pytest.mark.parametrize("collide", [False, True])
+def test_find_duplicates_is_the_row_by_row_rule(within, collide, monkeypatch):
+    """Many duplicates, nulls and empty values, over three columns; with ``collide`` the hash that narrows the
+    comparison keeps 3 values, so nearly every row shares a hash with others and only the values decide."""
+    import datagen.dedup as dedup
+
+    if collide:
+        monkeypatch.setattr(dedup, "_value_hash", lambda value: value.hash() % 3)
+    rng = random.Random(4)
+    pick = lambda n: rng.choice([None, ""] + [f"v{i}" for i in range(n)])  # noqa: E731
+    rows = [{"key": f"k{i}", "source": rng.choice("ab"), "url": pick(400), "image_sha256": pick(300),
+             "phash": pick(200)} for i in range(2000)]
+    by = ["url", "image_sha256", "phash"]
+    expect = _duplicates_row_by_row(rows, by, within)
+    got = find_duplicates(pl.DataFrame(rows).lazy(), by, within)
+    assert {r["key"]: (r["winner"], r["column"]) for r in got.iter_rows(named=True)} == expect
+    assert got.height == len(expect) > 500
+    url = {r["key"]: r["url"] for r in rows}
+    assert got["url"].to_list() == [url[k] for k in got["key"]], "each reject carries its own url"
 
 
 def test_quality_rules_each_have_their_reason(ctx):

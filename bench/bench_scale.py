@@ -24,6 +24,7 @@ import io
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -88,6 +89,7 @@ def run_size(root: Path, rows: int, workers: int, kind: str = "local") -> dict:
         "executor": {"workers": workers, "batch_size": 1000, "kind": kind},
     }))
     out = root / f"out-{rows}-{kind}"
+    shutil.rmtree(out, ignore_errors=True)  # a kept work folder keeps the data, never a run to resume
     m = measure([sys.executable, "-m", "datagen.cli", "run", str(recipe), "--out", str(out)],
                 {**os.environ, "PYTHONPATH": str(ROOT)}, cwd=ROOT)
     wall, peak = m["wall_s"], m["peak_rss"]
@@ -191,7 +193,8 @@ def main() -> None:
     ap.add_argument("--stage2-kb", type=int, default=100, help="stage-2 image size (the issue measured a mean of 116 KB); "
                     "needs about 3 x samples x size of free disk for a moment")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--keep", help="work folder to keep (default: a temporary one)")
+    ap.add_argument("--keep", help="work folder to keep (default: a temporary one): its data is reused, and "
+                                   "every run starts from an empty output folder")
     ap.add_argument("--stage2-only", action="store_true", help="only the stage-2 writing comparison")
     ap.add_argument("--executor", choices=["local", "ray"], default="local",
                     help="ray: also run the larger size on a local Ray instance, next to the local executor")
@@ -221,8 +224,6 @@ def main() -> None:
             print(f"stage-2 bucket join vs random lookups: {s2['speedup']}x faster (bar: >= 20x)")
     finally:
         if not args.keep:
-            import shutil
-
             shutil.rmtree(root, ignore_errors=True)
 
 

@@ -27,10 +27,12 @@ from datagen.sinks.buckets import BucketSpill, plan_samples
 from datagen.sinks.shards import ShardInfo, SplitWriter, json_bytes, shard_json_for, stage2_images
 
 STAGE1, STAGE2, STAGE2_TEXT = "stage1", "stage2", "stage2_text"
-# Below this many stage-1 samples the sink works in the driver: new pool processes cost more than they save
-# (bench_download's 3,000 samples of 15 KB: 0.33-0.45 s here, 0.5-0.6 s in two; bench_scale's 100,000:
-# 3.7 s here, 2.1 s in two).
-POOL_MIN_SAMPLES = 20_000
+# Below this many stage-1 samples the sink works in the driver. Pool processes save about 20 us a sample
+# but cost about 0.2 GB of peak PSS (each holds its own read and spill buffers, and glibc keeps what they
+# free): bench_download's 20,000 samples of 13 KB, 1.71 s and 757 MB PSS for the run in two processes
+# against 2.10 s and 538-572 MB here; bench_scale's 100,000, 2.1 s in two against 3.7 s here. From
+# 50,000 samples, where they save a second or more.
+POOL_MIN_SAMPLES = 50_000
 
 
 def _scan(path: Path, cols: list[str], shard: str) -> pl.LazyFrame:

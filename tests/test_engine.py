@@ -114,6 +114,37 @@ def test_a_second_run_on_a_folder_in_use_stops_at_once_and_the_first_finishes(tm
     assert image_server.count("/img/") == N_URLS, "the refused run fetched nothing"
 
 
+def test_borrowed_cores_are_the_idle_processes_shares_split_among_the_busy(monkeypatch):
+    from datagen.core import steps
+
+    assert steps.borrowed_cores() == 0  # outside a pool
+    for (idle, busy), share, expect in [((0, 0), 1, 0), ((0, 2), 1, 0), ((1, 1), 1, 1), ((1, 1), 2, 2),
+                                        ((3, 1), 2, 6), ((1, 2), 1, 0), ((2, 3), 2, 1), ((1, 0), 1, 0)]:
+        monkeypatch.setitem(steps._PASS_CORES, "counts", [idle, busy])
+        monkeypatch.setitem(steps._PASS_CORES, "share", share)
+        assert steps.borrowed_cores() == expect, (idle, busy, share)
+
+
+def test_the_last_busy_process_decodes_on_the_cores_the_others_left_idle(tmp_path, image_server):
+    """A pass of a 100-row and a 20-row shard on 2 processes: once the short task is done and no task is
+    left for its process, the long task decodes in threads on that core too (the pass's shared counts,
+    ``fetch._borrow``), and the shards are the same bytes as a one-process run's. ``fetch.workers`` set
+    explicitly is left as it is."""
+    def fetch_stats(out):
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["counts"]["pairs"]["kept"] == N_URLS
+        return next(s for s in manifest["steps"] if s["name"] == "fetch")["stats"]
+
+    recipe = _recipe(tmp_path, image_server, workers=2, shard_rows=100)
+    assert main(["run", str(recipe), "--out", str(tmp_path / "two")]) == 0
+    assert fetch_stats(tmp_path / "two").get("decoded_on_borrowed_cores", 0) > 0
+    assert main(["run", str(recipe), "--out", str(tmp_path / "one"), "--set", "executor.workers=1"]) == 0
+    assert "decoded_on_borrowed_cores" not in fetch_stats(tmp_path / "one")
+    assert _shard_hashes(tmp_path / "two") == _shard_hashes(tmp_path / "one")
+    assert main(["run", str(recipe), "--out", str(tmp_path / "set"), "--set", "fetch.workers=0"]) == 0
+    assert "decoded_on_borrowed_cores" not in fetch_stats(tmp_path / "set")
+
+
 @pytest.mark.slow
 def test_demo_shards_are_the_same_bytes_whatever_the_sharding_and_workers(tmp_path):
     # OCR and CLIP scores are floats from batched models: their last bits may change with the batch size.

@@ -34,7 +34,7 @@ import pyarrow.compute as pc
 from datagen.core.cache import task_scope
 from datagen.core.parts import PartWriter, iter_batches
 from datagen.core.poolserver import prestart
-from datagen.core.steps import RunContext, Step, available_cores
+from datagen.core.steps import RunContext, Step, available_cores, watch_pass_cores
 from datagen.progress import configure_logging, datagen_level, progress
 
 log = logging.getLogger("datagen.executor")
@@ -217,22 +217,30 @@ def pool_context() -> mp.context.BaseContext:
     return _PoolContext()
 
 
-def open_pool(workers: int, ctx: RunContext) -> cf.ProcessPoolExecutor:
+def open_pool(workers: int, ctx: RunContext, counts: Any = None) -> cf.ProcessPoolExecutor:
     """A pool of ``workers`` processes forked from the fork server, each set up by ``_init`` with the
     driver's log level and its environment as they are now, and its share of the machine's cores
-    (``RunContext.cores``)."""
+    (``RunContext.cores``); ``counts`` (``pass_counts``): the pass's idle and busy processes, as the
+    driver updates them."""
     prestart()
     share = max(1, available_cores() // workers)
     return cf.ProcessPoolExecutor(workers, mp_context=pool_context(), initializer=_init,
-                                  initargs=(task_context(ctx, share), datagen_level(), dict(os.environ)))
+                                  initargs=(task_context(ctx, share), datagen_level(), dict(os.environ), counts))
 
 
-def _init(ctx: RunContext, log_level: int, environ: dict[str, str]) -> None:
+def pass_counts() -> Any:
+    """Shared memory for a pass's [processes with no task left, busy processes] (``steps.borrowed_cores``)."""
+    return pool_context().RawArray("i", 2)
+
+
+def _init(ctx: RunContext, log_level: int, environ: dict[str, str], counts: Any = None) -> None:
     """A pool process: the driver's environment as it is now (the fork server kept the one it started
-    with), the driver's log level, one worker."""
+    with), the driver's log level, one worker, the pass's shared counts of idle and busy processes."""
     os.environ.clear()
     os.environ.update(environ)
     configure_logging(log_level)
+    if counts is not None:
+        watch_pass_cores(counts, ctx.cpu_cores())
     _PROCESS["worker"] = _Worker(ctx)
 
 
@@ -296,7 +304,8 @@ def execute(tasks: list[ShardTask], ctx: RunContext, workers: int, desc: str) ->
                 worker.close()
         else:
             processes = min(workers, len(tasks))
-            with open_pool(processes, ctx) as pool:
+            counts = pass_counts()
+            with open_pool(processes, ctx, counts) as pool:
                 futures = {pool.submit(_run_in_pool, t): i for i, t in enumerate(tasks)}
                 left = len(futures)
                 try:
@@ -304,6 +313,7 @@ def execute(tasks: list[ShardTask], ctx: RunContext, workers: int, desc: str) ->
                         done(futures[fut], fut.result())
                         left -= 1
                         if left < processes:  # a pool process has nothing more to do: its core is free
+                            counts[1], counts[0] = left, processes - left  # busy first: never idle > 0 with a stale busy
                             _start_idle_work()
                 except BaseException:
                     for f in futures:

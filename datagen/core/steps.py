@@ -58,6 +58,29 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+
+# A pool pass's processes that have no task left leave their cores idle until the pass ends (with 2
+# processes on 2 cores, the last task ran on one core: 3 s of bench_download's 20,000 images). The
+# executor counts them in memory its processes share (``datagen.core.executor``): [processes with no
+# task left, processes still busy]; a busy process may borrow its share of the idle ones' cores.
+_PASS_CORES: dict[str, Any] = {"counts": None, "share": 1}
+
+
+def watch_pass_cores(counts: Any, share: int) -> None:
+    """In a pool process: the pass's shared counts (``counts[0]`` idle, ``counts[1]`` busy processes) and
+    this process's own share of the cores."""
+    _PASS_CORES.update(counts=counts, share=share)
+
+
+def borrowed_cores() -> int:
+    """The cores this process may use now besides its own share: the shares of the pass's processes that
+    have no task left, split among the busy ones. 0 outside a pool, and while every process is busy."""
+    counts = _PASS_CORES["counts"]
+    if counts is None:
+        return 0
+    idle, busy = counts[0], counts[1]
+    return idle * _PASS_CORES["share"] // busy if idle and busy else 0
+
 @dataclass
 class RunContext:
     """What a step may know about the run it is part of."""

@@ -25,7 +25,10 @@ Why it is built this way:
   downloads, when the process has cores to spare; in a process with one core
   to itself (a pool of one process a core, the usual run) the loop's own
   thread decodes each row as its body arrives, since threads there only
-  passed the GIL back and forth (``decode_threads``).
+  passed the GIL back and forth (``decode_threads``). Once other processes of
+  the pass have no task left, the step decodes in threads on their cores too,
+  for the rest of the pass (``_borrow``; ``decoded_on_borrowed_cores`` counts
+  the rows).
 - Local files are read where rows are decoded (the thread pool, or the loop's
   thread), never through the network limits.
 - ``cache_downloads`` (off by default) keeps raw bytes and permanent failures
@@ -67,7 +70,7 @@ from datagen.fetch.watch import wait_rows
 from datagen.fetch.image import StoredImage, probe_size, process_image
 from datagen.fetch.location import locate, read_file
 from datagen.core.records import PAIR_SCHEMA, reject, rejects_table
-from datagen.core.steps import RunContext, Step, StepOutput
+from datagen.core.steps import RunContext, Step, StepOutput, borrowed_cores
 
 if TYPE_CHECKING:
     from datagen.fetch.http import Downloader
@@ -180,6 +183,7 @@ class FetchStep(Step):
         self._downloader: Optional[Downloader] = None
         self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None  # None: decoding in the loop's thread
         self._threads = 0
+        self._borrowed = False  # the decode pool uses cores that other processes of the pass left idle
         self._stop_event: Optional[asyncio.Event] = None
         self.begin_task()
 
@@ -200,6 +204,7 @@ class FetchStep(Step):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        self._borrowed = False
 
     def fingerprint(self) -> str:
         """Settings that only watch or stop the run (RUN_CONTROL_KEYS) do not decide a row's result."""
@@ -237,6 +242,23 @@ class FetchStep(Step):
             raise FetchFailureRateExceeded(self._stop)
         counters.dns = tuple(a - b for a, b in zip(guard.DNS.counters(), dns_before))
         return self._assemble(table, cols, results, counters)
+
+    def _borrow(self) -> Optional[concurrent.futures.ThreadPoolExecutor]:
+        """Once other processes of the pass have no task left (``steps.borrowed_cores``), a decode pool
+        of one thread per core this process may now use, its own share and the borrowed ones, for the
+        rest of the pass (the loop's thread then only downloads); None until then, or when ``fetch.workers``
+        is set."""
+        if self._borrowed or self.config.workers is not None:
+            return self._pool if self._borrowed else None
+        extra = borrowed_cores()
+        if not extra:
+            return None
+        old, self._borrowed = self._pool, True
+        self._threads = self.ctx.cpu_cores() + extra
+        self._pool = concurrent.futures.ThreadPoolExecutor(self._threads, thread_name_prefix="fetch-decode")
+        if old is not None:
+            old.shutdown(wait=False)  # its queued decodes still run
+        return self._pool
 
     def decode_threads(self) -> int:
         """``fetch.workers``, or when unset: none in a process with one core to itself, else one a core
@@ -297,7 +319,13 @@ class FetchStep(Step):
 
         async def work(fn, *args):
             """``fn(*args)`` in the decode pool, or here in the loop's thread when the step has none."""
-            return fn(*args) if pool is None else await loop.run_in_executor(pool, fn, *args)
+            decoders = self._borrow() or pool
+            if decoders is None:
+                return fn(*args)
+            if self._borrowed:
+                self.ctx.stat(self.name)["decoded_on_borrowed_cores"] = \
+                    self.ctx.stat(self.name).get("decoded_on_borrowed_cores", 0) + 1
+            return await loop.run_in_executor(decoders, fn, *args)
 
         async def one(i: int) -> Result:
             async with open_rows:

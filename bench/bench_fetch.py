@@ -77,6 +77,8 @@ async def _serve_async(latency_s: float, port_queue, stop_event) -> None:
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except asyncio.CancelledError:  # the server's end: kept-alive connections still open (asyncio
+            pass  # logged a traceback for each cancelled handler)
         finally:
             writer.close()
 
@@ -278,10 +280,14 @@ def main() -> None:
             step = FetchStep(cfg, ctx)
             kept = 0
             t = time.perf_counter()
-            for start in range(0, args.n, args.batch):
-                rows = [{"key": f"k{i}", "source": "bench", "url": u} for i, u in enumerate(urls[start : start + args.batch], start)]
-                kept += step.process(pairs_table(rows)).kept.num_rows
-            elapsed = time.perf_counter() - t
+            try:
+                for start in range(0, args.n, args.batch):
+                    rows = [{"key": f"k{i}", "source": "bench", "url": u}
+                            for i, u in enumerate(urls[start : start + args.batch], start)]
+                    kept += step.process(pairs_table(rows)).kept.num_rows
+                elapsed = time.perf_counter() - t
+            finally:
+                step.close()  # its loop and clients: aiohttp warns of an unclosed session otherwise
         rate = args.n / elapsed
 
         per_request = client_cpu(urls[: min(args.n, 1000)], args.concurrency)

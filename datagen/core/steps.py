@@ -58,7 +58,6 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-
 # A pool pass's processes that have no task left leave their cores idle until the pass ends (with 2
 # processes on 2 cores, the last task ran on one core: 3 s of bench_download's 20,000 images). The
 # executor counts them in memory its processes share (``datagen.core.executor``): [processes with no
@@ -80,6 +79,7 @@ def borrowed_cores() -> int:
         return 0
     idle, busy = counts[0], counts[1]
     return idle * _PASS_CORES["share"] // busy if idle and busy else 0
+
 
 @dataclass
 class RunContext:

@@ -15,7 +15,7 @@ Why it is built this way:
   them). Every batch of every shard runs on them: kept-alive connections and
   DNS answers carry over from batch to batch instead of being re-opened every
   ``executor.batch_size`` rows (``bench/bench_fetch.py`` compares the two;
-  README, "Downloading against img2dataset"). ``process`` hands the batch to that loop
+  docs/benchmark-history.md). ``process`` hands the batch to that loop
   and waits, so the step works in any process or Ray worker, and from inside
   a running loop (a notebook) too. Shard-scoped state stays per shard: the
   host backoff and the deadline are renewed by ``begin_task``; the straggler
@@ -323,8 +323,8 @@ class FetchStep(Step):
             if decoders is None:
                 return fn(*args)
             if self._borrowed:
-                self.ctx.stat(self.name)["decoded_on_borrowed_cores"] = \
-                    self.ctx.stat(self.name).get("decoded_on_borrowed_cores", 0) + 1
+                stats = self.ctx.stat(self.name)
+                stats["decoded_on_borrowed_cores"] = stats.get("decoded_on_borrowed_cores", 0) + 1
             return await loop.run_in_executor(decoders, fn, *args)
 
         async def one(i: int) -> Result:

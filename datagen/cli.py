@@ -93,6 +93,8 @@ def _run(args: argparse.Namespace) -> int:
     # buffers back where mimalloc keeps them, 70 MB less peak RSS on bench_download's kit.
     import pyarrow as pa
 
+    import datagen.core.nopandas  # noqa: F401  (pyarrow's first list -> array would import pandas: 0.2 s)
+
     pa.set_memory_pool(pa.system_memory_pool())
     if not args.dry_run:
         from datagen.core.executor import while_waiting

@@ -11,16 +11,17 @@ import os
 import signal
 
 # The pool's processes are forked from multiprocessing's fork server, not spawned: the server imports
-# these once (about 0.5 s, with pandas, which pyarrow loads on its first list -> array), and each
-# process forked from it starts with them, where a spawned one imported them again (0.5 s, then 0.2 s
-# more for pandas in the middle of its first task). ``datagen run`` calls ``prestart`` as soon as the
-# recipe file says the run wants a pool, before validating it, so those imports run on another core
-# while the driver validates the recipe and reads its source. The server does none of the run's work and opens none of its files, so forking from it is safe
-# (forking the driver is not: its Arrow and Polars thread pools would be copied mid-flight). Steps not listed
-# are imported by the worker when it unpickles its first task, as before.
+# these once (about 0.3 s), and each process forked from it starts with them, where a spawned one
+# imported them again. ``datagen.core.nopandas`` comes first: pyarrow's first list -> array would
+# otherwise import pandas (0.2 s and 40 MB) only to find that it was not handed a pandas object.
+# ``datagen run`` calls ``prestart`` as soon as the recipe file says the run wants a pool, before
+# validating it, so those imports run on another core while the driver validates the recipe and reads
+# its source. The server does none of the run's work and opens none of its files, so forking from it is
+# safe (forking the driver is not: its Arrow and Polars thread pools would be copied mid-flight). Steps
+# not listed are imported by the worker when it unpickles its first task, as before.
 WORKER_MODULES = (
-    "datagen.core.executor", "datagen.fetch.step", "datagen.fetch.http", "datagen.filters.quality",
-    "PIL.JpegImagePlugin", "PIL.PngImagePlugin", "pyarrow.parquet", "pandas", "cv2",
+    "datagen.core.nopandas", "datagen.core.executor", "datagen.fetch.step", "datagen.fetch.http",
+    "datagen.filters.quality", "PIL.JpegImagePlugin", "PIL.PngImagePlugin", "pyarrow.parquet", "cv2",
 )
 
 

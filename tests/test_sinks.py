@@ -280,9 +280,10 @@ def test_stage1_sink_gathers_what_the_report_reads_from_its_shards(tmp_path, mon
 
 
 def test_stage1_sink_in_pool_processes_writes_the_same_bytes_as_in_the_driver(tmp_path, monkeypatch):
-    """Past ``pool_min`` samples the stage-1 sink scatters and writes its buckets in pool processes. Each
-    bucket gets shards of its own (a byte cap splits a bucket, the next one starts a new shard), so the
-    shards are the same bytes however many processes wrote them."""
+    """With a pool, the stage-1 sink scatters and writes its buckets in pool processes: past ``pool_min``
+    samples in all of them, below in one (each pass its own), so that the driver stays small; without a
+    pool, in the driver. Each bucket gets shards of its own (a byte cap splits a bucket, the next one
+    starts a new shard), so the shards are the same bytes however many processes wrote them."""
     import hashlib
 
     import pyarrow as pa
@@ -300,20 +301,24 @@ def test_stage1_sink_in_pool_processes_writes_the_same_bytes_as_in_the_driver(tm
     size = len(jpeg()) + 700  # about one sample (image, caption, json, headers)
     written = {}
     allocator = pa.default_memory_pool().backend_name
-    for workers in (1, 2):
-        out = tmp_path / f"out-{workers}"
+    pools = {}
+    for workers, pool_min in ((1, 10), (2, 10), (2, 1000)):
+        out = tmp_path / f"out-{workers}-{pool_min}"
+        opened.clear()
         shards, stats = write_stage1(pairs, None, out, StageConfig(weights={"a": 1.5}),
                                      OutputConfig(shard_max_count=9, shard_max_bytes=5 * size), 0, tmp_path / "w",
-                                     workers=workers, ctx=ctx, facts_limit=10, pool_min=10)
-        written[workers] = ([(s.path, s.count, s.sha256) for s in shards], stats)
+                                     workers=workers, ctx=ctx, facts_limit=10, pool_min=pool_min)
+        written[workers, pool_min] = ([(s.path, s.count, s.sha256) for s in shards], stats)
+        pools[workers, pool_min] = list(opened)
         for s in shards:
             assert hashlib.sha256((out / s.path).read_bytes()).hexdigest() == s.sha256
         assert sorted(p.name for p in (out / "stage1").iterdir()) == sorted(
-            [p.split("/")[1] for p, _, _ in written[workers][0]] + ["sizes.json"])
-    assert opened == [2, 2], "scatter and buckets ran in pool processes"
+            [p.split("/")[1] for p, _, _ in written[workers, pool_min][0]] + ["sizes.json"])
+    # scatter, then buckets: no pool without one; all the pool's processes past pool_min; one below
+    assert pools == {(1, 10): [], (2, 10): [2, 2], (2, 1000): [1, 1]}
     assert pa.default_memory_pool().backend_name == allocator, "the driver's allocator is its caller's choice"
-    assert written[1] == written[2]
-    shards, stats = written[2]
+    assert written[1, 10] == written[2, 10] == written[2, 1000]
+    shards, stats = written[2, 10]
     counts = [c for _, c, _ in shards]
     assert sum(counts) == stats["samples"] > 45 and max(counts) <= 9
     assert len(shards) > -(-stats["samples"] // 9), "the byte cap split buckets"

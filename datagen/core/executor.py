@@ -328,11 +328,11 @@ def pool_map(fn: Callable[..., Any], calls: list[tuple], ctx: RunContext | None,
              on_done: Callable[[int, Any], None] | None = None) -> list:
     """``fn(*args)`` for each ``args`` in ``calls``, in up to ``workers`` processes of a pool like a pass's
     (forked from the fork server, so they start with its imports; ``fn`` must be a module's function),
-    or here when ``workers`` <= 1, there is one call or no ``ctx``. Results in call order; ``on_done(i,
+    or here when ``workers`` is 0, there is no call or no ``ctx``. Results in call order; ``on_done(i,
     result)`` as each call finishes. The stage-1 sink writes its buckets with it."""
     results: list = [None] * len(calls)
     processes = min(workers, len(calls))
-    if processes <= 1 or ctx is None:
+    if processes < 1 or ctx is None:
         for i, args in enumerate(calls):
             results[i] = fn(*args)
             if on_done is not None:

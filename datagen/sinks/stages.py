@@ -3,9 +3,8 @@
 The sample plan (weights, order, output shard) is computed from metadata only
 (``datagen.sinks.buckets``); rows are then scattered into per-shard buckets
 while the parts are read sequentially, and each bucket is ordered and written
-on its own; for stage 1 each bucket into shards of its own, from
-``POOL_MIN_SAMPLES`` samples on in the run's pool processes
-(``datagen.sinks.bucket_work``). Stage-2 samples are one per image set: all
+on its own; for stage 1 each bucket into shards of its own, in the run's
+pool processes when it has a pool (``datagen.sinks.bucket_work``). Stage-2 samples are one per image set: all
 conversations of that set, both languages, in one ``<key>.json``, and the
 image bytes once, joined from the pair parts within the bucket. Same recipe
 and seed, same bytes.
@@ -27,11 +26,13 @@ from datagen.sinks.buckets import BucketSpill, plan_samples
 from datagen.sinks.shards import ShardInfo, SplitWriter, json_bytes, shard_json_for, stage2_images
 
 STAGE1, STAGE2, STAGE2_TEXT = "stage1", "stage2", "stage2_text"
-# Below this many stage-1 samples the sink works in the driver. Pool processes save about 20 us a sample
-# but cost about 0.2 GB of peak PSS (each holds its own read and spill buffers, and glibc keeps what they
-# free): bench_download's 20,000 samples of 13 KB, 1.71 s and 757 MB PSS for the run in two processes
-# against 2.10 s and 538-572 MB here; bench_scale's 100,000, 2.1 s in two against 3.7 s here. From
-# 50,000 samples, where they save a second or more.
+# From this many stage-1 samples on, all the run's pool processes share the sink. Below, one pool process
+# does each of its two passes, not the driver: the same time (one core either way), but the driver stays
+# small (on bench_download's 20,000 samples its peak RSS was 450 MB with the sink and 216 MB without;
+# the tree's PSS is the same, 0.51 GB). More processes save about 20 us a sample but cost about 0.2 GB
+# of peak PSS (each holds its own read and spill buffers, and glibc keeps what they free): 1.71 s and
+# 757 MB for those 20,000 samples in two, against 2.10 s and 538-572 MB in one; bench_scale's 100,000,
+# 2.1 s in two against 3.7 s in one. From 50,000 samples, where they save a second or more.
 POOL_MIN_SAMPLES = 50_000
 
 
@@ -72,10 +73,11 @@ def _buckets(plan: pl.DataFrame) -> int:
 def write_stage1(pair_parts, dropped, out_dir: Path, stage, output, seed: int, work: Path,
                  provenance: dict | None = None, workers: int = 1, ctx=None, facts_limit: int = 0,
                  pool_min: int = POOL_MIN_SAMPLES) -> tuple[list[ShardInfo], dict]:
-    """The stage-1 shards: a scatter pass, then one task per bucket (``datagen.sinks.bucket_work``), in
-    ``workers`` pool processes (``ctx``: the run's context, which a pool needs) when there are ``pool_min``
-    samples or more, else here. Returns the shards and the counts (``samples``, ``per_source``) and, for the
-    report, the ``FACT_FIELDS`` of the first ``facts_limit`` samples (``report_facts``)."""
+    """The stage-1 shards: a scatter pass, then one task per bucket (``datagen.sinks.bucket_work``). With a
+    pool (``workers`` > 1; ``ctx``: the run's context, which a pool needs), in ``workers`` pool processes
+    when there are ``pool_min`` samples or more, else in one; without, here. Returns the shards and the
+    counts (``samples``, ``per_source``) and, for the report, the ``FACT_FIELDS`` of the first
+    ``facts_limit`` samples (``report_facts``)."""
     from datagen.core.executor import pool_map
 
     meta = kept_pairs(pair_parts, dropped, stage.sources)
@@ -88,8 +90,11 @@ def write_stage1(pair_parts, dropped, out_dir: Path, stage, output, seed: int, w
     for shard_id, n in plan.group_by("_shard", maintain_order=True).len().iter_rows():
         parts.append((kept[shard_id], offset, n))
         offset += n
-    workers = workers if n_buckets > 1 and plan.height >= pool_min else 1
-    mappers = max(1, min(workers, len(parts)))
+    if workers > 1 and ctx is not None:  # pool processes (POOL_MIN_SAMPLES says how many)
+        processes = workers if n_buckets > 1 and plan.height >= pool_min else 1
+    else:
+        processes = 0  # here
+    mappers = max(1, min(processes, len(parts)))
     root = tmp_name(work / "sink-stage1")
     spills = [root / f"spill-{j}" for j in range(mappers)]
     writer = SplitWriter(out_dir, STAGE1, output.shard_max_count, output.shard_max_bytes)
@@ -99,12 +104,12 @@ def write_stage1(pair_parts, dropped, out_dir: Path, stage, output, seed: int, w
         root.mkdir(parents=True)
         plan.select("key", "out_key", "order", "bucket").write_ipc(root / "plan.arrow")
         pool_map(scatter_parts, [(spills[j], root / "plan.arrow", parts[j::mappers]) for j in range(mappers)],
-                 ctx, mappers)
+                 ctx, min(processes, mappers))
         per_bucket = output.shard_max_count  # every bucket but the last is full (plan_samples)
         tasks = [(spills, b, root / f"bucket-{b}", STAGE1, output.shard_max_count, output.shard_max_bytes,
                   provenance, max(0, facts_limit - b * per_bucket)) for b in range(n_buckets)]
         with progress(plan.height, "stage1 shards", "sample") as bar:
-            done = pool_map(write_bucket, tasks, ctx, workers,
+            done = pool_map(write_bucket, tasks, ctx, processes,
                             on_done=lambda _i, r: bar.update(sum(r["per_source"].values())))
         for r in done:  # bucket by bucket: the split's shard numbers follow the plan's order
             for path, info in r["files"]:

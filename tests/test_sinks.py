@@ -318,6 +318,10 @@ def test_stage1_sink_in_pool_processes_writes_the_same_bytes_as_in_the_driver(tm
     assert pools == {(1, 10): [], (2, 10): [2, 2], (2, 1000): [1, 1]}
     assert pa.default_memory_pool().backend_name == allocator, "the driver's allocator is its caller's choice"
     assert written[1, 10] == written[2, 10] == written[2, 1000]
+    opened.clear()  # nothing to write: no process started for it
+    _, empty = write_stage1(pairs, None, tmp_path / "out-empty", StageConfig(weights={"a": 0.0}),
+                            OutputConfig(shard_max_count=9), 0, tmp_path / "w", workers=2, ctx=ctx, pool_min=1000)
+    assert empty["samples"] == 0 and opened == []
     shards, stats = written[2, 10]
     counts = [c for _, c, _ in shards]
     assert sum(counts) == stats["samples"] > 45 and max(counts) <= 9

@@ -11,7 +11,7 @@ import os
 import signal
 
 # The pool's processes are forked from multiprocessing's fork server, not spawned: the server imports
-# these once (about 0.3 s), and each process forked from it starts with them, where a spawned one
+# these once (about 0.5 s of CPU), and each process forked from it starts with them, where a spawned one
 # imported them again. ``datagen.core.nopandas`` comes first: pyarrow's first list -> array would
 # otherwise import pandas (0.2 s and 40 MB) only to find that it was not handed a pandas object.
 # ``datagen run`` calls ``prestart`` as soon as the recipe file says the run wants a pool, before

@@ -4,10 +4,10 @@ The sample plan (weights, order, output shard) is computed from metadata only
 (``datagen.sinks.buckets``); rows are then scattered into per-shard buckets
 while the parts are read sequentially, and each bucket is ordered and written
 on its own; for stage 1 each bucket into shards of its own, in the run's
-pool processes when it has a pool (``datagen.sinks.bucket_work``). Stage-2 samples are one per image set: all
-conversations of that set, both languages, in one ``<key>.json``, and the
-image bytes once, joined from the pair parts within the bucket. Same recipe
-and seed, same bytes.
+pool processes when it has a pool (``datagen.sinks.bucket_work``). Stage-2
+samples are one per image set: all conversations of that set, both languages,
+in one ``<key>.json``, and the image bytes once, joined from the pair parts
+within the bucket. Same recipe and seed, same bytes.
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def write_stage1(pair_parts, dropped, out_dir: Path, stage, output, seed: int, w
     for shard_id, n in plan.group_by("_shard", maintain_order=True).len().iter_rows():
         parts.append((kept[shard_id], offset, n))
         offset += n
-    if workers > 1 and ctx is not None:  # pool processes (POOL_MIN_SAMPLES says how many)
+    if workers > 1 and ctx is not None and plan.height:  # pool processes (POOL_MIN_SAMPLES says how many)
         processes = workers if n_buckets > 1 and plan.height >= pool_min else 1
     else:
         processes = 0  # here
